@@ -1,0 +1,29 @@
+# The two commands of README.md: `make demo` and `make test`.
+# Each creates .venv when missing and installs the pinned stack first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.t2vz-installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/t2vz models tiny .t2vz/models
+	$(BIN)/t2vz run manifests/demo.csv --output-dir out/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf out .t2vz

@@ -1,0 +1,32 @@
+"""Test configuration: offline, isolated Prefect state, tiny models built once per session."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Set before anything imports huggingface_hub, diffusers or prefect.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="t2vz-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_SESSION_DIR / "hf-home")
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect-home")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_DIR / "prefect-results")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_models(session_dir) -> Path:
+    """Folder with every tiny random-weight model (sd, pix2pix, controlnet-*, sdxl...)."""
+    from t2vz_core.tiny import write_tiny_models
+
+    root = session_dir / "tiny-models"
+    write_tiny_models(root)
+    return root
