@@ -1,0 +1,130 @@
+"""Run reports: a JSON sidecar per job and report.csv / report.json with one line per manifest row.
+
+Sidecars are the source of truth: a report can always be rebuilt from the manifest and the
+sidecars in the output folder, which is what lets shards of one manifest (separate flow runs,
+maybe on separate machines) produce one complete report at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from t2vz_core.workdir import write_json_atomic
+
+STEPS = ("decode", "control", "generate", "encode", "publish")
+REPORT_COLUMNS = ("row", "job_id", "mode", "status", "error", "outputs", "seconds", *STEPS, "sidecar")
+# A row's status: ok, failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
+RESERVED_JOB_IDS = frozenset({"report"})  # OUTPUT_DIR/report.json belongs to the run report
+
+
+def sidecar_path(output_dir: str | os.PathLike, job_id: str) -> Path:
+    return Path(output_dir) / f"{job_id}.json"
+
+
+def write_sidecar(output_dir: str | os.PathLike, job_id: str, data: dict) -> Path:
+    if job_id in RESERVED_JOB_IDS:
+        raise ValueError(f"job_id {job_id!r} is reserved")
+    return write_json_atomic(sidecar_path(output_dir, job_id), data)
+
+
+def read_sidecar(output_dir: str | os.PathLike, job_id: str) -> dict | None:
+    try:
+        return json.loads(sidecar_path(output_dir, job_id).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def row_from_sidecar(sidecar: dict, output_dir: str | os.PathLike) -> dict:
+    """One report line from a job's sidecar."""
+    steps = sidecar.get("steps") or {}
+    line = {
+        "row": sidecar.get("row"),
+        "job_id": sidecar.get("job_id"),
+        "mode": sidecar.get("mode"),
+        "status": sidecar.get("status", "failed"),
+        "error": sidecar.get("error") or "",
+        "outputs": list(sidecar.get("outputs") or []),
+        "seconds": sidecar.get("seconds"),
+        "sidecar": str(sidecar_path(output_dir, sidecar.get("job_id", ""))),
+    }
+    for step in STEPS:
+        line[step] = (steps.get(step) or {}).get("status", "")
+    return line
+
+
+def invalid_row(row: int | None, job_id: str | None, mode: str | None, messages: list[str]) -> dict:
+    """A report line for a row that failed validation (it never ran and has no sidecar)."""
+    line = {c: "" for c in REPORT_COLUMNS}
+    line.update(row=row, job_id=job_id or "", mode=mode or "", status="invalid",
+                error="; ".join(messages), outputs=[], seconds=None, sidecar="")
+    return line
+
+
+def missing_row(row: int | None, job_id: str, mode: str | None) -> dict:
+    """A report line for a valid row that has not produced a sidecar (not run yet, or killed)."""
+    line = invalid_row(row, job_id, mode, ["not run yet: no sidecar"])
+    line["status"] = "missing"
+    return line
+
+
+def summarize(rows: Iterable[dict]) -> dict[str, int]:
+    counts = {"total": 0, "ok": 0, "failed": 0, "invalid": 0, "missing": 0}
+    for line in rows:
+        counts["total"] += 1
+        counts[line["status"]] = counts.get(line["status"], 0) + 1
+    return counts
+
+
+def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None) -> dict:
+    """Write report.json and report.csv (atomically) and return the report dict."""
+    output_dir = Path(output_dir)
+    rows = sorted(rows, key=lambda r: (r.get("row") is None, r.get("row") or 0, str(r.get("job_id"))))
+    report = {
+        **(extra or {}),
+        "output_dir": str(output_dir),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": summarize(rows),
+        "rows": rows,
+    }
+    write_json_atomic(output_dir / "report.json", report)
+    _write_text_atomic(output_dir / "report.csv", _rows_to_csv(rows))
+    return report
+
+
+def _rows_to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(REPORT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for line in rows:
+        flat = dict(line)
+        flat["outputs"] = ";".join(str(p) for p in line.get("outputs") or [])
+        flat["seconds"] = "" if line.get("seconds") is None else f"{float(line['seconds']):.3f}"
+        writer.writerow({k: _cell(v) for k, v in flat.items()})
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    # Spreadsheet apps execute cells starting with = + - @: neutralise them (CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
