@@ -128,3 +128,19 @@ def _write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def software_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape an output (read from metadata: nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    import t2vz_core
+
+    found: dict[str, str | None] = {"t2vz_core": t2vz_core.__version__, "python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "prefect", "av", "decord", "controlnet-aux", "mediapipe"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,168 @@
+"""Flows over a CSV manifest: one flow run per manifest (`process_manifest`) or per shard of it
+(`process_rows`, for fanning a manifest out over several workers).
+
+Both return the run report (dict, also written to OUTPUT_DIR/report.json and report.csv) and
+end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
+written first. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
+default 2); generation holds one job per device (tasks.policy.hold_device), across machines
+too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from t2vz_core import report
+from t2vz_core.errors import InputError
+from t2vz_core.manifest import Job, Manifest, format_errors, read_manifest
+from tasks.config import RunConfig, default_work_dir
+from tasks.progress import RunProgress
+from tasks.row import row_task
+
+MAX_WORKERS = max(1, int(os.environ.get("T2VZ_MAX_WORKERS", "2")))
+
+
+# ---------------------------------------------------------------- reports (no Prefect needed)
+
+def _sidecar_matches(sidecar: dict | None, job: Job) -> bool:
+    """A sidecar on disk counts only if it was written for this very job (same parameters)."""
+    return bool(sidecar) and sidecar.get("job") == job.cache_dict()
+
+
+def build_report(manifest: Manifest, output_dir: str | os.PathLike,
+                 ran: dict[str, dict] | None = None) -> list[dict]:
+    """One report line per manifest row: rows run now (`ran`), else their sidecar on disk, else missing;
+    invalid rows with their validation errors."""
+    ran = ran or {}
+    lines = []
+    for job in manifest.jobs:
+        sidecar = ran.get(job.job_id)
+        if sidecar is None:
+            on_disk = report.read_sidecar(output_dir, job.job_id)
+            sidecar = on_disk if _sidecar_matches(on_disk, job) else None
+        lines.append(report.row_from_sidecar(sidecar, output_dir) if sidecar
+                     else report.missing_row(job.row, job.job_id, job.mode))
+    for row, errors in sorted(manifest.errors_by_row().items()):
+        job_id = next((e.job_id for e in errors if e.job_id), None)
+        messages = [f"{e.column}: {e.message}" if e.column else e.message for e in errors]
+        lines.append(report.invalid_row(row, job_id, None, messages))
+    return lines
+
+
+def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
+                          allowed_roots: list[str] | None = None) -> dict:
+    """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran)."""
+    manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
+    return report.write_report(output_dir, build_report(manifest, output_dir), _report_extra(manifest))
+
+
+def _report_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
+    return {"manifest": str(Path(manifest.path).absolute()), "flow_run_id": flow_run_id,
+            "warnings": [str(w) for w in manifest.warnings]}
+
+
+# ---------------------------------------------------------------- artifacts
+
+def _artifact_key(prefix: str, manifest_path: str | os.PathLike) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", Path(manifest_path).stem.lower()).strip("-") or "manifest"
+    return f"{prefix}-{stem}"[:100]
+
+
+def _table(lines: list[dict]) -> list[dict]:
+    return [{"row": line["row"], "job_id": line["job_id"], "mode": line["mode"], "status": line["status"],
+             **{step: line.get(step, "") for step in report.STEPS},
+             "seconds": line["seconds"], "outputs": "; ".join(line["outputs"]), "error": line["error"]}
+            for line in lines]
+
+
+def _markdown(rep: dict) -> str:
+    counts = rep["counts"]
+    out = [f"# t2vz: {Path(rep.get('manifest', '')).name}",
+           f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
+           f"{counts['missing']} not run, of {counts['total']} rows. Report: "
+           f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()})", "",
+           "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
+    for line in rep["rows"]:
+        links = ", ".join(f"[{Path(p).name}]({Path(p).absolute().as_uri()})" for p in line["outputs"])
+        error = str(line["error"]).replace("|", "\\|").replace("\n", " ")[:300]
+        out.append(f"| {line['row']} | {line['job_id']} | {line['mode']} | {line['status']} | {links} | {error} |")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- the flows
+
+def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device: str, dtype: str, force: bool,
+         allowed_roots: list[str] | None, work_dir: str | None) -> Any:
+    logger = get_run_logger()
+    from prefect.runtime import flow_run
+
+    manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
+    if manifest.errors:
+        logger.warning("%d invalid row(s) are skipped:\n%s", len(manifest.errors_by_row()),
+                       format_errors(manifest.errors, manifest_path))
+    for warning in manifest.warnings:
+        logger.warning("%s", warning)
+    jobs = manifest.jobs
+    if job_ids is not None:
+        by_id = {job.job_id: job for job in manifest.jobs}
+        unknown = [j for j in job_ids if j not in by_id]
+        if unknown:
+            raise InputError(f"{manifest_path}: no valid row with job_id {', '.join(map(repr, unknown))}")
+        jobs = [by_id[j] for j in job_ids]
+
+    out = Path(output_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = str(flow_run.id) if flow_run.id else None
+    cfg = RunConfig(output_dir=out, work_dir=Path(work_dir).absolute() if work_dir else default_work_dir(out),
+                    device=device, dtype=dtype, force=force, flow_run_id=run_id,
+                    manifest=str(Path(manifest_path).absolute()))
+    logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
+
+    artifact = create_progress_artifact(0.0, key=_artifact_key("t2vz-progress", manifest_path),
+                                        description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
+    progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
+    futures = [row_task.submit(job, cfg, progress) for job in jobs]
+    ran = {job.job_id: future.result() for job, future in zip(jobs, futures)}
+
+    lines = build_report(manifest, out, ran)
+    rep = report.write_report(out, lines, _report_extra(manifest, run_id))
+    create_table_artifact(_table(rep["rows"]), key=_artifact_key("t2vz-report", manifest_path),
+                          description=f"t2vz rows of {Path(manifest_path).name}")
+    create_markdown_artifact(_markdown(rep), key=_artifact_key("t2vz-summary", manifest_path),
+                             description="t2vz run summary with links to outputs")
+
+    failed = [s["job_id"] for s in ran.values() if s["status"] != "ok"]
+    invalid = len(manifest.errors_by_row()) if job_ids is None else 0
+    logger.info("%d ok, %d failed, %d invalid; report: %s", len(ran) - len(failed), len(failed), invalid,
+                out / "report.csv")
+    if failed or invalid:
+        parts = ([f"{len(failed)} row(s) failed: {', '.join(failed)}"] if failed else []) + \
+                ([f"{invalid} invalid row(s)"] if invalid else [])
+        return Failed(message="; ".join(parts), data=rep)
+    return rep
+
+
+@flow(name="t2vz-manifest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
+      flow_run_name="t2vz-{manifest_path}")
+def process_manifest(manifest_path: str, output_dir: str, device: str = "auto", dtype: str = "auto",
+                     force: bool = False, allowed_roots: list[str] | None = None,
+                     work_dir: str | None = None) -> dict:
+    """Run every valid row of a manifest; invalid rows are reported and skipped."""
+    return _run(manifest_path, output_dir, None, device, dtype, force, allowed_roots, work_dir)
+
+
+@flow(name="t2vz-rows", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def process_rows(manifest_path: str, output_dir: str, job_ids: list[str], device: str = "auto",
+                 dtype: str = "auto", force: bool = False, allowed_roots: list[str] | None = None,
+                 work_dir: str | None = None) -> dict:
+    """Run the named rows of a manifest (a shard); the report covers the whole manifest, other rows
+    from their sidecars (or 'missing'). Rebuild it once all shards ran: write_manifest_report."""
+    return _run(manifest_path, output_dir, list(job_ids), device, dtype, force, allowed_roots, work_dir)

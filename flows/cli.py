@@ -1,0 +1,253 @@
+"""The `t2vz` command: a thin layer over the flows and t2vz_core.
+
+    t2vz run MANIFEST --output-dir DIR [--device cuda --dtype fp16 --force --allowed-root DIR ...]
+    t2vz validate MANIFEST
+    t2vz report MANIFEST --output-dir DIR      (rebuild report.csv/json from the sidecars)
+    t2vz models tiny DIR
+    t2vz scan VIDEO_DIR --mode canny --prompt "..." [--set seed=3 ...] > manifest.csv
+    t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
+
+Exit codes: 0 every row succeeded, 1 some row failed or was invalid, 2 unreadable manifest or bad usage.
+Heavy imports (Prefect, torch) happen inside the subcommands, so `--help` and `validate` are quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _eprint(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def _read(manifest: str, allowed_roots: list[str] | None):
+    """(manifest, None) or (None, exit code) with the reason printed."""
+    from t2vz_core.errors import InputError
+    from t2vz_core.manifest import read_manifest
+
+    try:
+        return read_manifest(manifest, allowed_roots=allowed_roots), None
+    except InputError as exc:  # ManifestFileError and bad allowed roots
+        _eprint(f"t2vz: cannot use manifest: {exc}")
+        return None, EXIT_USAGE
+
+
+def _print_validation(manifest, path: str) -> None:
+    from t2vz_core.manifest import format_errors
+
+    if manifest.errors:
+        _eprint(format_errors(manifest.errors, path))
+    for warning in manifest.warnings:
+        _eprint(f"{Path(path).name}: warning: {warning}")
+
+
+# ---------------------------------------------------------------- run
+
+class _Bars:
+    """tqdm bars: rows finished, and chunks of the generation in progress (off when not a terminal)."""
+
+    def __init__(self, total_rows: int, enabled: bool | None):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._enabled = enabled
+        disable = None if enabled is None else not enabled  # None: only on a terminal
+        self.rows = tqdm(total=total_rows, desc="rows", unit="row", disable=disable, position=0)
+        self._gen: dict[str, object] = {}
+
+    def __call__(self, job_id: str, step: str, done: int, total: int, message: str) -> None:
+        if step == "done":
+            bar = self._gen.pop(job_id, None)
+            if bar is not None:
+                bar.close()
+            self.rows.update(1)
+            self.rows.set_postfix_str(f"{job_id}: {message}")
+            return
+        if step != "generate" or total <= 1:
+            return
+        bar = self._gen.get(job_id)
+        if bar is None:
+            bar = self._gen[job_id] = self._tqdm(total=total, desc=f"{job_id} generate", unit="step",
+                                                 leave=False, position=1, disable=self.rows.disable)
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self._gen.values():
+            bar.close()
+        self.rows.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    manifest, code = _read(args.manifest, args.allowed_root)
+    if manifest is None:
+        return code
+    _print_validation(manifest, args.manifest)
+    if not args.verbose:
+        # Keep the console for progress bars; run logs still reach the Prefect API/UI.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.batch import process_manifest
+    from tasks import progress
+
+    flow = process_manifest
+    if args.max_workers:
+        flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.max_workers))
+    bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
+    progress.add_listener(bars)
+    try:
+        state = flow(manifest_path=str(args.manifest), output_dir=str(args.output_dir), device=args.device,
+                     dtype=args.dtype, force=args.force, allowed_roots=args.allowed_root,
+                     work_dir=str(args.work_dir) if args.work_dir else None, return_state=True)
+    finally:
+        progress.remove_listener(bars)
+        bars.close()
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        _eprint(f"t2vz: the run failed before finishing: {state.message or result}")
+        return EXIT_ROWS_FAILED
+    for line in result["rows"]:
+        where = ", ".join(line["outputs"]) or line["error"]
+        print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}")
+    counts = result["counts"]
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
+          f"report: {Path(result['output_dir']) / 'report.csv'}")
+    return EXIT_OK if state.is_completed() and counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
+
+
+# ---------------------------------------------------------------- the rest
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    manifest, code = _read(args.manifest, args.allowed_root)
+    if manifest is None:
+        return code
+    _print_validation(manifest, args.manifest)
+    bad = len(manifest.errors_by_row())
+    print(f"{Path(args.manifest).name}: {len(manifest.jobs)} valid row(s), {bad} invalid row(s)")
+    return EXIT_ROWS_FAILED if manifest.errors else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    manifest, code = _read(args.manifest, args.allowed_root)
+    if manifest is None:
+        return code
+    from flows.batch import write_manifest_report
+
+    rep = write_manifest_report(args.manifest, args.output_dir, args.allowed_root)
+    counts = rep["counts"]
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
+          f"{counts['missing']} not run; report: {Path(args.output_dir) / 'report.csv'}")
+    return EXIT_OK if counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    from t2vz_core.tiny import write_tiny_models
+
+    for name, path in write_tiny_models(Path(args.dir)).items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from t2vz_core.errors import InputError
+    from t2vz_core.scan import scan_library
+
+    defaults = {}
+    for item in args.set or []:
+        column, sep, value = item.partition("=")
+        if not sep or not column.strip():
+            _eprint(f"t2vz scan: --set expects COLUMN=VALUE, got {item!r}")
+            return EXIT_USAGE
+        defaults[column.strip()] = value
+    try:
+        text = scan_library(args.video_dir, args.mode, args.prompt, relative_to=args.relative_to, **defaults)
+    except InputError as exc:
+        _eprint(f"t2vz scan: {exc}")
+        return EXIT_USAGE
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _add_serve(sub: argparse._SubParsersAction, load: bool) -> None:
+    serve = sub.add_parser("serve", help="serve the t2vz deployments (schedules, work pools) from this machine")
+    if not load:  # importing the deployment module means importing Prefect: only when serving
+        return
+    try:
+        from flows import deploy
+    except ImportError as exc:  # the deployment module is optional for the other commands
+        serve.set_defaults(func=lambda args, exc=exc: (_eprint(f"t2vz serve is unavailable: {exc}"), EXIT_USAGE)[1])
+        return
+    deploy.add_serve_arguments(serve)
+    serve.set_defaults(func=deploy.serve_command)
+
+
+def build_parser(serve: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2vz", description="Batch video editing with Text2Video-Zero on Prefect.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def manifest_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("manifest", help="CSV manifest, one job per row (see manifests/README.md)")
+        p.add_argument("--allowed-root", action="append", metavar="DIR",
+                       help="folder sources may come from (repeatable; default: T2VZ_ALLOWED_ROOTS, else the "
+                            "manifest's folder)")
+
+    run = sub.add_parser("run", help="run every row of a manifest")
+    manifest_args(run)
+    run.add_argument("--output-dir", "-o", required=True, type=Path, help="where videos, sidecars and report go")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
+    run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
+                                                   "or T2VZ_WORK_DIR); share it between output folders")
+    run.add_argument("--max-workers", type=int, help="rows processed at once (default T2VZ_MAX_WORKERS or 2)")
+    run.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show progress bars (default: only on a terminal)")
+    run.add_argument("--no-progress", dest="progress", action="store_false")
+    run.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs on the console")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a manifest without running it")
+    manifest_args(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    rep = sub.add_parser("report", help="rebuild report.csv/json from the sidecars in an output folder")
+    manifest_args(rep)
+    rep.add_argument("--output-dir", "-o", required=True, type=Path)
+    rep.set_defaults(func=cmd_report)
+
+    models = sub.add_parser("models", help="model utilities")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    tiny = models_sub.add_parser("tiny", help="write the tiny random-weight models (tests, offline demo)")
+    tiny.add_argument("dir", help="folder to write sd/, pix2pix/, controlnet-*/, sdxl/ into")
+    tiny.set_defaults(func=cmd_models_tiny)
+
+    scan = sub.add_parser("scan", help="print a manifest with one row per video in a folder")
+    scan.add_argument("video_dir")
+    scan.add_argument("--mode", required=True, choices=["pose", "canny", "depth", "pix2pix"])
+    scan.add_argument("--prompt", required=True)
+    scan.add_argument("--relative-to", help="write sources relative to this folder (default: current folder)")
+    scan.add_argument("--set", action="append", metavar="COLUMN=VALUE", help="a column for every row (repeatable)")
+    scan.set_defaults(func=cmd_scan)
+
+    _add_serve(sub, serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(serve=bool(argv) and argv[0] == "serve").parse_args(argv)
+    if getattr(args, "max_workers", None) is not None and args.max_workers < 1:
+        _eprint("t2vz: --max-workers must be at least 1")
+        return EXIT_USAGE
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

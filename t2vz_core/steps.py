@@ -1,0 +1,353 @@
+"""The pipeline of one job as pure step functions (no Prefect): decode -> control -> generate -> encode -> publish.
+
+Each step takes a `Job`, the references returned by the steps before it and a `WorkDir`, and
+returns a small JSON-able reference (a dict) to what it wrote. Frames, maps and videos live in
+the content-addressed work folder, never in memory between steps.
+
+Keys (sha256, see `workdir.make_key`) chain like a Merkle tree: a step's key covers the key of
+its input entry plus its own parameters, so a change anywhere re-runs exactly what depends on it:
+
+- decode:   sha256 of the source file's bytes (not its path) + the decode parameters
+- control:  decode key + control kind (+ backend)
+- generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
+            + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
+            fingerprints (weights' bytes or hub revision) + device type and dtype
+- encode:   generate key + output formats + fps + the source's bytes when its audio is kept
+
+Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
+output folder and is always re-checked (cheap), so a deleted output comes back on the next run.
+
+Models load lazily inside `generate_step`, after the work folder has been checked: a cached
+generation never loads a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import t2vz_core
+from t2vz_core.errors import InputError
+from t2vz_core.manifest import Job
+from t2vz_core.paths import output_path
+from t2vz_core.workdir import Entry, WorkDir, file_digest, make_key
+
+Ref = dict[str, Any]
+ProgressFn = Callable[[int, int, str], None]
+
+FRAMES = "frames"  # the FrameStore folder inside decode / control / generate entries
+DEFAULT_POSE_BACKEND = "mediapipe"  # the only pose backend that works offline (weights ship in the wheel)
+VIDEO_FORMATS = ("mp4", "webm", "gif")
+
+
+# ---------------------------------------------------------------- what a job needs
+
+def control_kind(job: Job) -> str | None:
+    """The control maps a job extracts, or None (text2video, pix2pix, or control=given)."""
+    if job.mode in ("pose", "canny", "depth") and job.control != "given":
+        return job.mode
+    return None
+
+
+def conditioning_step(job: Job) -> str | None:
+    """Which step's frames condition generation: 'control', 'decode' or None (text2video)."""
+    if job.mode == "text2video":
+        return None
+    return "control" if control_kind(job) else "decode"
+
+
+def fraction_text(fps: Fraction) -> str:
+    return f"{fps.numerator}/{fps.denominator}"
+
+
+def parse_fraction(text: str | float | Fraction) -> Fraction:
+    if isinstance(text, Fraction):
+        return text
+    if isinstance(text, float):
+        return Fraction(text).limit_denominator(1001)
+    return Fraction(str(text))
+
+
+def _ref(entry: Entry, **fields: Any) -> Ref:
+    """A step's JSON-able result: where its entry lives plus the entry's metadata."""
+    meta = {k: v for k, v in entry.meta.items() if k not in ("step", "key", "created", "schema", "t2vz_core")}
+    return {"step": entry.step, "key": entry.key, "path": str(entry.path), "hit": entry.hit, **meta, **fields}
+
+
+def _frames_path(ref: Ref) -> Path:
+    return Path(ref["path"]) / FRAMES
+
+
+def ref_exists(ref: Ref | None) -> bool:
+    """True when a reference (perhaps replayed from a cache) still points at a finished entry."""
+    if not ref:
+        return False
+    if ref.get("step") == "publish":
+        return all(Path(p).exists() for p in ref.get("outputs", []))
+    return (Path(ref["path"]) / "entry.json").exists()
+
+
+# ---------------------------------------------------------------- decode
+
+def decode_key(job: Job) -> str:
+    if job.source is None:
+        raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
+    return make_key("decode", {"source_sha256": file_digest(job.source), "spec": job.decode_spec_kwargs()})
+
+
+def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Ref:
+    """Probe and decode the source into a lossless PNG FrameStore at the planned size and fps."""
+    from t2vz_core.media import FrameStore, iter_frames, plan_decode, probe
+
+    def build(folder: Path) -> dict:
+        info = probe(job.source)
+        plan = plan_decode(info, job.decode_spec())
+        writer = FrameStore.writer(folder / FRAMES, fps=plan.fps, meta={"source": str(job.source)})
+        start = 0
+        for chunk in iter_frames(job.source, plan):
+            writer.write(start, chunk)
+            start += len(chunk)
+        writer.close()
+        first_ts = float(plan.timestamps[0]) if len(plan.timestamps) else 0.0
+        return {
+            "count": start, "fps": fraction_text(plan.fps), "width": plan.width, "height": plan.height,
+            "has_audio": bool(info.has_audio), "audio_start": first_ts,
+            "source_sha256": file_digest(job.source),
+            "source_info": {"width": info.width, "height": info.height, "fps": fraction_text(info.fps),
+                            "frames": info.frame_count, "duration": info.duration, "codec": info.codec,
+                            "rotation": info.rotation},
+        }
+
+    return _ref(work.produce("decode", key, build, force=force))
+
+
+# ---------------------------------------------------------------- control maps
+
+def control_key(job: Job, decode_ref: Ref) -> str:
+    kind = control_kind(job)
+    backend = DEFAULT_POSE_BACKEND if kind == "pose" else None
+    return make_key("control", {"decode": decode_ref["key"], "kind": kind, "backend": backend})
+
+
+def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: bool = False) -> Ref:
+    """Extract control maps (pose skeletons, canny edges, depth) from the decoded frames."""
+    from t2vz_core.control import extract_control_maps
+    from t2vz_core.media import FrameStore
+
+    kind = control_kind(job)
+    if kind is None:
+        raise InputError(f"job {job.job_id!r}: mode {job.mode} with control={job.control} extracts no maps")
+
+    def build(folder: Path) -> dict:
+        frames = FrameStore(_frames_path(decode_ref))
+        chunks = (frames[i:i + 16] for i in range(0, len(frames), 16))
+        kwargs = {"backend": DEFAULT_POSE_BACKEND} if kind == "pose" else {}
+        writer = FrameStore.writer(folder / FRAMES, fps=frames.fps, meta={"kind": kind})
+        start = 0
+        for maps in extract_control_maps(kind, chunks, {}, **kwargs):
+            writer.write(start, maps)
+            start += len(maps)
+        writer.close()
+        return {"count": start, "fps": decode_ref["fps"], "width": frames.width, "height": frames.height,
+                "kind": kind}
+
+    return _ref(work.produce("control", key, build, force=force))
+
+
+# ---------------------------------------------------------------- generate
+
+def runtime_signature(runtime: Any) -> dict[str, str]:
+    """The parts of a runtime that change generated pixels: device type and dtype."""
+    device, dtype = runtime.resolve()
+    return {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
+
+
+def resolve_models(job: Job) -> dict[str, Any]:
+    """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
+    from t2vz_core.models import detect_family, model_fingerprint
+
+    family = detect_family(job.model)
+    controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
+    return {
+        "family": family,
+        "model": job.model,
+        "revision": job.revision,
+        "model_fingerprint": model_fingerprint(job.model),
+        "controlnet": controlnet,
+        "controlnet_fingerprint": model_fingerprint(controlnet) if controlnet else None,
+    }
+
+
+def frame_size(job: Job, cond_ref: Ref | None) -> tuple[int, int]:
+    if cond_ref is None:
+        return job.text2video_size()
+    return int(cond_ref["width"]), int(cond_ref["height"])
+
+
+def generate_key(job: Job, cond_ref: Ref | None, runtime: Any, models: dict[str, Any]) -> str:
+    width, height = frame_size(job, cond_ref)
+    params = job.generation_kwargs()
+    return make_key("generate", {
+        "conditioning": cond_ref["key"] if cond_ref else None,
+        "params": params,
+        "size": [width, height],
+        "models": {k: models[k] for k in ("family", "model_fingerprint", "controlnet_fingerprint")},
+        "runtime": runtime_signature(runtime),
+    })
+
+
+def generate_step(
+    job: Job,
+    cond_ref: Ref | None,
+    work: WorkDir,
+    key: str,
+    runtime: Any,
+    models: dict[str, Any],
+    *,
+    force: bool = False,
+    chunk_size: int | None = None,
+    hold_device: Callable[[], ContextManager] = contextlib.nullcontext,
+    on_progress: ProgressFn | None = None,
+) -> Ref:
+    """Run Text2Video-Zero for the job into a FrameStore. Resumable: finished chunks survive a crash.
+
+    `chunk_size` overrides the job's (used after an out-of-memory error; recorded in the entry).
+    `hold_device` is entered only when there is work to do (cached results never wait for it).
+    """
+    from t2vz_core.engine import GenerationRequest, generate
+    from t2vz_core.media import FrameStore
+    from t2vz_core.models import load_pipeline
+
+    width, height = frame_size(job, cond_ref)
+    kwargs = job.request(width, height)
+    if chunk_size is not None:
+        kwargs["chunk_size"] = chunk_size
+    fps = parse_fraction(cond_ref["fps"]) if cond_ref else parse_fraction(float(job.fps))
+    request = GenerationRequest(**kwargs)
+
+    def build(folder: Path) -> dict:
+        request.validate()
+        with hold_device():
+            pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime)
+            conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None
+            writer = FrameStore.writer(folder / FRAMES, fps=fps, meta={"prompt": job.prompt})
+            generate(pipe, request, conditioning=conditioning, output=writer,
+                     checkpoint_path=folder / "checkpoint", on_progress=on_progress)
+            writer.close()
+        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+        count = len(FrameStore(folder / FRAMES))
+        return {"count": count, "fps": fraction_text(fps), "width": width, "height": height,
+                "chunk_size": request.chunk_size, "requested_chunk_size": job.chunk_size,
+                "runtime": runtime_signature(runtime)}
+
+    return _ref(work.produce("generate", key, build, force=force, resumable=True))
+
+
+# ---------------------------------------------------------------- encode
+
+def keeps_audio(decode_ref: Ref | None) -> bool:
+    return bool(decode_ref and decode_ref.get("has_audio"))
+
+
+def encode_key(job: Job, gen_ref: Ref, decode_ref: Ref | None) -> str:
+    audio = {"source_sha256": decode_ref["source_sha256"], "start": decode_ref["audio_start"]} \
+        if keeps_audio(decode_ref) else None
+    return make_key("encode", {"generate": gen_ref["key"], "formats": list(job.output),
+                               "fps": gen_ref["fps"], "audio": audio})
+
+
+def encode_step(job: Job, gen_ref: Ref, decode_ref: Ref | None, work: WorkDir, key: str,
+                *, force: bool = False) -> Ref:
+    """Encode the generated frames into every requested format (video.mp4, video.gif, png/...)."""
+    from t2vz_core.media import FrameStore, encode_video, write_png_sequence
+
+    def build(folder: Path) -> dict:
+        frames = FrameStore(_frames_path(gen_ref))
+        fps = parse_fraction(gen_ref["fps"])
+        files: dict[str, str] = {}
+        for fmt in job.output:
+            if fmt == "png":
+                write_png_sequence(frames, folder / "png")
+                files[fmt] = "png"
+                continue
+            name = f"video.{fmt}"
+            audio = dict(audio_source=str(job.source), audio_start=float(decode_ref["audio_start"])) \
+                if keeps_audio(decode_ref) and fmt != "gif" else {}
+            encode_video(frames, folder / name, fps, fmt=fmt,
+                         metadata={"comment": f"t2vz {t2vz_core.__version__} mode={job.mode}"}, **audio)
+            files[fmt] = name
+        return {"files": files, "count": len(frames), "fps": gen_ref["fps"]}
+
+    return _ref(work.produce("encode", key, build, force=force))
+
+
+# ---------------------------------------------------------------- publish
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and file_digest(a) == file_digest(b)
+    except FileNotFoundError:
+        return False
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    if not b.is_dir() or b.is_symlink():
+        return False
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(_same_file(a / n, b / n) for n in names)
+
+
+def _publish_folder(src: Path, dst: Path) -> None:
+    """Swap a whole folder into place; the final path never holds a half-copied folder."""
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
+    shutil.copytree(src, tmp)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(dst, old)
+    os.rename(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
+    """Copy encoded files to OUTPUT_DIR/<job_id>.<ext> (or OUTPUT_DIR/<job_id>/ for png), atomically.
+
+    Files already identical at the destination are left alone (status 'cached').
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs, copied = [], 0
+    for fmt, name in enc_ref["files"].items():
+        src = Path(enc_ref["path"]) / name
+        dst = output_path(out, job.job_id, "" if fmt == "png" else f".{fmt}")
+        if fmt == "png":
+            if not _same_tree(src, dst):
+                _publish_folder(src, dst)
+                copied += 1
+        elif not _same_file(src, dst):
+            _copy_atomic(src, dst)
+            copied += 1
+        outputs.append(str(dst))
+    return {"step": "publish", "key": enc_ref["key"], "outputs": outputs, "hit": copied == 0}
+
+
+def timed(fn: Callable[..., Ref], *args: Any, **kwargs: Any) -> tuple[Ref, float]:
+    start = time.perf_counter()
+    ref = fn(*args, **kwargs)
+    return ref, time.perf_counter() - start

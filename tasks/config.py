@@ -1,0 +1,49 @@
+"""RunConfig: everything a row needs besides its Job, built once per flow run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: Path
+    work_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    force: bool = False
+    # Retries for transient errors only (see tasks.policy.retry_if_transient).
+    retries: int = field(default_factory=lambda: int(_env_float("T2VZ_RETRIES", 2)))
+    retry_delay_s: float = field(default_factory=lambda: _env_float("T2VZ_RETRY_DELAY_S", 2.0))
+    # Name of a Prefect global concurrency limit that holds one generation per GPU across
+    # processes and machines (`prefect gcl create t2vz-gpu --limit 1`); None: in-process lock only.
+    gpu_limit: str | None = field(default_factory=lambda: os.environ.get("T2VZ_GPU_LIMIT") or None)
+    flow_run_id: str | None = None
+    manifest: str | None = None
+
+    @property
+    def work_tag(self) -> str:
+        """Short id of the work folder: Prefect cache records point into one work folder only."""
+        return hashlib.sha256(str(self.work_dir).encode()).hexdigest()[:12]
+
+    def runtime(self) -> Any:
+        from t2vz_core.models import Runtime
+
+        return Runtime(device=self.device, dtype=self.dtype)
+
+
+def default_work_dir(output_dir: str | os.PathLike) -> Path:
+    """T2VZ_WORK_DIR when set (share it between output folders), else OUTPUT_DIR/.t2vz-work."""
+    env = os.environ.get("T2VZ_WORK_DIR")
+    return Path(env).absolute() if env else Path(output_dir).absolute() / ".t2vz-work"

@@ -1,0 +1,96 @@
+"""Retry, caching and device policies shared by the step tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from typing import Any, Iterator
+
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.context import TaskRunContext
+
+from t2vz_core.errors import is_out_of_memory, is_transient
+
+
+def failure_of(state: Any) -> BaseException | None:
+    """The exception a Failed state carries (None when it carries none)."""
+    try:
+        value = state.result(raise_on_failure=False)
+    except BaseException as exc:  # the result could not even be read
+        return exc
+    return value if isinstance(value, BaseException) else None
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry_condition_fn: retry I/O timeouts and out-of-memory, never bad input or media."""
+    exc = failure_of(state)
+    return exc is not None and is_transient(exc)
+
+
+def _step_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
+    # The step key already covers the content of every real input (see t2vz_core.steps); the
+    # work-folder tag keeps records of one work folder from answering for another.
+    return f"t2vz-{ctx.task.name}-{inputs['key']}-{inputs['cfg'].work_tag}"
+
+
+STEP_CACHE = CacheKeyFnPolicy(cache_key_fn=_step_cache_key)
+
+
+# -- one generation per device ---------------------------------------------------------------
+
+_device_locks: dict[str, threading.Lock] = {}
+_device_locks_guard = threading.Lock()
+
+
+def _device_lock(device: str) -> threading.Lock:
+    with _device_locks_guard:
+        return _device_locks.setdefault(device, threading.Lock())
+
+
+@contextlib.contextmanager
+def hold_device(device: str, gpu_limit: str | None = None) -> Iterator[None]:
+    """Hold the device for one generation: an in-process lock, plus a Prefect global
+    concurrency limit when one is named (it spans processes and machines; needs a server)."""
+    with _device_lock(device):
+        if gpu_limit:
+            from prefect.concurrency.sync import concurrency
+
+            with concurrency(gpu_limit, occupy=1, strict=True):
+                yield
+        else:
+            yield
+
+
+# -- out-of-memory: retry with a smaller chunk -------------------------------------------------
+
+_oom_halvings: Counter = Counter()
+_oom_guard = threading.Lock()
+
+
+def note_out_of_memory(key: str, exc: BaseException) -> bool:
+    """Record an OOM for a generate key (the retry will halve the chunk size); free cached memory."""
+    if not is_out_of_memory(exc):
+        return False
+    with _oom_guard:
+        _oom_halvings[key] += 1
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort only
+        pass
+    return True
+
+
+def chunk_size_for(key: str, requested: int, frames: int | None) -> int | None:
+    """The chunk size to try now: the requested one, halved once per OOM seen for this key (>= 2).
+
+    Returns None when no OOM happened (use the job's own chunk size)."""
+    with _oom_guard:
+        halvings = _oom_halvings[key]
+    if not halvings:
+        return None
+    size = requested if requested else (frames or 2)
+    return max(2, size >> halvings)
