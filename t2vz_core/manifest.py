@@ -23,7 +23,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from t2vz_core.errors import InputError
-from t2vz_core.paths import check_job_id, check_model_ref, check_revision, resolve_allowed_roots, resolve_source
+from t2vz_core.paths import (
+    RealRoots,
+    check_job_id,
+    check_model_ref,
+    check_revision,
+    resolve_allowed_roots,
+    resolve_source,
+)
 
 Mode = Literal["text2video", "pose", "canny", "depth", "pix2pix"]
 MODES: tuple[str, ...] = ("text2video", "pose", "canny", "depth", "pix2pix")
@@ -225,11 +232,10 @@ class _RowProblems(ValueError):
         super().__init__("; ".join(f"{column}: {message}" if column else message for column, message, _ in problems))
 
 
-def _context(info: ValidationInfo) -> tuple[Path, list[Path]]:
+def _context(info: ValidationInfo) -> tuple[str | Path, RealRoots]:
     ctx = info.context or {}
-    base_dir = Path(ctx.get("base_dir") or os.getcwd())
-    roots = ctx.get("allowed_roots")
-    return base_dir, roots if roots is not None else resolve_allowed_roots(base_dir)
+    base_dir = ctx.get("base_dir") or os.getcwd()
+    return base_dir, resolve_allowed_roots(base_dir, ctx.get("allowed_roots"))
 
 
 # ---------------------------------------------------------------- the model
@@ -437,7 +443,7 @@ class Job(BaseModel):
 
     def decode_spec(self):
         """media's `DecodeSpec` for this row (imported lazily: the manifest layer needs no media stack)."""
-        from t2vz_core.media import DecodeSpec
+        from t2vz_core.media.plan import DecodeSpec
 
         return DecodeSpec(**self.decode_spec_kwargs())
 

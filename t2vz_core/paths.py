@@ -55,31 +55,45 @@ def _real(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
-def allowed_roots_from_env() -> list[Path] | None:
+class RealRoots(tuple):
+    """Allowed roots already resolved to real paths (what `resolve_allowed_roots` returns).
+
+    Passing one back in skips resolving them again, which matters for 10,000-row manifests.
+    """
+
+
+def allowed_roots_from_env() -> RealRoots | None:
     """Roots listed in T2VZ_ALLOWED_ROOTS (separated by ':'), or None when unset or empty."""
     raw = os.environ.get(ALLOWED_ROOTS_ENV, "")
     roots = [_real(part) for part in raw.split(os.pathsep) if part.strip()]
-    return roots or None
+    return RealRoots(roots) if roots else None
 
 
 def resolve_allowed_roots(
     base_dir: str | os.PathLike[str], allowed_roots: Iterable[str | os.PathLike[str]] | None = None
-) -> list[Path]:
+) -> RealRoots:
     """The roots sources must lie in: `allowed_roots` if given, else T2VZ_ALLOWED_ROOTS, else `base_dir`.
 
     Each replaces the next (they are not merged), so a configured list is exactly what is allowed.
-    Returned as real paths (symlinks resolved).
+    Returned as real paths (symlinks resolved), a tuple of Paths.
     """
+    if isinstance(allowed_roots, RealRoots):
+        return allowed_roots
     if allowed_roots is not None:
-        roots = [_real(root) for root in allowed_roots]
+        roots = RealRoots(_real(root) for root in allowed_roots)
         if not roots:
             raise InputError("allowed_roots is empty: no source could ever be read")
         return roots
-    return allowed_roots_from_env() or [_real(base_dir)]
+    return allowed_roots_from_env() or RealRoots([_real(base_dir)])
 
 
-def _inside(path: Path, roots: Iterable[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
+def _inside(path: str | os.PathLike[str], roots: Iterable[Path]) -> bool:
+    text = os.fspath(path)
+    for root in roots:
+        root_text = os.fspath(root)
+        if text == root_text or text.startswith(root_text if root_text.endswith(os.sep) else root_text + os.sep):
+            return True
+    return False
 
 
 def resolve_source(
@@ -101,12 +115,11 @@ def resolve_source(
     if _URL_RE.match(text):
         raise InputError(f"source {text!r} is a URL: download it first and give the local file")
     roots = resolve_allowed_roots(base_dir, allowed_roots)
-    joined = Path(os.path.expanduser(text))
-    if not joined.is_absolute():
-        joined = _real(base_dir) / joined
-    real = _real(joined)
+    expanded = os.path.expanduser(text)
+    joined = expanded if os.path.isabs(expanded) else os.path.join(os.path.abspath(base_dir), expanded)
+    real = os.path.realpath(joined)  # strings, not Paths, on this hot path
     if not _inside(real, roots):
-        lexical = Path(os.path.normpath(joined))  # what the text says, before following links
+        lexical = os.path.normpath(joined)  # what the text says, before following links
         if _inside(lexical, roots):
             reason = f"it is (or passes through) a symlink to {real}, outside the allowed roots"
         elif ".." in Path(text).parts:
@@ -118,15 +131,15 @@ def resolve_source(
             f"source {text!r} refused: {reason} ({shown}); allow more folders with "
             f"{ALLOWED_ROOTS_ENV}=dir1:dir2 or allowed_roots"
         )
-    if not real.exists():
-        raise InputError(f"source {text!r} not found (looked for {real})")
-    if real.is_dir():
-        raise InputError(f"source {text!r} is a folder ({real}); expected a video file")
-    if not real.is_file():
+    if not os.path.isfile(real):
+        if not os.path.exists(real):
+            raise InputError(f"source {text!r} not found (looked for {real})")
+        if os.path.isdir(real):
+            raise InputError(f"source {text!r} is a folder ({real}); expected a video file")
         raise InputError(f"source {text!r} is not a regular file ({real})")
     if not os.access(real, os.R_OK):
         raise InputError(f"source {text!r} is not readable ({real}): check its permissions")
-    return real
+    return Path(real)
 
 
 def output_path(output_dir: str | os.PathLike[str], job_id: str, suffix: str = "") -> Path:
@@ -140,7 +153,7 @@ def output_path(output_dir: str | os.PathLike[str], job_id: str, suffix: str = "
         raise InputError(f"output suffix {suffix!r} is not allowed (expected e.g. '.mp4' or '')")
     root = _real(output_dir)
     path = root / f"{job_id}{suffix}"
-    if path.parent != root:
+    if path.parent != root or not _inside(path, [root]):
         raise InputError(f"output for job {job_id!r} would leave the output folder {root}")
     if path.is_symlink():
         raise InputError(f"refusing to write through a symlink at {path}")

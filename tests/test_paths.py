@@ -79,7 +79,7 @@ def test_symlink_pointing_out_is_refused_and_one_pointing_in_is_followed(tree, m
 
 def test_allowed_roots_explicit_then_env_then_manifest_folder(tree, monkeypatch):
     monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
-    assert resolve_allowed_roots(tree["base"]) == [tree["base"].resolve()]
+    assert list(resolve_allowed_roots(tree["base"])) == [tree["base"].resolve()]
     monkeypatch.setenv("T2VZ_ALLOWED_ROOTS", f"{tree['secret'].parent}:{tree['base']}")
     assert resolve_source(str(tree["secret"]), tree["base"]) == tree["secret"].resolve()
     monkeypatch.setenv("T2VZ_ALLOWED_ROOTS", str(tree["secret"].parent))  # replaces the default
