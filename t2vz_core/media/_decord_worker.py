@@ -1,0 +1,61 @@
+"""Child process that reads frames with decord and streams them to the parent over a pipe.
+
+Run as `python -m t2vz_core.media._decord_worker`; the parent (decode.py) writes one JSON
+request line on stdin. Why a process: decord's get_batch can hang while holding the GIL
+(dmlc/decord#373), which no thread can interrupt; a process can be killed. It also bounds
+decord's memory growth on long files (#208) to one job.
+
+Messages on stdout: 4-byte little-endian header length, a JSON header, then `nbytes` raw
+bytes when the header says so. Headers: {"type": "info", "frame_count": n},
+{"type": "chunk", "shape": [k, h, w, 3], "nbytes": ...}, {"type": "done"},
+{"type": "error", "error": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+
+
+def send(out, header: dict, payload: bytes | memoryview | None = None) -> None:
+    data = json.dumps(header).encode()
+    out.write(struct.pack("<I", len(data)) + data)
+    if payload is not None:
+        out.write(payload)
+    out.flush()
+
+
+def main() -> int:
+    # Keep the data channel private: anything a library prints goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    request = json.loads(sys.stdin.readline())
+    try:
+        import decord
+        import numpy as np
+
+        reader = decord.VideoReader(request["path"], ctx=decord.cpu(0),
+                                    num_threads=request.get("threads", 0))
+        send(out, {"type": "info", "frame_count": len(reader)})
+        wanted = request["indices"]
+        size = request["chunk_size"]
+        for lo in range(0, len(wanted), size):
+            window = wanted[lo: lo + size]
+            unique = sorted(set(window))
+            batch = reader.get_batch(unique).asnumpy()
+            if len(unique) != len(window):
+                batch = batch[np.searchsorted(unique, window)]
+            batch = np.ascontiguousarray(batch)
+            send(out, {"type": "chunk", "shape": list(batch.shape), "nbytes": batch.nbytes},
+                 memoryview(batch).cast("B"))
+        send(out, {"type": "done"})
+        return 0
+    except Exception as exc:  # reported to the parent, which decides what it means
+        send(out, {"type": "error", "error": f"{type(exc).__name__}: {exc}"[-2000:]})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
