@@ -224,10 +224,13 @@ def parse_outputs(value: Any) -> tuple[str, ...]:
     return tuple(formats)
 
 
-class _RowProblems(ValueError):
-    """Cross-column problems of one row: (column, message, columns involved)."""
+Problem = tuple[str | None, str, frozenset[str]]  # (column, message, columns the rule depends on)
 
-    def __init__(self, problems: list[tuple[str | None, str, frozenset[str]]]):
+
+class _RowProblems(ValueError):
+    """Cross-column problems of one row, raised from the model validator and unpacked by read_manifest."""
+
+    def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("; ".join(f"{column}: {message}" if column else message for column, message, _ in problems))
 
@@ -330,9 +333,9 @@ class Job(BaseModel):
 
     @field_validator("source", mode="before")
     @classmethod
-    def _source(cls, value: Any, info: ValidationInfo) -> Path:
+    def _source(cls, value: Any, info: ValidationInfo) -> str:
         base_dir, roots = _context(info)
-        return resolve_source(value, base_dir, roots)
+        return str(resolve_source(value, base_dir, roots))  # str: JSON-mode validation takes no Path objects
 
     @field_validator("model", "controlnet", mode="before")
     @classmethod
@@ -503,9 +506,9 @@ def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _cross_column_problems(job: Job, given: set[str]) -> list[tuple[str | None, str, frozenset[str]]]:
+def _cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
     """Rules that involve more than one column, each with the columns it depends on."""
-    problems: list[tuple[str | None, str, frozenset[str]]] = []
+    problems: list[Problem] = []
     mode = job.mode
 
     def add(column: str | None, message: str, *involved: str) -> None:
@@ -673,9 +676,6 @@ def _check_header(path: Path, names: list[str]) -> dict[int, str]:
     return mapping
 
 
-Problem = tuple[str | None, str, frozenset[str]]  # (column, message, columns the rule depends on)
-
-
 def _problems(exc: ValidationError) -> tuple[list[Problem], set[str]]:
     """All problems of a ValidationError, and the columns whose own cell failed."""
     problems: list[Problem] = []
@@ -818,6 +818,8 @@ def read_manifest(path: str | os.PathLike[str],
         manifest.errors.extend(ManifestError(row, column, message, raw_id) for column, message, _ in problems)
         if job is not None:
             manifest.jobs.append(job)
+    if manifest.row_count == 0:
+        manifest.warnings.append(ManifestError(1, None, "the manifest has a header but no job rows"))
     _drop_output_collisions(manifest, seen_ids)
     manifest.errors.sort(key=lambda e: (e.row, _COLUMN_ORDER.get(e.column or "", -1)))
     return manifest

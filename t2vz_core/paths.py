@@ -26,8 +26,8 @@ from t2vz_core.errors import InputError
 ALLOWED_ROOTS_ENV = "T2VZ_ALLOWED_ROOTS"
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Job ids whose outputs would overwrite the run's own files in OUTPUT_DIR.
-RESERVED_JOB_IDS = frozenset({"report"})
+# Job ids whose outputs (sidecar report.json, PNG folder report.csv/...) would hit the run report.
+RESERVED_JOB_IDS = frozenset({"report", "report.json", "report.csv"})
 
 # Hugging Face repo ids: "org/name", ASCII letters, digits, '.', '_', '-', at most 96 characters per part.
 HUB_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}", re.ASCII)
@@ -47,7 +47,7 @@ def check_job_id(value: str) -> str:
     if value.startswith("."):
         raise InputError(f"job_id {value!r} must not start with '.' (hidden files, '.' and '..')")
     if value.lower() in RESERVED_JOB_IDS:
-        raise InputError(f"job_id {value!r} is reserved (OUTPUT_DIR/{value}.json is the run report)")
+        raise InputError(f"job_id {value!r} is reserved (OUTPUT_DIR/report.json and report.csv are the run report)")
     return value
 
 

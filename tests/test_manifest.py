@@ -1,6 +1,7 @@
 """The Job model: defaults per mode, helpers the flows call, notebook use, and 10,000 rows at speed.
 
-Budget: ~3 s (the 10,000-row reads dominate; no models, no media decoding).
+Budget: ~3 s on an idle 2-core machine (the 10,000-row reads dominate; no models, no media
+decoding), plus the engine import (torch) shared with the rest of the suite.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from t2vz_core.engine.request import GenerationRequest
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import (
     COLUMNS,
@@ -102,6 +102,8 @@ def test_default_t0_t1_is_valid_for_every_step_count():
 
 
 def test_tiny_step_counts_get_valid_t0_t1(folder):
+    from t2vz_core.engine.request import GenerationRequest  # imports torch: only where needed
+
     job = one_job(folder, "job_id,mode,prompt,num_inference_steps", "a,text2video,x,4")
     assert (job.t0, job.t1) == (2, 3)
     GenerationRequest(**job.request()).validate()
@@ -127,6 +129,8 @@ def test_ignored_cells_are_warnings_and_do_not_change_the_job(folder):
 
 
 def test_generation_kwargs_build_a_valid_engine_request(folder, monkeypatch):
+    from t2vz_core.engine.request import GenerationRequest
+
     monkeypatch.chdir(folder)
     t2v = Job(job_id="t", mode="text2video", prompt="a cat", num_inference_steps=20, width=256, height=128,
               video_length=12, seed=np.int64(5))
@@ -244,3 +248,17 @@ def test_ten_thousand_rows_are_validated_quickly_and_in_bounded_memory(folder):
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {path.stat().st_size / 2**20:.1f} MiB file"
+
+
+def test_jobs_pickle_hash_and_round_trip_through_a_dict(folder):
+    """Prefect passes jobs between processes (pickle) and may rebuild them from parameters (dicts)."""
+    import pickle
+
+    manifest = read_manifest(write(folder, "job_id,mode,source,prompt,fps\n"
+                                           "c,canny,clips/a.mp4,x,24\nt,text2video,,y,\n"))
+    context = {"base_dir": folder, "allowed_roots": [folder]}
+    for job in manifest.jobs:
+        assert pickle.loads(pickle.dumps(job)) == job
+        assert hash(job) == hash(pickle.loads(pickle.dumps(job)))
+        assert Job.model_validate(job.model_dump(), context=context) == job
+        assert Job.model_validate_json(job.model_dump_json(), context=context) == job

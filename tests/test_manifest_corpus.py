@@ -145,6 +145,9 @@ RAW_CASES = [
     ("data-under-nameless-column", "job_id,mode,prompt,\nok1,text2video,x,\nbad,text2video,x,oops\n",
      [(3, None, "no column name")], ["ok1"]),
     ("stray-quote-inside-a-cell", 'job_id,mode,prompt\nok1,text2video,a 5" tall robot\n', [], ["ok1"]),
+    ("crlf-line-ends", "job_id,mode,prompt\r\nok1,text2video,\"two\r\nlines\"\r\nbad,cartoon,x\r\n",
+     [(3, "mode", "unknown mode")], ["ok1"]),
+    ("header-only", "job_id,mode,prompt\n", [], []),
     ("header-case-spaces-and-notes", " Job_ID , MODE ,Prompt,#notes\nok1,text2video,x,anything\n", [], ["ok1"]),
 ]
 
@@ -158,6 +161,22 @@ def test_raw_csv_cases(tmp_path, text, expected, valid):
     assert [(e.row, e.column) for e in manifest.errors] == [(row, column) for row, column, _ in expected]
     for error, (_, _, words) in zip(manifest.errors, expected):
         assert words in error.message
+
+
+def test_header_only_manifest_warns(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("job_id,mode,prompt\n\n", encoding="utf-8")
+    manifest = read_manifest(path)
+    assert (manifest.jobs, manifest.errors, manifest.row_count) == ([], [], 0)
+    assert "no job rows" in manifest.warnings[0].message
+
+
+def test_a_huge_cell_is_a_file_error_not_a_silently_dropped_row(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(f"job_id,mode,prompt\nok1,text2video,x\nbig,text2video,{'x' * 200_000}\n", encoding="utf-8")
+    with pytest.raises(ManifestFileError, match="field larger than field limit") as info:
+        read_manifest(path)
+    assert info.value.line == 3
 
 
 def test_quoted_newline_survives_in_the_prompt(tmp_path):

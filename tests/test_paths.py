@@ -110,7 +110,7 @@ def test_output_path_stays_inside_the_output_folder(tmp_path):
 def test_job_id_rule():
     assert check_job_id("Clip_01.v2-final") == "Clip_01.v2-final"
     assert check_job_id("a" * 128)
-    for bad in ("a b", "é", "a\nb", ".hidden", "$(id)", "`id`", "a|b", "REPORT"):
+    for bad in ("a b", "é", "a\nb", ".hidden", "$(id)", "`id`", "a|b", "REPORT", "report.csv", "Report.JSON"):
         with pytest.raises(InputError):
             check_job_id(bad)
 
