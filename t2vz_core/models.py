@@ -1,0 +1,481 @@
+"""Loading diffusers pipelines once per process.
+
+- `Runtime`: where and how to run (device, dtype, CPU offload, VAE slicing/tiling, pickle policy).
+- `load_pipeline(family, model_id, controlnet_id, runtime)`: the pipeline for a job, from a per-process
+  `ModelCache`. A base model is loaded once; its ControlNet variants reuse its components through
+  `from_pipe`, so pose and canny jobs on one base share a single UNet.
+- `detect_family(model_id)`: "sd" | "sdxl" | "pix2pix" from the model's configs, without loading weights.
+- `model_fingerprint(model_id)`: a stable id+revision string for cache keys, without loading weights.
+- `cache_stats()` / `reset_cache()`: what the cache did (tests and benches assert "no reload").
+
+A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
+`from_pretrained` call. Weights are read from safetensors only unless `allow_pickle=True`
+(pickle files can run code when loaded); remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from t2vz_core.errors import InputError, TransientError
+
+Family = Literal["sd", "sdxl", "pix2pix"]
+FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pix2pix")
+OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
+DEFAULT_MAX_LOADED = 2
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+# Pipeline class per (family, with ControlNet).
+_PIPELINE_CLASSES = {
+    ("sd", False): "StableDiffusionPipeline",
+    ("sd", True): "StableDiffusionControlNetPipeline",
+    ("sdxl", False): "StableDiffusionXLPipeline",
+    # The published T2V-Zero docs build the SD1.5 ControlNet pipeline here by mistake.
+    ("sdxl", True): "StableDiffusionXLControlNetPipeline",
+    ("pix2pix", False): "StableDiffusionInstructPix2PixPipeline",
+}
+
+
+# ---------------------------------------------------------------------------- runtime
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how pipelines run. `resolve()` turns "auto" into a concrete device and dtype.
+
+    device: "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps".
+    dtype: "auto" (fp16 on cuda/mps, fp32 on cpu) | "fp32" | "fp16" | "bf16".
+      fp16 on cpu is refused (CPU half-precision kernels are missing or very slow). bf16 on cpu
+      is allowed: torch implements it and it halves memory, but it is slower than fp32 on CPUs
+      without native bf16 and its results differ from fp32 more than fp16's do on a GPU.
+    offload: "none" (everything on `device`) | "model" (whole models move to the accelerator when
+      used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
+    vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
+    allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        device = str(self.device).strip().lower()
+        if not _DEVICE_PATTERN.fullmatch(device):
+            raise InputError(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+        dtype = str(self.dtype).strip().lower()
+        dtype = _DTYPE_ALIASES.get(dtype, dtype)
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise InputError(f"dtype {self.dtype!r}: expected auto, fp32, fp16 or bf16")
+        offload = str(self.offload).strip().lower()
+        if offload not in OFFLOADS:
+            raise InputError(f"offload {self.offload!r}: expected none, model or sequential")
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "offload", offload)
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        """The concrete (device, dtype); InputError when this machine cannot honour the request."""
+        device = _resolve_device(self.device)
+        if self.dtype == "auto":
+            dtype = torch.float32 if device.type == "cpu" else torch.float16
+        else:
+            dtype = _DTYPES[self.dtype]
+        if device.type == "cpu" and dtype == torch.float16:
+            raise InputError(
+                "dtype fp16 on device cpu is not supported: CPUs lack fast half-precision kernels. "
+                "Use dtype fp32 (or bf16) on cpu, or run on cuda/mps."
+            )
+        if device.type == "cpu" and self.offload != "none":
+            raise InputError(
+                f"offload {self.offload!r} moves weights between CPU memory and an accelerator, "
+                "but the device is cpu: use offload none on cpu."
+            )
+        return device, dtype
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r}: torch sees no CUDA device on this machine")
+        index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
+    if name == "mps" and not _mps_available():
+        raise InputError("device 'mps': Apple MPS is not available on this machine")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+# ---------------------------------------------------------------------------- model cache
+
+
+@dataclass
+class _Resident:
+    """One base model in memory, with its ControlNet variants (which share its components)."""
+
+    pipe: Any
+    variants: dict[str, Any] = field(default_factory=dict)
+    offload_owner: Any = None  # the pipeline whose offload hooks are installed right now
+
+
+class ModelCache:
+    """Pipelines of this process, keyed by (family, model, dtype, device, offload, pickle policy).
+
+    At most `max_loaded` distinct base models stay resident (least recently used goes first,
+    and the accelerator's cache is emptied). Thread-safe: concurrent calls load a model once.
+    With offload, a base pipeline and its ControlNet variants share modules but each needs its
+    own offload hooks; the hooks are re-installed when the other one is requested, so don't run
+    two pipelines of the same base at the same time with offload.
+    """
+
+    def __init__(self, max_loaded: int = DEFAULT_MAX_LOADED):
+        if max_loaded < 1:
+            raise InputError(f"max_loaded must be >= 1, got {max_loaded}")
+        self.max_loaded = max_loaded
+        self._resident: OrderedDict[tuple, _Resident] = OrderedDict()
+        self._lock = threading.RLock()
+        self._counts = dict.fromkeys(("pipeline_loads", "controlnet_loads", "hits", "evictions"), 0)
+
+    def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None):
+        runtime = runtime or Runtime()
+        if family not in FAMILIES:
+            raise InputError(f"model family {family!r}: expected one of {', '.join(FAMILIES)}")
+        if controlnet_id is not None and family == "pix2pix":
+            raise InputError("pix2pix takes no ControlNet: use family sd or sdxl with a ControlNet")
+        device, dtype = runtime.resolve()
+        base_key = (family, _cache_id(model_id), str(dtype), str(device), runtime.offload, runtime.allow_pickle)
+        with self._lock:
+            resident = self._resident.get(base_key)
+            if resident is None:
+                self._make_room()
+                resident = _Resident(self._load_base(family, model_id, device, dtype, runtime))
+                self._resident[base_key] = resident
+            else:
+                self._counts["hits"] += 1
+            self._resident.move_to_end(base_key)
+            pipe = resident.pipe
+            if controlnet_id is not None:
+                variant_key = _cache_id(controlnet_id)
+                if variant_key not in resident.variants:
+                    resident.variants[variant_key] = self._load_variant(
+                        family, resident.pipe, controlnet_id, device, dtype, runtime
+                    )
+                pipe = resident.variants[variant_key]
+            _activate_offload(resident, pipe, runtime.offload, device)
+            # The VAE is shared by the variants: set the options on every request.
+            _set_vae_options(pipe.vae, runtime)
+            return pipe
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            counts = dict(self._counts)
+            return {
+                "loads": counts["pipeline_loads"] + counts["controlnet_loads"],
+                **counts,
+                "resident": len(self._resident),
+                "max_loaded": self.max_loaded,
+            }
+
+    def clear(self) -> None:
+        """Drop every model and zero the counters, as in a fresh process."""
+        with self._lock:
+            self._resident.clear()
+            self._counts = dict.fromkeys(self._counts, 0)
+        _free_memory()
+
+    def _make_room(self) -> None:
+        while len(self._resident) >= self.max_loaded:
+            self._resident.popitem(last=False)
+            self._counts["evictions"] += 1
+            _free_memory()
+
+    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime):
+        import diffusers
+
+        detected = detect_family(model_id)
+        if detected != family:
+            raise InputError(f"model {model_id}: it is a {detected} model, but the job asks for {family}")
+        pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, False)])
+        extra = {"safety_checker": None, "requires_safety_checker": False} if family != "sdxl" else {}
+        pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
+        self._counts["pipeline_loads"] += 1
+        if runtime.offload == "none":
+            pipe.to(device)
+        return pipe
+
+    def _load_variant(self, family: str, base, controlnet_id, device, dtype, runtime: Runtime):
+        import diffusers
+
+        controlnet = _from_pretrained(diffusers.ControlNetModel, controlnet_id, dtype, runtime)
+        self._counts["controlnet_loads"] += 1
+        _check_controlnet_fits(controlnet, base.unet, controlnet_id)
+        if runtime.offload == "none":
+            controlnet.to(device)
+        pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, True)])
+        # torch_dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
+        # .to(dtype) also warns about "modules kept in float32" when there are none.
+        with _quiet_diffusers():
+            return pipeline_class.from_pipe(base, controlnet=controlnet, torch_dtype=dtype)
+
+
+@contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _from_pretrained(cls, model_id, dtype, runtime: Runtime, **extra):
+    # One call for hub ids and local folders alike; only safetensors unless pickle is allowed.
+    try:
+        return cls.from_pretrained(
+            str(model_id),
+            torch_dtype=dtype,
+            use_safetensors=None if runtime.allow_pickle else True,
+            **extra,
+        )
+    except (OSError, ValueError) as exc:
+        parts = [] if runtime.allow_pickle else _pickle_only_parts(model_id)
+        if parts:
+            raise InputError(
+                f"model {model_id}: no safetensors weights in {', '.join(parts)}, only pickle files "
+                "(.bin/.ckpt/.pt), which can run code when loaded. Convert the model to safetensors, "
+                "or set allow_pickle if you trust it."
+            ) from exc
+        raise _model_error(model_id, exc) from exc
+
+
+def _pickle_only_parts(model_id) -> list[str]:
+    # Only explains a failed load; loading itself never branches on local folder vs hub id.
+    folder = Path(str(model_id)).expanduser()
+    if not folder.is_dir():
+        return []
+    by_folder: dict[Path, set[str]] = {}
+    for path in folder.rglob("*"):
+        if path.suffix in {".safetensors", ".bin", ".ckpt", ".pt", ".pth"}:
+            by_folder.setdefault(path.parent, set()).add(path.suffix)
+    parts = [p for p, suffixes in by_folder.items() if ".safetensors" not in suffixes]
+    return sorted(p.relative_to(folder).as_posix() or "." for p in parts)
+
+
+def _model_error(model_id, exc: BaseException) -> Exception:
+    # Network trouble is worth a retry; a missing or malformed model is not.
+    seen = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, TimeoutError) or "Timeout" in name or name in {"ConnectError", "ConnectionError"}:
+            return TransientError(f"model {model_id}: network error while loading ({exc})")
+        seen = seen.__cause__ or seen.__context__
+    return InputError(f"model {model_id}: cannot be loaded ({exc})")
+
+
+def _check_controlnet_fits(controlnet, unet, controlnet_id) -> None:
+    ours, theirs = controlnet.config.cross_attention_dim, unet.config.cross_attention_dim
+    if ours != theirs:
+        raise InputError(
+            f"ControlNet {controlnet_id} does not fit the base model (cross_attention_dim {ours} vs "
+            f"{theirs}): use an SD1.x ControlNet with an SD1.x base and an SDXL one with an SDXL base"
+        )
+
+
+def _activate_offload(resident: _Resident, pipe, offload: str, device: torch.device) -> None:
+    # Offload hooks chain a pipeline's own modules; shared modules can carry only one set.
+    if offload == "none" or resident.offload_owner is pipe:
+        return
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
+    resident.offload_owner = pipe
+
+
+def _set_vae_options(vae, runtime: Runtime) -> None:
+    vae.enable_slicing() if runtime.vae_slicing else vae.disable_slicing()
+    vae.enable_tiling() if runtime.vae_tiling else vae.disable_tiling()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _mps_available():
+        torch.mps.empty_cache()
+
+
+def _cache_id(model_id) -> str:
+    # "./models/sd" and "/abs/models/sd" are one model; hub ids stay as given.
+    text = str(model_id)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.is_dir() else text
+
+
+_CACHE = ModelCache()
+
+
+def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | None = None):
+    """The diffusers pipeline for (family, model, ControlNet) on `runtime`, loaded at most once per process.
+
+    family "sd": StableDiffusionPipeline, or StableDiffusionControlNetPipeline with a ControlNet;
+    "sdxl": StableDiffusionXLPipeline / StableDiffusionXLControlNetPipeline;
+    "pix2pix": StableDiffusionInstructPix2PixPipeline (no ControlNet).
+    model_id / controlnet_id: hub id or local diffusers folder. SD pipelines load without safety checker.
+    """
+    return _CACHE.load(family, model_id, controlnet_id, runtime)
+
+
+def cache_stats() -> dict[str, Any]:
+    """{"loads": from_pretrained calls (pipelines + ControlNets), "pipeline_loads", "controlnet_loads",
+    "hits", "evictions", "resident" (base models in memory), "max_loaded"} for this process."""
+    return _CACHE.stats()
+
+
+def reset_cache(max_loaded: int | None = None) -> None:
+    """Forget every loaded model and zero the counters; optionally change how many bases stay resident."""
+    _CACHE.clear()
+    if max_loaded is not None:
+        if max_loaded < 1:
+            raise InputError(f"max_loaded must be >= 1, got {max_loaded}")
+        _CACHE.max_loaded = max_loaded
+
+
+# ---------------------------------------------------------------------------- family detection
+
+
+def detect_family(model_id) -> Family:
+    """"sd", "sdxl" or "pix2pix" from model_index.json and unet/config.json (no weights loaded).
+
+    Two text encoders make SDXL; a UNet with 8 input channels (noisy + source latents) makes
+    InstructPix2Pix. Works for hub ids (from the local HF cache when offline) and folders alike.
+    """
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    try:
+        index = DiffusionPipeline.load_config(str(model_id))
+    except (OSError, ValueError) as exc:
+        raise _model_error(model_id, exc) from exc
+    pipeline = index.get("_class_name", "?")
+    if not _has_component(index, "unet"):
+        raise InputError(
+            f"model {model_id}: {pipeline} has no UNet; t2vz runs SD1.x/2.x, SDXL and InstructPix2Pix models"
+        )
+    try:
+        unet = UNet2DConditionModel.load_config(str(model_id), subfolder="unet")
+    except (OSError, ValueError) as exc:
+        raise _model_error(model_id, exc) from exc
+    xl = _has_component(index, "text_encoder_2")
+    in_channels = unet.get("in_channels", 4)
+    if in_channels == 4:
+        return "sdxl" if xl else "sd"
+    if in_channels == 8 and not xl:
+        return "pix2pix"
+    kind = "inpainting" if in_channels == 9 else f"in_channels={in_channels}"
+    raise InputError(f"model {model_id}: unsupported {pipeline} ({'SDXL ' if xl else ''}{kind} UNet)")
+
+
+def _has_component(index: dict, name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and entry[0] is not None
+
+
+# ---------------------------------------------------------------------------- fingerprints
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+_FILE_DIGESTS_LOCK = threading.Lock()
+
+
+def model_fingerprint(model_id) -> str:
+    """A stable id+revision string for cache keys, without loading the model.
+
+    Local folder: "local:sha256:<hex>" over relative file names and bytes (hidden files such as
+    .git or .cache are skipped; per-file digests are memoized by path, size and mtime).
+    Hub id: "hub:<id>@<commit>" from the local HF cache, or "hub:<id>@unresolved" when not cached.
+    """
+    text = str(model_id)
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return f"local:sha256:{_folder_digest(folder)}"
+    if not _is_repo_id(text):
+        raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
+    return f"hub:{text}@{_cached_commit(text) or 'unresolved'}"
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    files = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        files += [Path(directory, n) for n in names if not n.startswith(".")]
+    for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(_file_digest(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _FILE_DIGESTS_LOCK:
+        if key in _FILE_DIGESTS:
+            return _FILE_DIGESTS[key]
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha.update(chunk)
+    with _FILE_DIGESTS_LOCK:
+        _FILE_DIGESTS[key] = sha.hexdigest()
+    return sha.hexdigest()
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _cached_commit(repo_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    # Pipelines have model_index.json at the top, single models (ControlNets) config.json.
+    for filename in ("model_index.json", "config.json"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):  # .../snapshots/<commit>/<filename>
+            return Path(found).parent.name
+    return None
