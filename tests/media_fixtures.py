@@ -35,8 +35,9 @@ _CODECS = {
 
 
 def frame_image(index: int, size: tuple[int, int], pattern: str = "shapes",
-                image: np.ndarray | None = None) -> np.ndarray:
-    """Upright RGB content of frame `index`, size (width, height)."""
+                image: np.ndarray | None = None, barcode: bool | None = None) -> np.ndarray:
+    """Upright RGB content of frame `index`, size (width, height). The barcode is drawn
+    unless barcode=False (default for pattern="image", where it would hide the head)."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     if pattern == "image" and image is not None:
@@ -54,7 +55,9 @@ def frame_image(index: int, size: tuple[int, int], pattern: str = "shapes",
         base[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (240, 220, 40)
         x0 = (w - (index * 2) % max(w, 1)) % max(w, 1)
         base[h * 3 // 4: h * 3 // 4 + max(1, h // 8), x0: x0 + max(1, w // 6)] = (40, 200, 240)
-    if h >= 8 and w >= STRIPES:
+    if barcode is None:
+        barcode = pattern != "image"
+    if barcode and h >= 8 and w >= STRIPES:
         _draw_barcode(base, index)
     return base
 
@@ -125,8 +128,8 @@ def make_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] 
                fps: Fraction | int = Fraction(24), *, audio: bool | float = False,
                rotation: int = 0, codec: str = "h264",
                timestamps: Sequence[Fraction | float] | None = None, pattern: str = "shapes",
-               image: np.ndarray | None = None, crf: int = 10, gop: int | None = 12,
-               preset: str = "ultrafast", faststart: bool = False) -> Path:
+               image: np.ndarray | None = None, barcode: bool | None = None, crf: int = 10,
+               gop: int | None = 12, preset: str = "ultrafast", faststart: bool = False) -> Path:
     """Write a real video file and return its path.
 
     size is the upright (display) size; with `rotation` (clockwise degrees 0/90/180/270,
@@ -134,6 +137,8 @@ def make_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] 
     display matrix says how to turn them back. `timestamps` (seconds) make a
     variable-frame-rate file. `audio=True` adds a stepped tone as long as the video
     (`audio=2.5` makes it 2.5 s long). Container from the suffix (.mp4, .mkv, .webm, .mov).
+    pattern: "shapes" (default), "texture" (detailed, for benchmarks) or "image" (`image`
+    panning, e.g. skimage.data.astronaut() for pose). The barcode needs a width >= 48.
     """
     import av
 
@@ -159,7 +164,7 @@ def make_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] 
             stream.set_display_rotation(-rotation)  # display matrix is counter-clockwise
         astream = _add_audio(out, path) if audio else None
         for i in range(frames):
-            img = frame_image(i, size, pattern, image)
+            img = frame_image(i, size, pattern, image, barcode)
             if rotation:
                 img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
             vf = av.VideoFrame.from_ndarray(img, format="rgb24")

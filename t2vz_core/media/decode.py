@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_TIMEOUT = 120.0
-_DECORD_AVOID_CODECS = {"vp8", "vp9"}
+_DECORD_AVOID_CODECS = {"vp8", "vp9", "gif"}  # gif: decord cannot measure it
 
 
 class DecodeTimeout(TransientError):
