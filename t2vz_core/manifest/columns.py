@@ -1,0 +1,37 @@
+"""Modes and columns: what a manifest may contain and which columns each mode uses."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Mode = Literal["text2video", "pose", "canny", "depth", "pix2pix"]
+MODES: tuple[str, ...] = ("text2video", "pose", "canny", "depth", "pix2pix")
+CONTROLNET_MODES = frozenset({"pose", "canny", "depth"})
+SOURCE_MODES = frozenset({"pose", "canny", "depth", "pix2pix"})
+OUTPUT_FORMATS: tuple[str, ...] = ("mp4", "webm", "gif", "png")
+FITS: tuple[str, ...] = ("keep", "crop", "pad")
+
+# Every column a manifest may have, in the order `t2vz scan` and the README use.
+COLUMNS: tuple[str, ...] = (
+    "job_id", "mode", "source", "control", "prompt", "negative_prompt", "model", "revision",
+    "controlnet", "controlnet_conditioning_scale", "seed", "num_inference_steps", "guidance_scale",
+    "image_guidance_scale", "chunk_size", "resolution", "width", "height", "fit", "fps", "start",
+    "end", "max_frames", "video_length", "motion_field_strength_x", "motion_field_strength_y",
+    "t0", "t1", "output", "refresh",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("job_id", "mode", "prompt")
+
+# Cells that only some modes use. "Structural" ones in the wrong mode mean the row was
+# misunderstood (an error); the others are tuning knobs that are ignored with a warning.
+APPLIES_TO: dict[str, frozenset[str]] = {
+    "source": SOURCE_MODES, "control": CONTROLNET_MODES, "controlnet": CONTROLNET_MODES,
+    "controlnet_conditioning_scale": CONTROLNET_MODES, "image_guidance_scale": frozenset({"pix2pix"}),
+    "fit": SOURCE_MODES, "start": SOURCE_MODES, "end": SOURCE_MODES, "max_frames": SOURCE_MODES,
+    "video_length": frozenset({"text2video"}), "motion_field_strength_x": frozenset({"text2video"}),
+    "motion_field_strength_y": frozenset({"text2video"}), "t0": frozenset({"text2video"}),
+    "t1": frozenset({"text2video"}),
+}
+STRUCTURAL = frozenset({"source", "control", "controlnet", "video_length"})
+
+# Position of each column in COLUMNS: errors are listed in this order within a row.
+COLUMN_ORDER: dict[str, int] = {name: index for index, name in enumerate(COLUMNS)}

@@ -1,0 +1,315 @@
+"""`Job`: one manifest row as a validated pydantic model, with its mode-dependent defaults resolved."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+
+from t2vz_core.errors import InputError
+from t2vz_core.manifest.cells import (
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    MAX_PROMPT_CHARS,
+    describe,
+    parse_bool,
+    parse_float,
+    parse_int,
+    parse_outputs,
+    parse_seconds,
+)
+from t2vz_core.manifest.columns import APPLIES_TO, CONTROLNET_MODES, FITS, MODES, SOURCE_MODES, STRUCTURAL, Mode
+from t2vz_core.manifest.defaults import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONTROLNET_SCALE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_MOTION,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_TEXT2VIDEO_FPS,
+    DEFAULT_VIDEO_LENGTH,
+    default_controlnet,
+    default_model,
+    default_t0_t1,
+    or_default,
+)
+from t2vz_core.manifest.rules import RowProblems, cross_column_problems
+from t2vz_core.paths import (
+    RealRoots,
+    check_job_id,
+    check_model_ref,
+    check_revision,
+    resolve_allowed_roots,
+    resolve_source,
+)
+
+
+def _context(info: ValidationInfo) -> tuple[str | Path, RealRoots]:
+    """(base_dir, allowed roots) from the validation context that `read_manifest` passes (default: cwd)."""
+    ctx = info.context or {}
+    base_dir = ctx.get("base_dir") or os.getcwd()
+    return base_dir, resolve_allowed_roots(base_dir, ctx.get("allowed_roots"))
+
+
+class Job(BaseModel):
+    """One manifest row, validated and with its defaults resolved.
+
+    Parameters a row's mode does not use are None (so they never change a cache key). `source` is
+    the real path of the file (confined to the allowed roots), `model`/`controlnet` a hub id or the
+    real path of a local folder. `row` is the spreadsheet row (header = 1) or None when built in code.
+    Construct directly in Python (`Job(job_id="a", mode="text2video", prompt="...")`) or through
+    `read_manifest`; relative paths resolve against the validation context's `base_dir` (default:
+    the current folder).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str
+    mode: Mode
+    prompt: str
+    source: Path | None = None
+    control: Literal["extract", "given"] | None = None
+    negative_prompt: str = ""
+    model: str = ""
+    revision: str | None = None
+    controlnet: str | None = None
+    controlnet_conditioning_scale: float | None = None
+    seed: int = DEFAULT_SEED
+    num_inference_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    image_guidance_scale: float | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    resolution: int | None = None
+    width: int | None = None
+    height: int | None = None
+    fit: Literal["keep", "crop", "pad"] | None = None
+    fps: float | None = None
+    start: float | None = None
+    end: float | None = None
+    max_frames: int | None = None
+    video_length: int | None = None
+    motion_field_strength_x: float | None = None
+    motion_field_strength_y: float | None = None
+    t0: int | None = None
+    t1: int | None = None
+    output: tuple[str, ...] = ("mp4",)
+    refresh: bool = False
+    row: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty(cls, data: Any) -> Any:
+        """Empty cells (or None) take the default: drop them before field validation."""
+        if not isinstance(data, Mapping):
+            return data
+        cleaned = {}
+        for key, value in data.items():
+            if isinstance(value, str):
+                value = value.strip()
+            if value is None or (isinstance(value, str) and not value):
+                continue
+            cleaned[key] = value
+        return cleaned
+
+    @field_validator("job_id", mode="before")
+    @classmethod
+    def _job_id(cls, value: Any) -> str:
+        return check_job_id(str(value))
+
+    @field_validator("mode", "control", "fit", mode="before")
+    @classmethod
+    def _choice(cls, value: Any, info: ValidationInfo) -> str:
+        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS}[info.field_name]
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"unknown {info.field_name} {describe(value)}: use one of {', '.join(choices)}")
+        return text
+
+    @field_validator("prompt", "negative_prompt", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"{info.field_name} must be text")
+        text = value.strip()
+        if info.field_name == "prompt" and not text:
+            raise ValueError("prompt is empty (whitespace only)")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{info.field_name} is {len(text)} characters long; at most {MAX_PROMPT_CHARS}")
+        if "\x00" in text:
+            raise ValueError(f"{info.field_name} contains a NUL character")
+        return text
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: Any, info: ValidationInfo) -> str:
+        base_dir, roots = _context(info)
+        return str(resolve_source(value, base_dir, roots))  # str: JSON-mode validation takes no Path objects
+
+    @field_validator("model", "controlnet", mode="before")
+    @classmethod
+    def _model_ref(cls, value: Any, info: ValidationInfo) -> str:
+        base_dir, _ = _context(info)
+        return check_model_ref(str(value), base_dir)
+
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _revision(cls, value: Any) -> str:
+        return check_revision(str(value))
+
+    @field_validator(*INT_FIELDS, mode="before")
+    @classmethod
+    def _int(cls, value: Any, info: ValidationInfo) -> int:
+        return parse_int(info.field_name, value)
+
+    @field_validator(*FLOAT_FIELDS, mode="before")
+    @classmethod
+    def _float(cls, value: Any, info: ValidationInfo) -> float:
+        return parse_float(info.field_name, value)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any, info: ValidationInfo) -> float:
+        return parse_seconds(info.field_name, value)
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, value: Any) -> tuple[str, ...]:
+        return parse_outputs(value)
+
+    @field_validator("refresh", mode="before")
+    @classmethod
+    def _refresh(cls, value: Any) -> bool:
+        return parse_bool("refresh", value)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Job:
+        """Cross-column rules, then the mode-dependent defaults."""
+        problems = cross_column_problems(self, self.model_fields_set)
+        if problems:
+            raise RowProblems(problems)
+        mode, given = self.mode, self.model_fields_set
+        values: dict[str, Any] = {}
+        for name, modes in APPLIES_TO.items():
+            if mode not in modes and name not in STRUCTURAL:
+                values[name] = None  # a knob this mode ignores: keep it out of cache keys
+        if "model" not in given:
+            values["model"] = default_model(mode)
+        if mode in CONTROLNET_MODES:
+            values.setdefault("control", self.control or "extract")
+            if self.controlnet_conditioning_scale is None:
+                values["controlnet_conditioning_scale"] = DEFAULT_CONTROLNET_SCALE
+        if mode == "pix2pix" and self.image_guidance_scale is None:
+            values["image_guidance_scale"] = DEFAULT_IMAGE_GUIDANCE
+        if mode in SOURCE_MODES and self.fit is None:
+            values["fit"] = "keep"
+        if self.width is None and self.height is None and self.resolution is None:
+            values["resolution"] = DEFAULT_RESOLUTION
+        if mode == "text2video":
+            t0, t1 = default_t0_t1(self.num_inference_steps)
+            values["t0"] = t0 if self.t0 is None else self.t0
+            values["t1"] = t1 if self.t1 is None else self.t1
+            for name, default in (("video_length", DEFAULT_VIDEO_LENGTH), ("fps", DEFAULT_TEXT2VIDEO_FPS),
+                                  ("motion_field_strength_x", DEFAULT_MOTION),
+                                  ("motion_field_strength_y", DEFAULT_MOTION)):
+                if getattr(self, name) is None:
+                    values[name] = default
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen model: set once, during validation
+        return self
+
+    # ------------------------------------------------------------ helpers for the flows
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output formats in manifest order, e.g. ['mp4', 'gif']."""
+        return list(self.output)
+
+    @property
+    def uses_source(self) -> bool:
+        return self.mode in SOURCE_MODES
+
+    @property
+    def uses_controlnet(self) -> bool:
+        return self.mode in CONTROLNET_MODES
+
+    def controlnet_for(self, family: str) -> str | None:
+        """The row's ControlNet, or the default for `family` ("sd"/"sdxl") when the cell was empty."""
+        if self.mode not in CONTROLNET_MODES:
+            return None
+        return self.controlnet or default_controlnet(self.mode, family)
+
+    def text2video_size(self) -> tuple[int, int]:
+        """(width, height) of a text2video row: width x height, or resolution x resolution."""
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        side = self.resolution or DEFAULT_RESOLUTION
+        return side, side
+
+    def decode_spec_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of media's `DecodeSpec` (start, end, fps, max_frames, resolution, width, height, fit)."""
+        return {
+            "start": self.start, "end": self.end, "fps": self.fps, "max_frames": self.max_frames,
+            "resolution": self.resolution, "width": self.width, "height": self.height, "fit": self.fit or "keep",
+        }
+
+    def decode_spec(self):
+        """media's `DecodeSpec` for this row (imported lazily: the manifest layer needs no media stack)."""
+        from t2vz_core.media.plan import DecodeSpec
+
+        return DecodeSpec(**self.decode_spec_kwargs())
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The engine `GenerationRequest` fields this row decides (not width/height, which come from decoding).
+
+        Parameters the mode ignores are sent as their defaults (t0/t1 scaled to the step count), so
+        that the request always validates; `video_length` is None except for text2video.
+        """
+        t0, t1 = (self.t0, self.t1) if self.t0 is not None else default_t0_t1(self.num_inference_steps)
+        kwargs: dict[str, Any] = {
+            "mode": self.mode,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "image_guidance_scale": or_default(self.image_guidance_scale, DEFAULT_IMAGE_GUIDANCE),
+            "controlnet_conditioning_scale": or_default(self.controlnet_conditioning_scale, DEFAULT_CONTROLNET_SCALE),
+            "seed": self.seed,
+            "chunk_size": self.chunk_size,
+            "motion_field_strength_x": or_default(self.motion_field_strength_x, DEFAULT_MOTION),
+            "motion_field_strength_y": or_default(self.motion_field_strength_y, DEFAULT_MOTION),
+            "t0": t0,
+            "t1": t1,
+        }
+        # None outside text2video: the frame count comes from the conditioning frames.
+        kwargs["video_length"] = self.video_length if self.mode == "text2video" else None
+        return kwargs
+
+    def request(self, width: int | None = None, height: int | None = None,
+                video_length: int | None = None) -> dict[str, Any]:
+        """`generation_kwargs()` plus the frame size: complete kwargs for `GenerationRequest(**...)`.
+
+        Video modes must pass the decoded width/height; text2video defaults to `text2video_size()`.
+        """
+        kwargs = self.generation_kwargs()
+        if self.mode == "text2video":
+            default_w, default_h = self.text2video_size()
+            width, height = width or default_w, height or default_h
+        elif width is None or height is None:
+            raise InputError(f"job {self.job_id!r}: mode {self.mode} needs the decoded width and height")
+        kwargs.update(width=width, height=height)
+        if video_length is not None:
+            kwargs["video_length"] = video_length
+        return kwargs
+
+    def cache_dict(self) -> dict[str, Any]:
+        """Every parameter as JSON-able values (for cache keys and the sidecar).
+
+        Leaves out `row` (position in the file) and `refresh` (an instruction, not a parameter:
+        toggling it must not move the cache key).
+        """
+        return self.model_dump(mode="json", exclude={"row", "refresh"})

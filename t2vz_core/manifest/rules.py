@@ -1,0 +1,66 @@
+"""Rules that involve more than one column of a row, and how their problems travel out of pydantic."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from t2vz_core.manifest.columns import APPLIES_TO, SOURCE_MODES, STRUCTURAL
+from t2vz_core.manifest.defaults import default_t0_t1, or_default
+
+if TYPE_CHECKING:
+    from t2vz_core.manifest.job import Job
+
+Problem = tuple[str | None, str, frozenset[str]]  # (column, message, columns the rule depends on)
+
+
+class RowProblems(ValueError):
+    """Cross-column problems of one row, raised from the model validator and unpacked by read_manifest."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(f"{column}: {message}" if column else message for column, message, _ in problems))
+
+
+def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
+    """Rules that involve more than one column, each with the columns it depends on."""
+    problems: list[Problem] = []
+    mode = job.mode
+
+    def add(column: str | None, message: str, *involved: str) -> None:
+        problems.append((column, message, frozenset({column, "mode", *involved} - {None})))
+
+    if mode in SOURCE_MODES and job.source is None:
+        add("source", f"source is required for mode {mode} (the video to edit)")
+    for name in sorted(STRUCTURAL & given):
+        if mode not in APPLIES_TO[name]:
+            hint = {"source": "text2video generates from the prompt alone; leave source empty or pick a video mode",
+                    "video_length": "use max_frames to limit how many source frames are read"}.get(
+                name, "only pose, canny and depth use a ControlNet")
+            add(name, f"{name} is not used by mode {mode}: {hint}")
+    one_side = (job.width is None) != (job.height is None)
+    missing = "height" if job.height is None else "width"
+    if one_side and mode == "text2video":
+        add(missing, "text2video needs both width and height (or neither, and resolution)", "width", "height")
+    elif one_side and job.fit in ("crop", "pad"):
+        add(missing, f"fit={job.fit} needs both width and height", "width", "height", "fit")
+    if (job.width is not None or job.height is not None) and "resolution" in given:
+        add("resolution", "give either resolution (long side) or width/height, not both", "width", "height")
+    if mode in SOURCE_MODES and job.start is not None and job.end is not None and job.start >= job.end:
+        add("end", f"end ({job.end:g} s) must be after start ({job.start:g} s)", "start")
+    if "revision" in given and os.path.isabs(job.model):
+        add("revision", "revision applies to hub models; the model is a local folder", "model")
+    if mode == "text2video":
+        steps = job.num_inference_steps
+        d0, d1 = default_t0_t1(steps)
+        t0, t1 = or_default(job.t0, d0), or_default(job.t1, d1)
+        rule = (f"need 0 <= t0 < t1 <= num_inference_steps-1 (= {steps - 1}): t0 and t1 are indices into the "
+                f"{steps}-step schedule between which the first frame's latent is re-noised to make motion "
+                "(defaults 44/47 of 50 steps)")
+        if steps < 2:
+            add("num_inference_steps", f"text2video needs at least 2 steps ({rule})", "t0", "t1")
+        elif t1 > steps - 1:
+            add("t1", f"t1={t1} is too large for num_inference_steps={steps}; {rule}", "t0", "num_inference_steps")
+        elif t0 >= t1:
+            add("t0", f"t0={t0} must be smaller than t1={t1}; {rule}", "t1", "num_inference_steps")
+    return problems
