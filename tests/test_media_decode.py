@@ -37,8 +37,10 @@ def decode_all(path, spec=None, **kwargs):
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_both_backends_deliver_the_planned_frames(media, backend):
+    stats = {}
     plan, chunks, frames = decode_all(media["ntsc"], DecodeSpec(resolution=64), backend=backend,
-                                      chunk_size=8)
+                                      chunk_size=8, stats=stats)
+    assert stats["backend"] == backend and stats["fallback"] is None
     assert frames.shape == (45, 40, 64, 3) and frames.dtype == np.uint8
     assert [len(c) for c in chunks] == [8] * 5 + [5]
     assert [read_frame_index(f) for f in frames] == list(range(45))
@@ -94,10 +96,12 @@ def test_real_decord_failure_falls_back_to_pyav(media, caplog):
     # decord 0.6 cannot decode 1x1 frames (size check fails inside get_batch)
     info = probe(media["tiny"])
     assert choose_backend(info) == "decord"
+    stats = {}
     with caplog.at_level(logging.WARNING):
-        _, _, frames = decode_all(media["tiny"])
+        _, _, frames = decode_all(media["tiny"], stats=stats)
     assert frames.shape == (4, 1, 1, 3)
     assert "decord failed" in caplog.text
+    assert stats["backend"] == "pyav" and "shape" in stats["fallback"]
     with pytest.raises(MediaError, match="decord failed"):
         decode_all(media["tiny"], backend="decord")
 

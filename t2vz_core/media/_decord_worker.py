@@ -7,7 +7,7 @@ decord's memory growth on long files (#208) to one job.
 
 Messages on stdout: 4-byte little-endian header length, a JSON header, then `nbytes` raw
 bytes when the header says so. Headers: {"type": "info", "frame_count": n},
-{"type": "chunk", "shape": [k, h, w, 3], "nbytes": ...}, {"type": "done"},
+{"type": "chunk", "shape": [k, h, w, 3], "nbytes": ...}, {"type": "done", "peak_rss_mb": ...},
 {"type": "error", "error": "..."}.
 """
 
@@ -27,6 +27,18 @@ def send(out, header: dict, payload: bytes | memoryview | None = None) -> None:
     out.flush()
 
 
+def peak_rss_mb() -> float | None:
+    """This process's own high-water mark (VmHWM; ru_maxrss would include the parent's)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def main() -> int:
     # Keep the data channel private: anything a library prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
@@ -36,21 +48,24 @@ def main() -> int:
         import decord
         import numpy as np
 
+        size = request.get("size")  # let decord scale while decoding (see decode.py)
         reader = decord.VideoReader(request["path"], ctx=decord.cpu(0),
-                                    num_threads=request.get("threads", 0))
+                                    num_threads=request.get("threads", 0),
+                                    **({"width": size[0], "height": size[1]} if size else {}))
         send(out, {"type": "info", "frame_count": len(reader)})
         wanted = request["indices"]
         size = request["chunk_size"]
         for lo in range(0, len(wanted), size):
             window = wanted[lo: lo + size]
             unique = sorted(set(window))
-            batch = reader.get_batch(unique).asnumpy()
-            if len(unique) != len(window):
-                batch = batch[np.searchsorted(unique, window)]
+            # vr[i] in order beats get_batch here (measured 700 vs 370 frames/s on 512x512
+            # H.264; get_batch also grows memory with the file's length)
+            decoded = np.stack([reader[i].asnumpy() for i in unique])
+            batch = decoded if len(unique) == len(window) else decoded[np.searchsorted(unique, window)]
             batch = np.ascontiguousarray(batch)
             send(out, {"type": "chunk", "shape": list(batch.shape), "nbytes": batch.nbytes},
                  memoryview(batch).cast("B"))
-        send(out, {"type": "done"})
+        send(out, {"type": "done", "peak_rss_mb": peak_rss_mb()})
         return 0
     except Exception as exc:  # reported to the parent, which decides what it means
         send(out, {"type": "error", "error": f"{type(exc).__name__}: {exc}"[-2000:]})

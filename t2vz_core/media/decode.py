@@ -1,22 +1,36 @@
 """Stream decoded frames chunk by chunk: decord in a guarded child process, or PyAV.
 
-backend="auto" uses decord where it is reliable and PyAV otherwise:
-- decord 0.6 garbles files with rotation metadata (measured: frames come out with the
-  wrong shape and get_batch raises), indexes VP8/WebM wrongly (dmlc/decord#91) and
-  mishandles variable frame rates (#54): those files go to PyAV, which matches frames
-  by their real timestamps.
-- decord runs in a child process (see _decord_worker.py): if it sends nothing for
-  `timeout` seconds it is killed. In "auto" any decord failure (hang, crash, error, a
-  frame count that disagrees with the container's) falls back to PyAV, resuming after
-  the frames already delivered; with backend="decord" a hang raises DecodeTimeout
-  (a TransientError) and other failures MediaError.
-Memory is one chunk at a time whatever the video length. PyAV is not run under a
-timeout: it releases the GIL, has no known hang, and runs in this process.
+Why a child process for decord: its get_batch can hang while holding the GIL when a file
+over-reports its frame count (dmlc/decord#373). A watchdog thread cannot even run then, let
+alone interrupt C code; a process can simply be killed. So decord runs in
+`python -m t2vz_core.media._decord_worker`, which streams raw frames back over a pipe;
+if no message arrives within `timeout` seconds (per chunk) the worker is killed. The
+worker also confines decord's memory to one job: measured, a decord reader that is not
+drained at full speed keeps a few hundred decoded frames alive (~450 MB at 512x512,
+whatever the file length; the plateau is reached after ~500 frames), so the worker lets
+decord scale to the output size while decoding, which shrinks that in proportion.
+Cost: ~0.3-0.5 s to start the worker per call.
+
+backend="auto" tries decord first where it is reliable and uses PyAV otherwise:
+- rotated files (decord 0.6 garbles them: measured, wrong frame shapes, get_batch raises),
+  VP8/VP9 and WebM (wrong indices, #91), GIF (decord cannot measure it) and
+  variable-frame-rate files (#54) go straight to PyAV, which places every frame by its
+  real timestamp;
+- any decord failure (a hang, a crash, an error, a frame count or frame shape that
+  disagrees with the container's) falls back to PyAV, resuming after the frames already
+  delivered, with a warning in the log and the reason in `stats["fallback"]`.
+With backend="decord" a hang raises DecodeTimeout (a TransientError: a retry may land on
+a less loaded machine) and other failures MediaError (permanent).
+
+PyAV runs in this process, without a timeout: it releases the GIL, has no known hang, and
+decodes sequentially from the keyframe before the first wanted frame. Either way memory
+is one chunk at a time, whatever the video length.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -52,8 +66,13 @@ class _DecordUnusable(Exception):
 
 
 def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
-                backend: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> Iterator[np.ndarray]:
-    """Yield the planned frames as uint8 arrays (k, plan.height, plan.width, 3), k <= chunk_size."""
+                backend: str = "auto", timeout: float = DEFAULT_TIMEOUT,
+                stats: dict | None = None) -> Iterator[np.ndarray]:
+    """Yield the planned frames as uint8 arrays (k, plan.height, plan.width, 3), k <= chunk_size.
+
+    `stats`, when given, is filled with what happened: "backend" (the one that delivered
+    the last frames), "fallback" (why decord was abandoned, or None) and, for decord,
+    "worker_peak_rss_mb"."""
     if backend not in BACKENDS:
         raise InputError(f"backend: {backend!r} must be one of {', '.join(BACKENDS)}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -61,10 +80,12 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
     path = Path(path)
     info = plan.info if plan.info is not None else probe(path)
     chosen = choose_backend(info) if backend == "auto" else backend
+    stats = stats if stats is not None else {}
+    stats.update(backend=chosen, fallback=None)
     delivered = 0
     if chosen == "decord":
         try:
-            for chunk in _iter_decord(path, plan, chunk_size, timeout):
+            for chunk in _iter_decord(path, plan, chunk_size, timeout, stats):
                 delivered += len(chunk)
                 yield chunk
             return
@@ -75,6 +96,7 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
                 raise MediaError(path, f"decord failed: {exc}") from None
             log.warning("%s: decord failed (%s); continuing with PyAV from frame %d",
                         path, exc, delivered)
+            stats.update(backend="pyav", fallback=str(exc))
     yield from _iter_pyav(path, plan, info, chunk_size, skip=delivered)
 
 
@@ -167,10 +189,18 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _iter_decord(path: Path, plan: DecodePlan, chunk_size: int,
-                 timeout: float) -> Iterator[np.ndarray]:
+def _iter_decord(path: Path, plan: DecodePlan, chunk_size: int, timeout: float,
+                 stats: dict) -> Iterator[np.ndarray]:
     info = plan.info
     request = {"path": str(path), "indices": list(plan.indices), "chunk_size": chunk_size}
+    geometry, expect = plan.geometry, (info.coded_height, info.coded_width) if info else None
+    if geometry.resize is not None and not geometry.rotation:
+        # decord keeps a few hundred decoded frames alive when its reader is not drained at
+        # full speed (measured: ~400 MB at 512x512, whatever the file length): decoding at
+        # the target size makes that proportionally smaller and the pipe carries less.
+        request["size"] = list(geometry.resize)
+        expect = (geometry.resize[1], geometry.resize[0])
+        geometry = dataclasses.replace(geometry, resize=None)
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=errlog, env=_worker_env(), bufsize=0)
@@ -188,15 +218,15 @@ def _iter_decord(path: Path, plan: DecodePlan, chunk_size: int,
             while True:
                 header, payload = reader.next()
                 if header["type"] == "done":
+                    stats["worker_peak_rss_mb"] = header.get("peak_rss_mb")
                     return
                 if header["type"] != "chunk":
                     raise _DecordUnusable(reader.describe(header))
                 chunk = np.frombuffer(payload, np.uint8).reshape(header["shape"])
-                if info is not None and chunk.shape[1:3] != (info.coded_height, info.coded_width):
-                    raise _DecordUnusable(f"decord returned {chunk.shape[2]}x{chunk.shape[1]} "
-                                          f"frames, the stream is "
-                                          f"{info.coded_width}x{info.coded_height}")
-                yield plan.geometry.apply_chunk(chunk)
+                if chunk.shape[3] != 3 or (expect is not None and chunk.shape[1:3] != expect):
+                    raise _DecordUnusable(f"decord returned frames of shape {chunk.shape[1:]}, "
+                                          f"expected {expect + (3,) if expect else '(h, w, 3)'}")
+                yield geometry.apply_chunk(chunk)
         finally:
             if proc.poll() is None:
                 proc.kill()
