@@ -1,0 +1,346 @@
+"""End to end against a real `prefect server start` on 127.0.0.1 (issue 5, items 7 and 10).
+
+One server (its own PREFECT_HOME, embedded SQLite), `python -m flows.deploy setup` (work pool,
+queues, the t2vz-gpu limit, prefect.yaml's deployments), two GPU-queue workers and one dispatch
+worker as real `prefect worker start` processes. A manifest is fanned out twice through the
+nightly deployment: both workers get shards, every row reaches the report, states are as
+expected, the second run is all cache hits, artifacts and GCL use are visible through the API.
+
+Reads go through plain HTTP with bodies that leave unset fields out: Prefect 3.8.8's client sends
+explicit nulls (`"limit": null`) that fastapi >= 0.148 rejects with 422 (see docker/README.md).
+Budget: ~60-80 s on the 2-core CI machine (server ~10 s, two fan-out runs, one served run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows import deploy
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
+
+START_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 150
+GPU_WORKERS = ("gpu-0", "gpu-1")
+
+
+# ------------------------------------------------------------------ processes and the API
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group we created (the process and its flow-run children), then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+    except ProcessLookupError:
+        pass
+    proc.wait(5)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass
+class Stack:
+    url: str  # http://127.0.0.1:PORT
+    env: dict  # environment for clients and workers of this server
+    logs: Path
+    procs: dict = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api"
+
+    def get(self, path: str):
+        response = httpx.get(f"{self.api}{path}", timeout=30)
+        assert response.is_success, f"GET {path}: {response.status_code} {response.text[:2000]}"
+        return response.json()
+
+    def post(self, path: str, body: dict | None = None):
+        response = httpx.post(f"{self.api}{path}", json=body or {}, timeout=30)
+        assert response.is_success, f"POST {path} {body}: {response.status_code} {response.text[:2000]}"
+        return response.json()
+
+    def start(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, *args], env=env or self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.logs)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def flow_run(self, run_id: str) -> dict:
+        return self.get(f"/flow_runs/{run_id}")
+
+    def run_deployment(self, name: str, parameters: dict) -> str:
+        deployment = self.get(f"/deployments/name/{name}")
+        return self.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})["id"]
+
+    def wait_final(self, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.flow_run(run_id)
+            if run["state"] and run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                return run
+            for name, proc in self.procs.items():
+                assert proc.poll() is None, f"{name} exited:\n{_tail(self.logs / f'{name}.log')}"
+            time.sleep(0.5)
+        raise AssertionError(f"flow run {run_id} not final after {timeout_s} s: {run['state']}\n"
+                             + "\n".join(f"--- {n}\n{_tail(self.logs / f'{n}.log', 1500)}" for n in self.procs))
+
+    def children(self, parent_id: str) -> list[dict]:
+        return self.post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}})
+
+    def task_runs(self, flow_run_ids: list[str]) -> list[dict]:
+        return self.post("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": flow_run_ids}}})
+
+    def events(self, name: str, since: str, until=lambda events: bool(events), timeout_s: float = 15) -> list[dict]:
+        """Events named `name` since an ISO time; polls because events reach the database asynchronously."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            events = self.post("/events/filter", {"filter": {"event": {"name": [name]}, "occurred": {"since": since}},
+                                                  "limit": 50})["events"]
+            if until(events) or time.monotonic() > deadline:
+                return events
+            time.sleep(0.25)
+
+    def workers_of(self, run_ids: list[str], since: str) -> dict[str, str]:
+        """{flow run id: name of the worker that submitted it}, from `prefect.worker.submitted-flow-run`
+        events (a worker that lost the race for a run logs "submitting" too, but emits no event)."""
+        def mapping(events: list[dict]) -> dict[str, str]:
+            return {r["prefect.resource.id"].removeprefix("prefect.flow-run."): e["resource"]["prefect.resource.name"]
+                    for e in events for r in e["related"] if r["prefect.resource.role"] == "flow-run"}
+
+        events = self.events("prefect.worker.submitted-flow-run", since,
+                             until=lambda events: set(run_ids) <= set(mapping(events)))
+        found = mapping(events)
+        assert set(run_ids) <= set(found), f"no submitted-flow-run event for {set(run_ids) - set(found)}"
+        return {run_id: found[run_id] for run_id in run_ids}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    """A real Prefect server, the t2vz pool/limit/deployments, two GPU workers and a dispatcher."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    server_env = {**base, "PREFECT_HOME": str(root / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    client_env = {**base, "PREFECT_HOME": str(root / "client-home"),
+                  "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                  "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+                  "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+                  "T2VZ_MAX_WORKERS": "1"}
+    s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
+    s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+            env=server_env)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert s.procs["server"].poll() is None, f"server exited:\n{_tail(root / 'server.log')}"
+            try:
+                if httpx.get(f"{s.api}/health", timeout=2).json() is True:
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            assert time.monotonic() < deadline, f"server not healthy in {START_TIMEOUT_S} s:\n{_tail(root / 'server.log')}"
+            time.sleep(0.25)
+        setup = subprocess.run([sys.executable, "-m", "flows.deploy", "setup", "--gpus", "2"], env=client_env,
+                               capture_output=True, text=True, timeout=120, cwd=root)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        for name in GPU_WORKERS:
+            s.start(name, "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
+                    deploy.GPU_QUEUE, "--limit", "1", "--name", name)
+        s.start("dispatch", "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
+                deploy.DISPATCH_QUEUE, "--name", "dispatch")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            workers = s.post(f"/work_pools/{deploy.WORK_POOL}/workers/filter")
+            if {w["name"] for w in workers if w["status"] == "ONLINE"} >= {*GPU_WORKERS, "dispatch"}:
+                break
+            for name, proc in s.procs.items():
+                assert proc.poll() is None, f"{name} exited:\n{_tail(root / f'{name}.log')}"
+            assert time.monotonic() < deadline, f"workers not online: {workers}"
+            time.sleep(0.25)
+        yield s
+    finally:
+        for name in reversed(list(s.procs)):
+            _stop(s.procs[name])
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, tiny_models) -> Path:
+    """One good row, one row whose source is not a video (fails at decode), one invalid row."""
+    folder = tmp_path_factory.mktemp("fan-out")
+    (folder / "broken.mp4").write_bytes(b"this is not a video")
+    path = folder / "nightly.csv"
+    path.write_text(
+        "job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,video_length,output\n"
+        f"good,text2video,,a red ball,{tiny_models / 'sd'},1,3,64,4,mp4\n"
+        f"broken,pix2pix,broken.mp4,make it snow,{tiny_models / 'pix2pix'},2,3,64,,mp4\n"
+        "invalid,no-such-mode,,a prompt,,,,,,\n",
+        encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory) -> Path:
+    """One work folder for every run here, so the served run can reuse the fan-out's frames."""
+    return tmp_path_factory.mktemp("work")
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_server_serves_api_and_ui(stack):
+    assert stack.get("/health") is True
+    ui = httpx.get(stack.url + "/", timeout=10)
+    assert ui.status_code == 200 and "<html" in ui.text.lower()
+    limit = stack.get(f"/v2/concurrency_limits/{deploy.GPU_LIMIT}")
+    assert limit["limit"] == 2 and limit["active"]
+    pool = stack.get(f"/work_pools/{deploy.WORK_POOL}")
+    assert pool["type"] == "process"
+    assert pool["base_job_template"]["variables"]["properties"]["env"]["default"] == {
+        deploy.GPU_LIMIT_ENV: deploy.GPU_LIMIT}
+    nightly = stack.get(f"/deployments/name/{deploy.FAN_OUT_DEPLOYMENT}")
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == [deploy.DEFAULT_CRON]
+    assert nightly["work_queue_name"] == deploy.DISPATCH_QUEUE and nightly["entrypoint"] == "flows.deploy.fan_out"
+    shard = stack.get(f"/deployments/name/{deploy.SHARD_DEPLOYMENT}")
+    assert shard["work_queue_name"] == deploy.GPU_QUEUE and shard["entrypoint"] == "flows.batch.process_rows"
+
+
+def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path) -> tuple[dict, list[dict]]:
+    run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
+        "manifest_path": str(manifest), "output_dir": str(output_dir), "shard_size": 1, "device": "cpu",
+        "work_dir": str(work_dir), "poll_seconds": 0.5})
+    parent = stack.wait_final(run_id)
+    shards = sorted(stack.children(run_id), key=lambda r: r["name"])
+    return parent, shards
+
+
+def test_fan_out_over_two_workers_then_all_cached(stack, manifest, work_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    since = datetime.now(timezone.utc).isoformat()
+    t0 = time.monotonic()
+    parent, shards = _fan_out(stack, manifest, output_dir, work_dir)
+    first_s = time.monotonic() - t0
+
+    # The fan-out ran on the dispatch worker and ended Failed: one row failed, one is invalid.
+    assert parent["state"]["type"] == "FAILED", parent["state"]
+    assert "1 ok, 1 failed, 1 invalid" in parent["state"]["message"]
+    workers = stack.workers_of([parent["id"], *[s["id"] for s in shards]], since)
+    assert workers.pop(parent["id"]) == "dispatch"
+    # One shard flow run per valid row, Completed for the good row and Failed for the broken one,
+    # run by the GPU-queue workers: both of them got work.
+    assert [s["name"] for s in shards] == ["nightly-shard-1of2", "nightly-shard-2of2"]
+    by_rows = {tuple(s["parameters"]["job_ids"]): s for s in shards}
+    assert by_rows[("good",)]["state"]["type"] == "COMPLETED"
+    assert by_rows[("broken",)]["state"]["type"] == "FAILED"
+    assert all(s["work_queue_name"] == deploy.GPU_QUEUE and s["infrastructure_pid"] for s in shards)
+    assert set(workers.values()) == set(GPU_WORKERS), workers
+
+    # Every manifest row is in the report the fan-out rebuilt.
+    report = json.loads((output_dir / "report.json").read_text())
+    status = {row["job_id"]: row["status"] for row in report["rows"]}
+    assert status == {"good": "ok", "broken": "failed", "invalid": "invalid"}
+    errors = {row["job_id"]: row["error"] for row in report["rows"]}
+    assert "decode" in errors["broken"] and "broken.mp4" in errors["broken"]
+    assert (output_dir / "good.mp4").stat().st_size > 0
+
+    # Artifacts, through the API: each shard's progress, table and summary; the fan-out's
+    # complete row table (latest version of the shared key) and shard table.
+    artifacts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {
+        "any_": [parent["id"], *[s["id"] for s in shards]]}}})
+    kinds = Counter((a["flow_run_id"], a["type"]) for a in artifacts)
+    for shard in shards:
+        assert {kind for run, kind in kinds if run == shard["id"]} >= {"progress", "table", "markdown"}, kinds
+    progress = [a for a in artifacts if a["type"] == "progress" and a["flow_run_id"] == by_rows[("good",)]["id"]]
+    assert progress and progress[0]["data"] == 100.0
+    latest = stack.get("/artifacts/t2vz-report-nightly/latest")
+    assert latest["flow_run_id"] == parent["id"]
+    assert sorted(row["job_id"] for row in json.loads(latest["data"])) == ["broken", "good", "invalid"]
+    shard_table = json.loads(stack.get("/artifacts/t2vz-shards-nightly/latest")["data"])
+    assert [r["state"] for r in shard_table] == ["Completed", "Failed"]
+
+    # The good row's generation held a slot of the t2vz-gpu limit, and released it.
+    good_run = f"prefect.flow-run.{by_rows[('good',)]['id']}"
+
+    def holders(events: list[dict]) -> set[str]:
+        return {r["prefect.resource.id"] for e in events if e["resource"]["prefect.resource.name"] == deploy.GPU_LIMIT
+                for r in e["related"] if r["prefect.resource.role"] == "flow-run"}
+
+    acquired = stack.events("prefect.concurrency-limit.acquired", since, until=lambda e: good_run in holders(e))
+    assert good_run in holders(acquired)
+    assert stack.get(f"/v2/concurrency_limits/{deploy.GPU_LIMIT}")["active_slots"] == 0
+
+    # Second run of the unchanged manifest: the good row's steps are Prefect cache hits.
+    t1 = time.monotonic()
+    parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir)
+    second_s = time.monotonic() - t1
+    assert parent2["state"]["type"] == "FAILED" and "1 ok, 1 failed, 1 invalid" in parent2["state"]["message"]
+    good2 = next(s for s in shards2 if s["parameters"]["job_ids"] == ["good"])
+    assert good2["state"]["type"] == "COMPLETED"
+    steps = {t["name"]: t["state"]["name"] for t in stack.task_runs([good2["id"]])}
+    assert (steps["generate-good"], steps["encode-good"]) == ("Cached", "Cached"), steps  # text2video: no decode
+    report2 = json.loads((output_dir / "report.json").read_text())
+    good_line = next(row for row in report2["rows"] if row["job_id"] == "good")
+    assert (good_line["status"], good_line["generate"]) == ("ok", "cached")
+    print(f"\nfan-out over 2 workers: first run {first_s:.1f} s, cached run {second_s:.1f} s")
+
+
+def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, work_dir, tmp_path):
+    """`t2vz serve` (flows.deploy.serve) registers one cron deployment per manifest and runs it."""
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "daily.csv").write_text("\n".join(manifest.read_text().splitlines()[:2]) + "\n", encoding="utf-8")
+    out = tmp_path / "served"
+    code = ("from flows.deploy import serve; "
+            f"serve({str(folder)!r}, output_dir={str(out)!r}, cron='30 3 * * *', device='cpu', work_dir={str(work_dir)!r})")
+    proc = stack.start("serve", "-c", code)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, _tail(stack.logs / "serve.log")
+            found = stack.post("/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
+            if found:
+                break
+            assert time.monotonic() < deadline, _tail(stack.logs / "serve.log")
+            time.sleep(0.25)
+        assert [s["schedule"]["cron"] for s in found[0]["schedules"]] == ["30 3 * * *"]
+        assert found[0]["parameters"]["output_dir"] == str(out / "daily")
+        run = stack.wait_final(stack.run_deployment("t2vz-manifest/daily", {}))
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+        report = json.loads((out / "daily" / "report.json").read_text())
+        assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("good", "ok")]
+    finally:
+        _stop(stack.procs.pop("serve"))
