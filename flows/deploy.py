@@ -315,7 +315,15 @@ def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike
     also be run on demand: `prefect deployment run 't2vz-manifest/<stem>'` or the UI's Run button.
     """
     from prefect import serve as prefect_serve
+    from prefect.settings import get_current_settings
 
+    from t2vz_core.errors import InputError
+
+    if not get_current_settings().api.url:
+        # Without it Prefect would serve against a throwaway temporary server: no UI, no history.
+        raise InputError("t2vz serve needs a running Prefect server: start one with "
+                         "`prefect server start --host 127.0.0.1` and set "
+                         "PREFECT_API_URL=http://127.0.0.1:4200/api")
     deployments = serve_deployments(manifest_dir_or_path, output_dir, cron=cron, timezone=timezone,
                                     device=device, dtype=dtype, allowed_roots=allowed_roots, work_dir=work_dir)
     ensure_gpu_limit(gpus)
