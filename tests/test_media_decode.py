@@ -143,3 +143,13 @@ def test_bad_arguments(media):
         next(iter_frames(media["ntsc"], plan, backend="opencv"))
     with pytest.raises(ValueError, match="chunk_size"):
         next(iter_frames(media["ntsc"], plan, chunk_size=0))
+
+
+
+def test_decord_worker_reads_in_segments(media, monkeypatch):
+    monkeypatch.setattr(decode_module, "DECORD_SEGMENT", 16)  # 45 frames: 3 decord readers
+    stats = {}
+    plan, chunks, frames = decode_all(media["ntsc"], backend="decord", chunk_size=8, stats=stats)
+    assert [len(c) for c in chunks] == [8] * 5 + [5]
+    assert [read_frame_index(f) for f in frames] == list(range(45))
+    assert stats["worker_peak_rss_mb"] > 0

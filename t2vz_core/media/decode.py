@@ -5,11 +5,12 @@ over-reports its frame count (dmlc/decord#373). A watchdog thread cannot even ru
 alone interrupt C code; a process can simply be killed. So decord runs in
 `python -m t2vz_core.media._decord_worker`, which streams raw frames back over a pipe;
 if no message arrives within `timeout` seconds (per chunk) the worker is killed. The
-worker also confines decord's memory to one job: measured, a decord reader that is not
-drained at full speed keeps a few hundred decoded frames alive (~450 MB at 512x512,
-whatever the file length; the plateau is reached after ~500 frames), so the worker lets
-decord scale to the output size while decoding, which shrinks that in proportion.
-Cost: ~0.3-0.5 s to start the worker per call.
+worker also contains decord's memory growth (#208, #157): measured, a decord reader left
+idle while its consumer is busy keeps decoding ahead into an unbounded queue (+1.7 GB in
+3 s at 512x512). So the worker reads a segment of frames (DECORD_SEGMENT) at full speed,
+drops the reader, and only then sends the frames; decord also scales to the output size
+while decoding. Cost: ~0.3-0.5 s to start the worker, and a re-read of the file's index
+per segment.
 
 backend="auto" tries decord first where it is reliable and uses PyAV otherwise:
 - rotated files (decord 0.6 garbles them: measured, wrong frame shapes, get_batch raises),
@@ -54,6 +55,13 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_TIMEOUT = 120.0
+# Frames the worker reads per decord reader before dropping it (see _decord_worker.py):
+# bounds the worker's memory to about this many decoded frames; each new reader re-reads
+# the file's index (~30 ms for a 15 MB file).
+DECORD_SEGMENT = int(os.environ.get("T2VZ_DECORD_SEGMENT", 128))
+# decord's own decoding threads: 1 holds less memory (measured 317 vs 481 MB peak) and
+# costs little here, where decoding is not the bottleneck.
+DECORD_THREADS = int(os.environ.get("T2VZ_DECORD_THREADS", 1))
 _DECORD_AVOID_CODECS = {"vp8", "vp9", "gif"}  # gif: decord cannot measure it
 
 
@@ -85,7 +93,7 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
     delivered = 0
     if chosen == "decord":
         try:
-            for chunk in _iter_decord(path, plan, chunk_size, timeout, stats):
+            for chunk in _iter_decord(path, plan, info, chunk_size, timeout, stats):
                 delivered += len(chunk)
                 yield chunk
             return
@@ -189,15 +197,19 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _iter_decord(path: Path, plan: DecodePlan, chunk_size: int, timeout: float,
-                 stats: dict) -> Iterator[np.ndarray]:
-    info = plan.info
-    request = {"path": str(path), "indices": list(plan.indices), "chunk_size": chunk_size}
-    geometry, expect = plan.geometry, (info.coded_height, info.coded_width) if info else None
+def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
+                 timeout: float, stats: dict) -> Iterator[np.ndarray]:
+    return _decord_worker_run(path, plan.indices, plan.geometry, info, chunk_size, timeout,
+                              stats)
+
+
+def _decord_worker_run(path: Path, indices, geometry, info: VideoInfo, chunk_size: int,
+                       timeout: float, stats: dict) -> Iterator[np.ndarray]:
+    request = {"path": str(path), "indices": list(indices), "chunk_size": chunk_size,
+               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS}
+    expect = (info.coded_height, info.coded_width)
     if geometry.resize is not None and not geometry.rotation:
-        # decord keeps a few hundred decoded frames alive when its reader is not drained at
-        # full speed (measured: ~400 MB at 512x512, whatever the file length): decoding at
-        # the target size makes that proportionally smaller and the pipe carries less.
+        # decord scales while decoding: less memory held in the worker, less in the pipe
         request["size"] = list(geometry.resize)
         expect = (geometry.resize[1], geometry.resize[0])
         geometry = dataclasses.replace(geometry, resize=None)
@@ -212,20 +224,22 @@ def _iter_decord(path: Path, plan: DecodePlan, chunk_size: int, timeout: float,
             header, _ = reader.next()
             if header["type"] != "info":
                 raise _DecordUnusable(reader.describe(header))
-            if info is not None and header["frame_count"] != info.frame_count:
+            if header["frame_count"] != info.frame_count:
                 raise _DecordUnusable(f"decord counts {header['frame_count']} frames, the "
                                       f"container has {info.frame_count}")
             while True:
                 header, payload = reader.next()
                 if header["type"] == "done":
-                    stats["worker_peak_rss_mb"] = header.get("peak_rss_mb")
+                    peak = header.get("peak_rss_mb")
+                    if peak is not None:
+                        stats["worker_peak_rss_mb"] = max(peak, stats.get("worker_peak_rss_mb") or 0)
                     return
                 if header["type"] != "chunk":
                     raise _DecordUnusable(reader.describe(header))
                 chunk = np.frombuffer(payload, np.uint8).reshape(header["shape"])
-                if chunk.shape[3] != 3 or (expect is not None and chunk.shape[1:3] != expect):
+                if chunk.shape[1:] != expect + (3,):
                     raise _DecordUnusable(f"decord returned frames of shape {chunk.shape[1:]}, "
-                                          f"expected {expect + (3,) if expect else '(h, w, 3)'}")
+                                          f"expected {expect + (3,)}")
                 yield geometry.apply_chunk(chunk)
         finally:
             if proc.poll() is None:

@@ -202,6 +202,8 @@ class _AudioTrack:
         return cls(out, fmt, src, start)
 
     def __init__(self, out, fmt: str, src, start: float):
+        import av
+
         self.out, self.src = out, src
         self.in_stream = src.streams.audio[0]
         video = src.streams.video[0] if src.streams.video else None
@@ -219,9 +221,12 @@ class _AudioTrack:
             self.resampler = None
             self.samples_written = 0
         self.tb = self.in_stream.time_base
-        if self.in_stream.start_time is not None or self.t0 > 0:
-            target = round(self.t0 / self.tb) if self.tb else 0
-            src.seek(max(0, target), stream=self.in_stream, backward=True, any_frame=False)
+        if self.t0 > 1.0 and self.tb:  # skip most of what comes before; else read from 0
+            try:
+                src.seek(round((self.t0 - 1.0) / self.tb), stream=self.in_stream,
+                         backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                log.info("%s: audio seek failed; reading from the start", src.name)
         self.packets = src.demux(self.in_stream)
         self.held = None  # a packet read ahead of the current video time
         self.finished = False
