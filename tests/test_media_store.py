@@ -109,10 +109,21 @@ def test_concurrent_writers_wait_for_each_other(tmp_path):
         t.join()
     assert not errors and sorted(results) == [False, True]
     assert np.array_equal(FrameStore(tmp_path / "s")[:], data)
-    with FrameStore.writer(tmp_path / "s2", 24) as holder:
-        with pytest.raises(TransientError, match="another writer"):
-            FrameStore.writer(tmp_path / "s2", 24, lock_timeout=0.2)
-        holder.write(0, data[:1])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with FrameStore.writer(tmp_path / "s2", 24) as holder:
+            holder.write(0, data[:1])
+            holding.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    holding.wait(10)
+    with pytest.raises(TransientError, match="another writer"):
+        FrameStore.writer(tmp_path / "s2", 24, lock_timeout=0.2)
+    release.set()
+    other.join()
 
 
 KILLED_WRITER = textwrap.dedent("""
@@ -152,3 +163,14 @@ def test_decode_to_store_reuses_and_resumes(tmp_path):
     assert [again.frame_path(i).stat().st_mtime_ns for i in range(20)] == mtimes
     other = plan_decode(probe(video), DecodeSpec(resolution=48))
     assert decode_to_store(video, other, tmp_path / "frames", backend="pyav").width == 48
+
+
+def test_a_retry_in_the_same_thread_takes_over_an_unclosed_writer(tmp_path):
+    abandoned = FrameStore.writer(tmp_path / "s", 24, {"p": 1})
+    abandoned.write(0, frames(2))  # then an exception left it unclosed, still referenced
+    retry = FrameStore.writer(tmp_path / "s", 24, {"p": 1}, lock_timeout=2)
+    assert abandoned.closed and retry.first_missing() == 2  # resumed, not blocked
+    with pytest.raises(ValueError, match="closed"):
+        abandoned.write(2, frames(1))
+    retry.write(2, frames(1))
+    assert len(retry.close()) == 3

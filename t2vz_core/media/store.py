@@ -9,18 +9,22 @@ temporary name then renamed), and `close()` renames the finished folder into pla
 crash never leaves a half-written store at the final path, and a re-run resumes from the
 frames already in the partial folder (`done(start, stop)` tells a producer what to skip).
 A lock file `.<name>.lock` (flock) serialises writers of the same store across threads and
-processes: the second writer waits, then finds the store complete and does nothing.
+processes: the second writer waits, then finds the store complete and does nothing. Use
+writers as context managers (or close()/abort() in a finally); a writer its own thread left
+unclosed is aborted when that thread opens the same store again (a retry), never waited for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +35,8 @@ from t2vz_core.errors import InputError, MediaError, TransientError
 from t2vz_core.media.atomic import atomic_path, atomic_write_bytes, fsync_dir, replace_dir
 from t2vz_core.media.frames import as_chunk
 from t2vz_core.media.rates import fraction_text, to_fraction
+
+log = logging.getLogger(__name__)
 
 FORMAT = "t2vz-framestore/1"
 META = "meta.json"
@@ -162,7 +168,11 @@ class FrameStoreWriter:
         self.expected_count = expected_count
         self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.path.with_name(f".{self.path.name}.lock"), lock_timeout)
+        self._lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._lock_fd = None
+        _take_over_from_abandoned_writer(self._lock_path)
+        self._lock_fd = _lock(self._lock_path, lock_timeout)
+        _register(self._lock_path, self)
         self.closed = False
         self.width: int | None = None
         self.height: int | None = None
@@ -268,6 +278,7 @@ class FrameStoreWriter:
     def _release(self) -> None:
         self.closed = True
         if self._lock_fd is not None:
+            _unregister(self._lock_path, self)
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
 
@@ -287,6 +298,38 @@ class FrameStoreWriter:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._release()
+
+
+# Writers holding a store lock in this process: lock path -> (thread id, writer).
+_HOLDERS: dict[str, tuple[int, weakref.ref]] = {}
+_HOLDERS_LOCK = threading.Lock()
+
+
+def _take_over_from_abandoned_writer(lock_path: Path) -> None:
+    """A writer of the same store left unclosed by this very thread (an exception kept it
+    alive, and the thread now retries) would block us forever: abort it. Writers of other
+    threads or processes are waited for."""
+    with _HOLDERS_LOCK:
+        holder = _HOLDERS.get(str(lock_path))
+    if holder is None:
+        return
+    thread_id, ref = holder
+    writer = ref()
+    if writer is not None and thread_id == threading.get_ident() and not writer.closed:
+        log.warning("%s: taking over from an unfinished writer of this thread", writer.path)
+        writer.abort()
+
+
+def _register(lock_path: Path, writer: FrameStoreWriter) -> None:
+    with _HOLDERS_LOCK:
+        _HOLDERS[str(lock_path)] = (threading.get_ident(), weakref.ref(writer))
+
+
+def _unregister(lock_path: Path, writer: FrameStoreWriter) -> None:
+    with _HOLDERS_LOCK:
+        holder = _HOLDERS.get(str(lock_path))
+        if holder is not None and holder[1]() is writer:
+            del _HOLDERS[str(lock_path)]
 
 
 def _write_durably(final: Path, data: bytes) -> None:
