@@ -6,6 +6,10 @@ nearest-neighbour with reflection padding. A translation grid is affine, so its 
 resize is known in closed form; we build it directly at latent size. Latent pixel i (of n)
 then samples normalised coordinate ``(2i + 1) / n - 1 + (2 * shift - 1) / 512``.
 (Exact for latents up to 512 px, i.e. frames up to 4096 px with an 8x VAE.)
+
+Exact half-pixel ties (a shift of k + 0.5 latent pixels: possible for fractional strengths,
+never for integer ones below 512 latent px) are rounded half-to-even here; the reference's
+rounding there depends on float32 error in its resize and varies from row to row.
 """
 
 from __future__ import annotations
