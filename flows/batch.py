@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from t2vz_core import report
+from t2vz_core import report, steps
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, Manifest, format_errors, read_manifest
 from tasks.config import RunConfig, default_work_dir
@@ -118,6 +118,9 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
             raise InputError(f"{manifest_path}: no valid row with job_id {', '.join(map(repr, unknown))}")
         jobs = [by_id[j] for j in job_ids]
 
+    from t2vz_core.models import Runtime
+
+    Runtime(device=device, dtype=dtype).resolve()  # a device this machine lacks fails the run up front
     out = Path(output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.id) if flow_run.id else None
@@ -126,6 +129,7 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
                     manifest=str(Path(manifest_path).absolute()))
     logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
 
+    steps.warm_imports()
     artifact = create_progress_artifact(0.0, key=_artifact_key("t2vz-progress", manifest_path),
                                         description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
     progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
@@ -150,8 +154,13 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     return rep
 
 
-@flow(name="t2vz-manifest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS),
-      flow_run_name="t2vz-{manifest_path}")
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"t2vz-{Path(flow_run.parameters.get('manifest_path', 'manifest')).stem}"
+
+
+@flow(name="t2vz-manifest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=_run_name)
 def process_manifest(manifest_path: str, output_dir: str, device: str = "auto", dtype: str = "auto",
                      force: bool = False, allowed_roots: list[str] | None = None,
                      work_dir: str | None = None) -> dict:

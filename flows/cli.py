@@ -89,6 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if manifest is None:
         return code
     _print_validation(manifest, args.manifest)
+    from t2vz_core.errors import InputError
+    from t2vz_core.models import Runtime
+
+    try:
+        Runtime(device=args.device, dtype=args.dtype).resolve()
+    except InputError as exc:
+        _eprint(f"t2vz: {exc}")
+        return EXIT_USAGE
     if not args.verbose:
         # Keep the console for progress bars; run logs still reach the Prefect API/UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -175,20 +183,38 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_serve(sub: argparse._SubParsersAction, load: bool) -> None:
-    serve = sub.add_parser("serve", help="serve the t2vz deployments (schedules, work pools) from this machine")
-    if not load:  # importing the deployment module means importing Prefect: only when serving
-        return
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows import deploy
+
     try:
-        from flows import deploy
-    except ImportError as exc:  # the deployment module is optional for the other commands
-        serve.set_defaults(func=lambda args, exc=exc: (_eprint(f"t2vz serve is unavailable: {exc}"), EXIT_USAGE)[1])
-        return
-    deploy.add_serve_arguments(serve)
-    serve.set_defaults(func=deploy.serve_command)
+        deploy.serve(args.manifests, output_dir=args.output_dir, cron=args.cron or None, timezone=args.timezone,
+                     device=args.device, dtype=args.dtype, allowed_roots=args.allowed_root,
+                     work_dir=str(args.work_dir) if args.work_dir else None, gpus=args.gpus)
+    except FileNotFoundError as exc:
+        _eprint(f"t2vz serve: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
-def build_parser(serve: bool = True) -> argparse.ArgumentParser:
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve manifests as scheduled deployments from this machine "
+                                         "(needs PREFECT_API_URL; see flows/deploy.py)")
+    serve.add_argument("manifests", help="a manifest, or a folder of manifests (one deployment each)")
+    serve.add_argument("--output-dir", "-o", type=Path, help="outputs go to OUTPUT_DIR/<manifest stem> "
+                                                             "(default: out/<stem> beside the manifest)")
+    serve.add_argument("--cron", default="0 2 * * *", help="schedule (default nightly 02:00); '' for none")
+    serve.add_argument("--timezone", help="of the cron schedule (default UTC)")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    serve.add_argument("--allowed-root", action="append", metavar="DIR")
+    serve.add_argument("--work-dir", type=Path)
+    serve.add_argument("--gpus", type=int, default=1, help="runs at once on this box (one per GPU)")
+    serve.set_defaults(func=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2vz", description="Batch video editing with Text2Video-Zero on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -236,13 +262,12 @@ def build_parser(serve: bool = True) -> argparse.ArgumentParser:
     scan.add_argument("--set", action="append", metavar="COLUMN=VALUE", help="a column for every row (repeatable)")
     scan.set_defaults(func=cmd_scan)
 
-    _add_serve(sub, serve)
+    _add_serve(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(serve=bool(argv) and argv[0] == "serve").parse_args(argv)
+    args = build_parser().parse_args(argv)
     if getattr(args, "max_workers", None) is not None and args.max_workers < 1:
         _eprint("t2vz: --max-workers must be at least 1")
         return EXIT_USAGE

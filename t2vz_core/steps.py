@@ -8,7 +8,7 @@ Keys (sha256, see `workdir.make_key`) chain like a Merkle tree: a step's key cov
 its input entry plus its own parameters, so a change anywhere re-runs exactly what depends on it:
 
 - decode:   sha256 of the source file's bytes (not its path) + the decode parameters
-- control:  decode key + control kind (+ backend)
+- control:  decode key + control kind, backend and parameters
 - generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
             + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
             fingerprints (weights' bytes or hub revision) + device type and dtype
@@ -42,11 +42,24 @@ Ref = dict[str, Any]
 ProgressFn = Callable[[int, int, str], None]
 
 FRAMES = "frames"  # the FrameStore folder inside decode / control / generate entries
-DEFAULT_POSE_BACKEND = "mediapipe"  # the only pose backend that works offline (weights ship in the wheel)
 VIDEO_FORMATS = ("mp4", "webm", "gif")
 
 
 # ---------------------------------------------------------------- what a job needs
+
+def warm_imports() -> None:
+    """Import the lazily-loaded diffusers classes once, before rows run in threads: diffusers'
+    lazy module is not thread-safe (two threads touching it at once can raise ImportError)."""
+    import diffusers
+
+    for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
+                 "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
+                 "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
+        getattr(diffusers, name)
+    import t2vz_core.engine  # noqa: F401
+    import t2vz_core.media  # noqa: F401
+    import t2vz_core.models  # noqa: F401
+
 
 def control_kind(job: Job) -> str | None:
     """The control maps a job extracts, or None (text2video, pix2pix, or control=given)."""
@@ -103,61 +116,58 @@ def decode_key(job: Job) -> str:
 
 def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Ref:
     """Probe and decode the source into a lossless PNG FrameStore at the planned size and fps."""
-    from t2vz_core.media import FrameStore, iter_frames, plan_decode, probe
+    from t2vz_core.media import decode_to_store, plan_decode, probe
 
     def build(folder: Path) -> dict:
         info = probe(job.source)
         plan = plan_decode(info, job.decode_spec())
-        writer = FrameStore.writer(folder / FRAMES, fps=plan.fps, meta={"source": str(job.source)})
-        start = 0
-        for chunk in iter_frames(job.source, plan):
-            writer.write(start, chunk)
-            start += len(chunk)
-        writer.close()
-        first_ts = float(plan.timestamps[0]) if len(plan.timestamps) else 0.0
+        digest = file_digest(job.source)
+        store = decode_to_store(job.source, plan, folder / FRAMES, source={"sha256": digest})
         return {
-            "count": start, "fps": fraction_text(plan.fps), "width": plan.width, "height": plan.height,
-            "has_audio": bool(info.has_audio), "audio_start": first_ts,
-            "source_sha256": file_digest(job.source),
+            "count": len(store), "fps": fraction_text(store.fps), "width": store.width, "height": store.height,
+            "has_audio": bool(info.has_audio), "audio_start": float(plan.start), "source_sha256": digest,
             "source_info": {"width": info.width, "height": info.height, "fps": fraction_text(info.fps),
                             "frames": info.frame_count, "duration": info.duration, "codec": info.codec,
                             "rotation": info.rotation},
         }
 
-    return _ref(work.produce("decode", key, build, force=force))
+    return _ref(work.produce("decode", key, build, force=force, resumable=True))
 
 
 # ---------------------------------------------------------------- control maps
 
-def control_key(job: Job, decode_ref: Ref) -> str:
-    kind = control_kind(job)
-    backend = DEFAULT_POSE_BACKEND if kind == "pose" else None
-    return make_key("control", {"decode": decode_ref["key"], "kind": kind, "backend": backend})
-
-
-def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: bool = False) -> Ref:
-    """Extract control maps (pose skeletons, canny edges, depth) from the decoded frames."""
-    from t2vz_core.control import extract_control_maps
-    from t2vz_core.media import FrameStore
+def control_settings(job: Job) -> tuple[str, str, dict]:
+    """(kind, backend, full parameters) of the maps a job extracts; defaults from t2vz_core.control."""
+    from t2vz_core.control import control_params
 
     kind = control_kind(job)
     if kind is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} with control={job.control} extracts no maps")
+    backend, params = control_params(kind)
+    return kind, backend, params
+
+
+def control_key(job: Job, decode_ref: Ref) -> str:
+    kind, backend, params = control_settings(job)
+    return make_key("control", {"decode": decode_ref["key"], "kind": kind, "backend": backend,
+                                "params": params})
+
+
+def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: bool = False) -> Ref:
+    """Extract control maps (pose skeletons, canny edges, depth) from the decoded frames. Resumable."""
+    from t2vz_core.control import control_maps_to_store
+    from t2vz_core.media import FrameStore
+
+    kind, backend, params = control_settings(job)
 
     def build(folder: Path) -> dict:
         frames = FrameStore(_frames_path(decode_ref))
-        chunks = (frames[i:i + 16] for i in range(0, len(frames), 16))
-        kwargs = {"backend": DEFAULT_POSE_BACKEND} if kind == "pose" else {}
-        writer = FrameStore.writer(folder / FRAMES, fps=frames.fps, meta={"kind": kind})
-        start = 0
-        for maps in extract_control_maps(kind, chunks, {}, **kwargs):
-            writer.write(start, maps)
-            start += len(maps)
-        writer.close()
-        return {"count": start, "fps": decode_ref["fps"], "width": frames.width, "height": frames.height,
-                "kind": kind}
+        store = control_maps_to_store(kind, frames, folder / FRAMES, params, backend,
+                                      source={"decode": decode_ref["key"]})
+        return {"count": len(store), "fps": decode_ref["fps"], "width": store.width, "height": store.height,
+                "kind": kind, "backend": backend}
 
-    return _ref(work.produce("control", key, build, force=force))
+    return _ref(work.produce("control", key, build, force=force, resumable=True))
 
 
 # ---------------------------------------------------------------- generate
@@ -193,6 +203,10 @@ def frame_size(job: Job, cond_ref: Ref | None) -> tuple[int, int]:
 def generate_key(job: Job, cond_ref: Ref | None, runtime: Any, models: dict[str, Any]) -> str:
     width, height = frame_size(job, cond_ref)
     params = job.generation_kwargs()
+    if job.mode != "text2video":
+        # The engine's output does not depend on the chunk size in these modes (anchor reuse):
+        # a smaller chunk after an out-of-memory error, or another GPU's, reuses the same entry.
+        params.pop("chunk_size", None)
     return make_key("generate", {
         "conditioning": cond_ref["key"] if cond_ref else None,
         "params": params,
@@ -240,7 +254,7 @@ def generate_step(
             generate(pipe, request, conditioning=conditioning, output=writer,
                      checkpoint_path=folder / "checkpoint", on_progress=on_progress)
             writer.close()
-        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+        (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / FRAMES))
         return {"count": count, "fps": fraction_text(fps), "width": width, "height": height,
                 "chunk_size": request.chunk_size, "requested_chunk_size": job.chunk_size,

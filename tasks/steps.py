@@ -59,7 +59,6 @@ def control_task(job: Job, key: str, cfg: RunConfig, decode_ref: Ref) -> Ref:
 @task(name="generate", task_run_name="generate-{job.job_id}", **_COMMON)
 def generate_task(job: Job, key: str, cfg: RunConfig, cond_ref: Ref | None, models: dict[str, Any],
                   progress: ProgressFn | None = None) -> Ref:
-    faults.inject("generate", job.job_id)
     runtime = cfg.runtime()
     device = str(runtime.resolve()[0])
     frames = int(cond_ref["count"]) if cond_ref else job.video_length
@@ -74,6 +73,7 @@ def generate_task(job: Job, key: str, cfg: RunConfig, cond_ref: Ref | None, mode
         faults.on_progress("generate", job.job_id, done)
 
     try:
+        faults.inject("generate", job.job_id)
         ref = steps.generate_step(
             job, cond_ref, WorkDir(cfg.work_dir), key, runtime, models,
             force=_force(job, cfg), chunk_size=chunk_size,

@@ -1,0 +1,260 @@
+"""The manifest flow end to end under prefect_test_harness, with the tiny models and real media.
+
+One project (media copied from manifests/media, a manifest covering every mode plus a row that
+fails at run time and an invalid row) is run once at module scope; later tests re-run variants
+of it sharing its content-addressed work folder. Budget: ~1-2 min on the 2-core CI machine
+(about a dozen tiny generations of 4 frames at 64x64, 2-3 steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MEDIA = REPO / "manifests" / "media"
+HEADER = ["job_id", "mode", "source", "control", "prompt", "model", "controlnet", "seed",
+          "num_inference_steps", "chunk_size", "resolution", "max_frames", "video_length", "output"]
+OK_ROWS = ("t2v", "pose", "canny", "depth", "p2p")
+GENERATING = ("decode", "control", "generate", "encode")
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def _rows(models: Path) -> list[dict]:
+    sd, p2p = models / "sd", models / "pix2pix"
+    common = dict(model=sd, resolution=64, max_frames=4, num_inference_steps=2, chunk_size=4)
+    return [
+        dict(job_id="t2v", mode="text2video", prompt="a panda surfing", model=sd, seed=1, num_inference_steps=2,
+             chunk_size=4, resolution=64, video_length=4, output="mp4;gif"),
+        dict(job_id="pose", mode="pose", source="media/person.mp4", prompt="an astronaut dancing",
+             controlnet=models / "controlnet-openpose", seed=2, **common),
+        dict(job_id="canny", mode="canny", source="media/rocket.mp4", prompt="a glass rocket",
+             controlnet=models / "controlnet-canny", seed=3, output="mp4;webm", **common),
+        dict(job_id="depth", mode="depth", source="media/depth.mp4", control="given", prompt="two spheres",
+             controlnet=models / "controlnet-depth", seed=4, **common),
+        dict(job_id="p2p", mode="pix2pix", source="media/cat.mp4", prompt="make it snow", seed=5,
+             output="mp4;png", **{**common, "model": p2p}),
+        dict(job_id="broken", mode="canny", source="media/not-a-video.mp4", prompt="x",
+             controlnet=models / "controlnet-canny", **common),
+        dict(job_id="invalid", mode="spiral", prompt="x"),
+    ]
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else str(v) for k, v in row.items()})
+    return path
+
+
+def run(manifest: Path, out: Path, work: Path, **kwargs):
+    """Run the flow; return (state, report dict, {job_id: sidecar})."""
+    from flows.batch import process_manifest
+
+    state = process_manifest(manifest_path=str(manifest), output_dir=str(out), work_dir=str(work),
+                             return_state=True, **kwargs)
+    rep = state.result(raise_on_failure=False)
+    assert isinstance(rep, dict), rep
+    sidecars = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "report.json"}
+    return state, rep, sidecars
+
+
+def statuses(sidecar: dict) -> dict[str, str]:
+    return {step: info["status"] for step, info in sidecar["steps"].items()}
+
+
+def load_counts() -> tuple[int, int]:
+    from t2vz_core.models import cache_stats
+
+    stats = cache_stats()
+    return stats["loads"], stats["hits"]
+
+
+@pytest.fixture(scope="module")
+def project(harness, tiny_models, tmp_path_factory, monkey_env):
+    root = tmp_path_factory.mktemp("flow-project")
+    shutil.copytree(DEMO_MEDIA, root / "media")
+    (root / "media" / "not-a-video.mp4").write_text("this is a text file, not a video\n")
+    rows = _rows(tiny_models)
+    manifest = write_manifest(root / "jobs.csv", rows)
+    out, work = root / "out", root / "work"
+    before = load_counts()
+    state, rep, sidecars = run(manifest, out, work)
+    return dict(root=root, rows=rows, manifest=manifest, out=out, work=work, state=state, report=rep,
+                sidecars=sidecars, loads=load_counts()[0] - before[0])
+
+
+@pytest.fixture(scope="module")
+def monkey_env():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("T2VZ_RETRY_DELAY_S", "0")
+    mp.delenv("T2VZ_FAULTS", raising=False)
+    yield mp
+    mp.undo()
+
+
+def test_every_mode_produces_real_videos_sidecars_and_a_report(project):
+    from t2vz_core.media import FrameStore, probe
+
+    out, rep, sidecars = project["out"], project["report"], project["sidecars"]
+    assert project["state"].is_failed()  # one row failed, one is invalid; the rest still ran
+    assert "broken" in project["state"].message
+    by_id = {line["job_id"]: line for line in rep["rows"]}
+    assert [line["row"] for line in rep["rows"]] == list(range(2, 9))
+    assert rep["counts"] == {"total": 7, "ok": 5, "failed": 1, "invalid": 1, "missing": 0}
+    for job_id in OK_ROWS:
+        assert by_id[job_id]["status"] == "ok", by_id[job_id]
+        info = probe(out / f"{job_id}.mp4")
+        assert (info.width, info.height, info.frame_count) == (64, 64, 4), (job_id, info)
+        steps = statuses(sidecars[job_id])
+        assert steps["generate"] == "computed" and steps["encode"] == "computed", steps
+        assert sidecars[job_id]["resolved"]["models"]["model_fingerprint"]
+    assert statuses(sidecars["t2v"])["decode"] == "skipped" and statuses(sidecars["depth"])["control"] == "skipped"
+    assert statuses(sidecars["pose"])["control"] == "computed"
+    assert probe(out / "t2v.gif").frame_count == 4 and probe(out / "canny.webm").frame_count == 4
+    assert len(FrameStore(out / "p2p")) == 4 and (out / "p2p" / "00003.png").exists()
+    assert probe(out / "p2p.mp4").has_audio  # the cat clip's tone is kept
+    assert sidecars["t2v"]["resolved"]["request"]["video_length"] == 4
+
+    broken = by_id["broken"]
+    assert broken["status"] == "failed" and broken["decode"] == "failed" and broken["generate"] == "not run"
+    assert "not-a-video.mp4" in broken["error"] and broken["error"].startswith("decode:")
+    assert sidecars["broken"]["failed_step"] == "decode"
+    assert by_id["invalid"]["status"] == "invalid" and "mode" in by_id["invalid"]["error"]
+    assert "invalid" not in sidecars
+    with open(out / "report.csv", newline="") as f:
+        assert [r["job_id"] for r in csv.DictReader(f)] == [line["job_id"] for line in rep["rows"]]
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*.tmp"))
+
+
+def api_post(path: str, body: dict):
+    """Raw API call (the 3.8 client's read_artifacts sends nulls this server rejects)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        response = client._client.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+
+def test_run_publishes_table_progress_and_markdown_artifacts(project):
+    from types import SimpleNamespace
+
+    run_id = str(project["state"].state_details.flow_run_id)
+    found = api_post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50})
+    artifacts = [SimpleNamespace(**a) for a in found]
+    by_type = {a.type: a for a in artifacts}
+    assert {"table", "progress", "markdown"} <= set(by_type), [a.type for a in artifacts]
+    assert float(by_type["progress"].data) == 100.0
+    assert by_type["table"].key == "t2vz-report-jobs"
+    table = json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
+    assert len(table) == 7 and {r["status"] for r in table} == {"ok", "failed", "invalid"}
+    assert (project["out"] / "canny.webm").as_uri() in by_type["markdown"].data
+
+
+def test_unchanged_rerun_recomputes_nothing_and_loads_no_model(project):
+    assert project["loads"] > 0
+    before = load_counts()
+    state, rep, sidecars = run(project["manifest"], project["out"], project["work"])
+    assert load_counts() == before  # not even a lookup in the in-memory model cache
+    for job_id in OK_ROWS:
+        steps = statuses(sidecars[job_id])
+        assert set(steps.values()) <= {"cached", "skipped"}, (job_id, steps)
+    assert rep["counts"]["ok"] == 5 and state.is_failed()
+
+
+def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
+    rows = [dict(r) for r in project["rows"]]
+    for row in rows:
+        if row["job_id"] == "canny":
+            row["prompt"] = "a rocket made of ice"
+    manifest = write_manifest(project["root"] / "prompt.csv", rows)
+    out = project["root"] / "out-prompt"  # fresh outputs, shared work folder
+    _, rep, sidecars = run(manifest, out, project["work"])
+    assert statuses(sidecars["canny"]) == {"decode": "cached", "control": "cached", "generate": "computed",
+                                           "encode": "computed", "publish": "computed"}
+    for job_id in ("t2v", "pose", "depth", "p2p"):
+        steps = statuses(sidecars[job_id])
+        assert all(steps[s] in ("cached", "skipped") for s in GENERATING), (job_id, steps)
+        assert steps["publish"] == "computed"  # copied into the new output folder
+    assert sidecars["canny"]["resolved"]["keys"]["generate"] != project["sidecars"]["canny"]["resolved"]["keys"][
+        "generate"]
+
+
+def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebuilt(project, tiny_models):
+    root = project["root"] / "bytes"
+    (root / "media").mkdir(parents=True)
+    shutil.copy(DEMO_MEDIA / "rocket.mp4", root / "media" / "rocket.mp4")  # same bytes, other path
+    canny = next(r for r in project["rows"] if r["job_id"] == "canny")
+    manifest = write_manifest(root / "jobs.csv", [canny])
+    _, _, sidecars = run(manifest, root / "out", project["work"])
+    assert all(statuses(sidecars["canny"])[s] == "cached" for s in GENERATING)  # keyed by bytes, not path
+
+    from media_fixtures import make_video
+
+    make_video(root / "media" / "rocket.mp4", frames=6, size=(80, 64))  # new bytes, same path
+    _, _, sidecars = run(manifest, root / "out", project["work"])
+    assert all(statuses(sidecars["canny"])[s] == "computed" for s in GENERATING)
+
+    # A work entry deleted behind Prefect's back (its cache record still exists) is rebuilt.
+    encode_entry = Path(sidecars["canny"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
+    shutil.rmtree(encode_entry)
+    (root / "out" / "canny.mp4").unlink()
+    _, _, sidecars = run(manifest, root / "out", project["work"])
+    steps = statuses(sidecars["canny"])
+    assert steps["generate"] == "cached" and steps["encode"] == "computed" and steps["publish"] == "computed"
+    assert (root / "out" / "canny.mp4").exists()
+
+
+def test_refresh_column_and_force_recompute(project):
+    rows = [dict(r) for r in project["rows"] if r["job_id"] in ("t2v", "depth")]
+    rows[1]["refresh"] = "yes"
+    path = project["root"] / "refresh.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HEADER + ["refresh"])
+        writer.writeheader()
+        writer.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    _, _, sidecars = run(path, project["out"], project["work"])
+    assert statuses(sidecars["t2v"])["generate"] == "cached"
+    assert statuses(sidecars["depth"])["generate"] == "computed" and statuses(sidecars["depth"])["decode"] == "computed"
+    only_t2v = write_manifest(project["root"] / "force.csv", rows[:1])
+    _, _, sidecars = run(only_t2v, project["out"], project["work"], force=True)
+    assert statuses(sidecars["t2v"])["generate"] == "computed" and statuses(sidecars["t2v"])["encode"] == "computed"
+
+
+def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project, monkeypatch):
+    monkeypatch.setenv("T2VZ_FAULTS", "publish@io:eio:1,generate@oom:oom:1,publish@fatal:fatal")
+    t2v = next(r for r in project["rows"] if r["job_id"] == "t2v")
+    p2p = next(r for r in project["rows"] if r["job_id"] == "p2p")
+    rows = [
+        {**t2v, "job_id": "io"},                 # everything cached but publishing
+        {**t2v, "job_id": "oom", "seed": 11},    # a new seed: generation runs
+        {**p2p, "job_id": "fatal"},             # cached, fails publishing for good
+    ]
+    manifest = write_manifest(project["root"] / "faults.csv", rows)
+    state, rep, sidecars = run(manifest, project["root"] / "out-faults", project["work"])
+    by_id = {line["job_id"]: line for line in rep["rows"]}
+    assert by_id["io"]["status"] == "ok" and by_id["oom"]["status"] == "ok"
+    resolved = sidecars["oom"]["resolved"]
+    assert resolved["effective_chunk_size"] == 2 and resolved["request"]["chunk_size"] == 2  # halved from 4
+    assert sidecars["oom"]["job"]["chunk_size"] == 4
+    assert by_id["fatal"]["status"] == "failed" and "injected permanent failure" in by_id["fatal"]["error"]
+    assert state.is_failed()
+    runs = api_post("/task_runs/filter", {
+        "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
+        "task_runs": {"name": {"any_": ["publish-fatal", "publish-io", "generate-oom"]}}, "limit": 50})
+    attempts = {r["name"]: r["run_count"] for r in runs}
+    assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2}, attempts
