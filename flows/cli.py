@@ -185,12 +185,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows import deploy
+    from t2vz_core.errors import InputError
 
     try:
         deploy.serve(args.manifests, output_dir=args.output_dir, cron=args.cron or None, timezone=args.timezone,
                      device=args.device, dtype=args.dtype, allowed_roots=args.allowed_root,
                      work_dir=str(args.work_dir) if args.work_dir else None, gpus=args.gpus)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, InputError) as exc:  # no such manifest, no server to serve from
         _eprint(f"t2vz serve: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:

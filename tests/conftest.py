@@ -30,3 +30,15 @@ def tiny_models(session_dir) -> Path:
     root = session_dir / "tiny-models"
     write_tiny_models(root)
     return root
+
+
+# --- flows helper: one Prefect test harness for the whole session (tests/test_flow*.py, test_cli*.py)
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Enter prefect_test_harness once (~7 s); yields the API URL of its temporary server, which
+    subprocesses can be pointed at (PREFECT_API_URL) to skip starting a server of their own."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield PREFECT_API_URL.value()

@@ -23,14 +23,6 @@ OK_ROWS = ("t2v", "pose", "canny", "depth", "p2p")
 GENERATING = ("decode", "control", "generate", "encode")
 
 
-@pytest.fixture(scope="session")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def _rows(models: Path) -> list[dict]:
     sd, p2p = models / "sd", models / "pix2pix"
     common = dict(model=sd, resolution=64, max_frames=4, num_inference_steps=2, chunk_size=4)
@@ -84,7 +76,7 @@ def load_counts() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def project(harness, tiny_models, tmp_path_factory, monkey_env):
+def project(prefect_harness, tiny_models, tmp_path_factory, monkey_env):
     root = tmp_path_factory.mktemp("flow-project")
     shutil.copytree(DEMO_MEDIA, root / "media")
     (root / "media" / "not-a-video.mp4").write_text("this is a text file, not a video\n")
