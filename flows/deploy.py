@@ -25,6 +25,7 @@ installed with `pip install -e .`), so no pull step, image push or storage block
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
@@ -103,7 +104,7 @@ def fan_out(
             flow_run_name=f"{stem}-shard-{index}of{len(shards)}",
             timeout=0,  # start them all now, wait below
             # A retry of this fan-out run finds the shard runs it already started.
-            idempotency_key=f"{parent}:{index}:{','.join(job_ids)}",
+            idempotency_key=f"{parent}:{index}:{hashlib.sha256(','.join(job_ids).encode()).hexdigest()[:16]}",
         )
         for index, job_ids in enumerate(shards, start=1)
     ]
@@ -122,20 +123,22 @@ def fan_out(
 
 
 def wait_for_flow_runs(run_ids: Sequence, poll_seconds: float = 2.0) -> list:
-    """Poll the API until every flow run is in a final state; returns them in the given order."""
+    """Poll the API until every flow run is in a final state; returns them in the given order.
+
+    Polls one run at a time (the oldest unfinished one), so waiting on many shards costs about
+    one request per poll interval, not one per shard."""
     from prefect.client.orchestration import get_client
 
     pending = list(run_ids)
-    latest: dict = {}
+    final: dict = {}
     with get_client(sync_client=True) as client:
         while pending:
-            for run_id in list(pending):
-                latest[run_id] = client.read_flow_run(run_id)
-                if latest[run_id].state is not None and latest[run_id].state.is_final():
-                    pending.remove(run_id)
-            if pending:
+            run = client.read_flow_run(pending[0])
+            if run.state is not None and run.state.is_final():
+                final[pending.pop(0)] = run
+            else:
                 time.sleep(poll_seconds)
-    return [latest[run_id] for run_id in run_ids]
+    return [final[run_id] for run_id in run_ids]
 
 
 def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: str | os.PathLike) -> None:

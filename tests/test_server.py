@@ -161,12 +161,16 @@ def stack(tmp_path_factory) -> Stack:
     root = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    server_env = {**base, "PREFECT_HOME": str(root / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    server_env = {**base, "PREFECT_HOME": str(root / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  # Services these tests do not use, off to spare the 2 CI cores (the scheduler too:
+                  # a test run at 02:00 UTC must not start the real nightly run).
+                  **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
+                      "SCHEDULER", "TRIGGERS", "LATE_RUNS", "PAUSE_EXPIRATIONS", "FOREMAN", "REPOSSESSOR",
+                      "CLEANUP_RECONCILER", "CANCELLATION_CLEANUP")}}
     client_env = {**base, "PREFECT_HOME": str(root / "client-home"),
                   "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
                   "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-                  "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-                  "T2VZ_MAX_WORKERS": "1"}
+                  "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
     s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
             env=server_env)
