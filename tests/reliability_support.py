@@ -289,6 +289,7 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     make_video(lib / "huge.mkv", frames=2, size=(16400, 8), codec="ffv1", fps=Fraction(2))
     (lib / "folder.mp4").mkdir()
     make_video(outside / "secret.mp4", frames=4, size=(64, 48))
+    make_video(lib / "eio.mp4", frames=5, size=(64, 48))  # bytes of its own: its decode is never a cache hit
     (lib / "link_out.mp4").symlink_to(outside / "secret.mp4")
     (lib / "link_in.mp4").symlink_to(lib / "clip.mp4")
     bin_model = _bin_only_model(sd, root / "bin-model")
@@ -349,7 +350,7 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     add({"job_id": "sym_video", **t2v}, "failed", ("symlink",))
     add({"job_id": "sym_sidecar", **t2v}, "ok")
     # Faults (T2VZ_FAULTS = CORPUS_FAULTS).
-    add(pix("f_eio_decode", "clip.mp4", seed=11), "ok")
+    add(pix("f_eio_decode", "eio.mp4", seed=11), "ok")
     add(canny("f_oom", "clip.mp4", seed=12), "ok")
     add(pix("f_fatal", "clip.mp4", seed=13), "failed", ("injected permanent failure in generate for f_fatal",))
     add(pix("f_eio_forever", "clip.mp4", seed=14), "failed", ("injected I/O error in encode for f_eio_forever",))
@@ -375,11 +376,12 @@ def corpus_run(models: Path) -> dict[str, Any]:
             cwd = root / "cwd"
             cwd.mkdir()
             env = run_env(root, T2VZ_FAULTS=CORPUS_FAULTS, T2VZ_RETRIES="2")
-            started = time.monotonic()
+            started, started_at = time.monotonic(), time.time()
             proc = run_cli(["run", str(corpus["manifest"]), "--output-dir", str(corpus["out"]),
                             "--allowed-root", str(corpus["lib"]), "--allowed-root", str(corpus["extra"]),
                             "--no-progress"], env, cwd, timeout=400)
-            corpus.update(proc=proc, cwd=cwd, seconds=time.monotonic() - started, api=env["PREFECT_API_URL"])
+            corpus.update(proc=proc, cwd=cwd, seconds=time.monotonic() - started, started_at=started_at,
+                          api=env["PREFECT_API_URL"])
             corpus["report"] = load_report(corpus["out"]) if (corpus["out"] / "report.json").exists() else None
             _corpus = corpus
         return _corpus

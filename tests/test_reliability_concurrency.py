@@ -1,0 +1,81 @@
+"""Concurrency (issue 6, item 4): two `t2vz run` of one manifest at the same time, same output
+and work folders (two real subprocesses through the installed `t2vz` entry point).
+
+Neither run may corrupt the other's files: both exit 0, every output probes fine and its
+frames equal a single run's (t2vz_core steps called directly, in a separate work folder); the
+shared work folder holds one complete entry per key and no partial leftovers; a third run finds
+everything cached (no generation, hence no model load).
+Budget: ~20-25 s on the 2-core CI machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from media_fixtures import make_video
+from reliability_support import (REPO, T2VZ, check_output_folder, decoded_frames, explain, load_report, run_cli,
+                                 run_env, sidecar, write_manifest)
+
+pytestmark = pytest.mark.timeout(400)
+
+STEPS = ("decode", "control", "generate", "encode", "publish")
+
+
+def test_two_runs_at_once_then_a_cached_third(tiny_models, tmp_path):
+    lib = tmp_path / "lib"
+    make_video(lib / "clip.mp4", frames=6, size=(64, 48))
+    base = {"resolution": 64, "num_inference_steps": 3, "chunk_size": 4, "seed": 7}
+    manifest = write_manifest(lib / "manifest.csv", [
+        {"job_id": "t2v", "mode": "text2video", "prompt": "a lighthouse", "model": str(tiny_models / "sd"),
+         "video_length": 6, **base},
+        {"job_id": "canny", "mode": "canny", "source": "clip.mp4", "prompt": "a boat", "model": str(tiny_models / "sd"),
+         "controlnet": str(tiny_models / "controlnet-canny"), **base},
+        {"job_id": "p2p", "mode": "pix2pix", "source": "clip.mp4", "prompt": "make it night",
+         "model": str(tiny_models / "pix2pix"), **base},
+    ])
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--output-dir", str(out), "--no-progress"]
+    env = run_env(tmp_path)
+    procs = [subprocess.Popen([T2VZ, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    results = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, text in zip(procs, results):
+        assert proc.returncode == 0, f"exit {proc.returncode}:\n{text[-4000:]}"
+
+    # a single run of the same manifest, straight through t2vz_core (own work and output folders)
+    sys.path.insert(0, str(REPO / "bench"))
+    from direct_core import run_direct
+
+    single = run_direct(manifest, tmp_path / "single")
+    videos = check_output_folder(out)
+    assert sorted(v.stem for v in videos) == ["canny", "p2p", "t2v"]
+    for job_id in ("t2v", "canny", "p2p"):
+        concurrent, reference = decoded_frames(out / f"{job_id}.mp4"), decoded_frames(tmp_path / "single" / f"{job_id}.mp4")
+        assert concurrent.shape == reference.shape and np.array_equal(concurrent, reference), job_id
+        assert (out / f"{job_id}.mp4").read_bytes() == (tmp_path / "single" / f"{job_id}.mp4").read_bytes(), job_id
+        assert sidecar(out, job_id)["status"] == "ok"
+
+    # the shared work folder: one finished entry per key, nothing half-built left behind
+    work = out / ".t2vz-work"
+    for step in ("decode", "control", "generate", "encode"):
+        for entry in (work / step).iterdir():
+            assert (entry / "entry.json").is_file(), entry
+    partial = work / ".partial"
+    assert not (partial.exists() and [p for p in partial.rglob("*") if p.is_file()])
+    keys = {job_id: sidecar(out, job_id)["resolved"]["keys"] for job_id in ("t2v", "canny", "p2p")}
+    assert {p.name for p in (work / "generate").iterdir()} == {k["generate"] for k in keys.values()}
+
+    # a third run: every step cached (no generation runs, so no model is loaded)
+    proc = run_cli(args, env, tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    for job_id in ("t2v", "canny", "p2p"):
+        statuses = {s: v["status"] for s, v in sidecar(out, job_id)["steps"].items()}
+        assert all(statuses[s] in ("cached", "skipped") for s in STEPS), (job_id, statuses)
+        assert statuses["generate"] == "cached"
+    assert load_report(out)["counts"]["ok"] == 3
+    for job_id in ("t2v", "canny", "p2p"):
+        assert (out / f"{job_id}.mp4").read_bytes() == (tmp_path / "single" / f"{job_id}.mp4").read_bytes()
