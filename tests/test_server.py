@@ -8,7 +8,8 @@ expected, the second run is all cache hits, artifacts and GCL use are visible th
 
 Reads go through plain HTTP with bodies that leave unset fields out: Prefect 3.8.8's client sends
 explicit nulls (`"limit": null`) that fastapi >= 0.148 rejects with 422 (see docker/README.md).
-Budget: ~60-80 s on the 2-core CI machine (server ~10 s, two fan-out runs, one served run).
+Budget: ~70-80 s on an idle 2-core machine (server ~10 s, two fan-out runs, one served run; about
+110 s of CPU in all, most of it flow-run processes importing torch/diffusers).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def manifest(tmp_path_factory, tiny_models) -> Path:
 
 @pytest.fixture(scope="module")
 def work_dir(tmp_path_factory) -> Path:
-    """One work folder for every run here, so the served run can reuse the fan-out's frames."""
+    """The fan-out's work folder (a parameter it passes on to every shard)."""
     return tmp_path_factory.mktemp("work")
 
 
@@ -352,15 +353,16 @@ def test_fan_out_over_two_workers_then_all_cached(stack, manifest, work_dir, tmp
     print(f"\nfan-out over 2 workers: first run {first_s:.1f} s, cached run {second_s:.1f} s")
 
 
-def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, work_dir, tmp_path):
-    """`t2vz serve` (flows.deploy.serve) registers one cron deployment per manifest and runs it."""
+def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_path):
+    """`t2vz serve` (flows.deploy.serve) registers one cron deployment per manifest and runs it,
+    its generation holding a t2vz-gpu slot."""
     folder = tmp_path / "manifests"
     folder.mkdir()
     (folder / "daily.csv").write_text("\n".join(manifest.read_text().splitlines()[:2]) + "\n", encoding="utf-8")
     out = tmp_path / "served"
-    code = ("from flows.deploy import serve; "
-            f"serve({str(folder)!r}, output_dir={str(out)!r}, cron='30 3 * * *', device='cpu', work_dir={str(work_dir)!r})")
-    proc = stack.start("serve", "-c", code)
+    since = datetime.now(timezone.utc).isoformat()
+    proc = stack.start("serve", "-m", "flows.cli", "serve", str(folder), "--output-dir", str(out),
+                       "--cron", "30 3 * * *", "--device", "cpu")  # own work folder: it generates
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -376,5 +378,9 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, work_
         assert run["state"]["type"] == "COMPLETED", run["state"]
         report = json.loads((out / "daily" / "report.json").read_text())
         assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("good", "ok")]
+        # The serve process put T2VZ_GPU_LIMIT in its runs' environment: the slot was taken.
+        acquired = stack.events("prefect.concurrency-limit.acquired", since, until=lambda e: any(
+            r["prefect.resource.id"] == f"prefect.flow-run.{run['id']}" for ev in e for r in ev["related"]))
+        assert any(r["prefect.resource.id"] == f"prefect.flow-run.{run['id']}" for ev in acquired for r in ev["related"])
     finally:
         _stop(stack.procs.pop("serve"))
