@@ -14,7 +14,8 @@ The layout, the same in prefect.yaml, docker/compose.yaml and tests/test_server.
   GPU of the fleet. Each generation holds a slot (tasks.policy.hold_device, which reads the name
   from T2VZ_GPU_LIMIT: `ensure_work_pool` puts it in the pool's default env, `serve` in its own),
   so the fleet never runs more generations than it has GPUs, whoever started the run (a worker,
-  `t2vz serve`, the UI); lowering the limit takes GPUs out of service, 0 drains the fleet.
+  `t2vz serve`, the UI); lowering the limit takes GPUs out of service (`prefect work-pool
+  pause t2vz` drains the fleet).
   The worker's `--limit 1` is what ties one job to one GPU; the limit is the fleet-wide cap.
 
 Flow code is not shipped with deployments: entrypoints are module paths (`flows.batch.process_rows`)
