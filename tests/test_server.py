@@ -250,15 +250,6 @@ def test_server_serves_api_and_ui(stack):
     assert shard["work_queue_name"] == deploy.GPU_QUEUE and shard["entrypoint"] == "flows.batch.process_rows"
 
 
-def _fastapi_nulls_rejected() -> bool:
-    from importlib.metadata import version
-
-    return tuple(int(part) for part in version("fastapi").split(".")[:2]) >= (0, 148)
-
-
-@pytest.mark.xfail(_fastapi_nulls_rejected(), strict=True, reason=(
-    "prefect 3.8.8's `prefect deploy` sends `\"limit\": null` to /work_pools/{pool}/workers/filter after "
-    "creating the first deployment; fastapi >= 0.148 answers 422 and the CLI stops (pin fastapi<0.148)"))
 def test_prefect_deploy_applies_the_same_prefect_yaml(stack):
     """The stock path, `prefect deploy --all`, gives the deployments `flows.deploy setup` gave."""
     before = {name: stack.get(f"/deployments/name/{name}")
