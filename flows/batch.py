@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from t2vz_core import report, steps
+from t2vz_core import report
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, Manifest, format_errors, read_manifest
 from tasks.config import RunConfig, default_work_dir
@@ -129,7 +129,6 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
                     manifest=str(Path(manifest_path).absolute()))
     logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
 
-    steps.warm_imports()
     artifact = create_progress_artifact(0.0, key=_artifact_key("t2vz-progress", manifest_path),
                                         description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
     progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)

@@ -97,6 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except InputError as exc:
         _eprint(f"t2vz: {exc}")
         return EXIT_USAGE
+    # A temporary server's telemetry races its own SQLite database ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
         # Keep the console for progress bars; run logs still reach the Prefect API/UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")

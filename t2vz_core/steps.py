@@ -24,7 +24,10 @@ generation never loads a model.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import threading
 import shutil
 import time
 import uuid
@@ -36,7 +39,7 @@ import t2vz_core
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job
 from t2vz_core.paths import output_path
-from t2vz_core.workdir import Entry, WorkDir, file_digest, make_key
+from t2vz_core.workdir import Entry, WorkDir, file_digest, make_key, write_json_atomic
 
 Ref = dict[str, Any]
 ProgressFn = Callable[[int, int, str], None]
@@ -47,18 +50,27 @@ VIDEO_FORMATS = ("mp4", "webm", "gif")
 
 # ---------------------------------------------------------------- what a job needs
 
-def warm_imports() -> None:
-    """Import the lazily-loaded diffusers classes once, before rows run in threads: diffusers'
-    lazy module is not thread-safe (two threads touching it at once can raise ImportError)."""
-    import diffusers
+_warm_lock = threading.Lock()
+_warm = False
 
-    for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
-                 "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
-                 "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
-        getattr(diffusers, name)
-    import t2vz_core.engine  # noqa: F401
-    import t2vz_core.media  # noqa: F401
-    import t2vz_core.models  # noqa: F401
+
+def warm_imports() -> None:
+    """Import the lazily-loaded diffusers classes once, under a lock: diffusers' lazy module is
+    not thread-safe (two row threads touching it at once can raise ImportError). Called only on
+    paths that need diffusers, so a fully cached run never pays its import (~5-10 s)."""
+    global _warm
+    with _warm_lock:
+        if _warm:
+            return
+        import diffusers
+
+        for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
+                     "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
+                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
+            getattr(diffusers, name)
+        import t2vz_core.engine  # noqa: F401
+
+        _warm = True
 
 
 def control_kind(job: Job) -> str | None:
@@ -178,17 +190,36 @@ def runtime_signature(runtime: Any) -> dict[str, str]:
     return {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
 
 
-def resolve_models(job: Job) -> dict[str, Any]:
-    """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
-    from t2vz_core.models import detect_family, model_fingerprint
+def model_family(model: str, fingerprint: str, work: WorkDir | None = None) -> str:
+    """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
+    (the family is a function of the model's files), so cached runs need not import diffusers."""
+    from t2vz_core.models import detect_family
 
-    family = detect_family(job.model)
+    memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
+    if memo is not None:
+        try:
+            return json.loads(memo.read_text())["family"]
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+    warm_imports()
+    family = detect_family(model)
+    if memo is not None and not fingerprint.endswith("@unresolved"):
+        write_json_atomic(memo, {"family": family, "model": model, "fingerprint": fingerprint})
+    return family
+
+
+def resolve_models(job: Job, work: WorkDir | None = None) -> dict[str, Any]:
+    """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
+    from t2vz_core.models import model_fingerprint
+
+    fingerprint = model_fingerprint(job.model)
+    family = model_family(job.model, fingerprint, work)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
         "model": job.model,
         "revision": job.revision,
-        "model_fingerprint": model_fingerprint(job.model),
+        "model_fingerprint": fingerprint,
         "controlnet": controlnet,
         "controlnet_fingerprint": model_fingerprint(controlnet) if controlnet else None,
     }
@@ -247,6 +278,7 @@ def generate_step(
 
     def build(folder: Path) -> dict:
         request.validate()
+        warm_imports()
         with hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime)
             conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None

@@ -113,7 +113,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         runtime = cfg.runtime()
 
         def generate_key() -> str:
-            models.update(steps.resolve_models(job))
+            models.update(steps.resolve_models(job, row.work))
             return steps.generate_key(job, cond_ref, runtime, models)
 
         def on_progress(done: int, total: int, message: str = "") -> None:
