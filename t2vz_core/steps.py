@@ -120,10 +120,11 @@ def ref_exists(ref: Ref | None) -> bool:
 
 # ---------------------------------------------------------------- decode
 
-def decode_key(job: Job) -> str:
+def decode_key(job: Job, work: WorkDir | None = None) -> str:
     if job.source is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
-    return make_key("decode", {"source_sha256": file_digest(job.source), "spec": job.decode_spec_kwargs()})
+    digest = file_digest(job.source, work.digest_memo if work else None)
+    return make_key("decode", {"source_sha256": digest, "spec": job.decode_spec_kwargs()})
 
 
 def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Ref:
@@ -133,7 +134,7 @@ def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Re
     def build(folder: Path) -> dict:
         info = probe(job.source)
         plan = plan_decode(info, job.decode_spec())
-        digest = file_digest(job.source)
+        digest = file_digest(job.source, work.digest_memo)
         store = decode_to_store(job.source, plan, folder / FRAMES, source={"sha256": digest})
         return {
             "count": len(store), "fps": fraction_text(store.fps), "width": store.width, "height": store.height,

@@ -38,24 +38,48 @@ ENTRY_META = "entry.json"
 
 _digest_lock = threading.Lock()
 _digest_memo: dict[tuple, str] = {}
+_RACY_NS = 2_000_000_000  # files younger than this are rehashed every time
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoized per (device, inode, size, mtime) so a rewritten file rehashes."""
+def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+    """sha256 of a file's bytes.
+
+    Memoized per (device, inode, size, mtime, ctime): any write changes mtime and ctime (ctime
+    cannot be set back by tools that restore mtimes), so rewritten bytes are always rehashed.
+    With `memo_dir` the memo also lives on disk, so a later run does not reread large sources.
+    Files modified in the last seconds are never memoized: a second write within the same
+    timestamp tick would otherwise go unnoticed (git's "racy clean" problem).
+    """
     path = Path(path)
     st = path.stat()
-    memo_key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    identity = [str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    memo_key = tuple(identity)
     with _digest_lock:
         hit = _digest_memo.get(memo_key)
     if hit is not None:
         return hit
+    memo_file = None
+    if memo_dir is not None:
+        memo_file = Path(memo_dir) / f"{hashlib.sha256(str(identity[0]).encode()).hexdigest()}.json"
+        try:
+            saved = json.loads(memo_file.read_text(encoding="utf-8"))
+            if saved.get("identity") == identity:
+                with _digest_lock:
+                    _digest_memo[memo_key] = saved["sha256"]
+                return saved["sha256"]
+        except (FileNotFoundError, ValueError, KeyError, AttributeError):
+            pass
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     digest = h.hexdigest()
-    with _digest_lock:
-        _digest_memo[memo_key] = digest
+    settled = time.time_ns() - st.st_mtime_ns > _RACY_NS and path.stat().st_mtime_ns == st.st_mtime_ns
+    if settled:
+        with _digest_lock:
+            _digest_memo[memo_key] = digest
+        if memo_file is not None:
+            write_json_atomic(memo_file, {"identity": identity, "sha256": digest})
     return digest
 
 
@@ -131,6 +155,11 @@ class WorkDir:
 
     def partial_path(self, step: str, key: str) -> Path:
         return self.root / ".partial" / step / key
+
+    @property
+    def digest_memo(self) -> Path:
+        """Where source digests are remembered between runs (see file_digest)."""
+        return self.root / ".digests"
 
     def _lock_path(self, step: str, key: str) -> Path:
         return self.root / ".locks" / step / f"{key}.lock"

@@ -100,7 +100,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
     try:
         decode_ref = None
         if job.uses_source:
-            decode_ref = row.run("decode", lambda: steps.decode_key(job), decode_task)
+            decode_ref = row.run("decode", lambda: steps.decode_key(job, row.work), decode_task)
         else:
             row.skip("decode", "text2video has no source")
         if steps.control_kind(job):

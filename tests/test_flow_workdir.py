@@ -44,6 +44,27 @@ def test_file_digest_follows_bytes_not_path(tmp_path):
     assert file_digest(copy) == file_digest(path)
 
 
+def test_file_digest_memo_on_disk_is_used_until_the_file_changes(tmp_path):
+    from t2vz_core import workdir
+
+    path, memo = tmp_path / "clip.mp4", tmp_path / "memo"
+    path.write_bytes(b"v1")
+    assert file_digest(path, memo) and not memo.exists()  # just written: too fresh to remember
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    real = file_digest(path, memo)
+    (saved,) = memo.glob("*.json")
+    record = json.loads(saved.read_text())
+    assert record["sha256"] == real
+    record["sha256"] = "f" * 64  # prove the next process trusts the memo instead of rereading
+    saved.write_text(json.dumps(record))
+    workdir._digest_memo.clear()
+    assert file_digest(path, memo) == "f" * 64
+    path.write_bytes(b"v2")  # same size, new bytes: new mtime/ctime, so the memo no longer applies
+    workdir._digest_memo.clear()
+    assert file_digest(path, memo) not in (real, "f" * 64)
+
+
 def test_produce_builds_once_then_hits(tmp_path):
     work = WorkDir(tmp_path / "work")
     calls = []
