@@ -283,7 +283,12 @@ def generate_step(
         with hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime)
             conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None
-            writer = FrameStore.writer(folder / FRAMES, fps=fps, meta={"prompt": job.prompt})
+            # Frames of a crashed attempt are resumed only by an identical request; text2video
+            # frames also depend on the chunk size (which an out-of-memory retry changes).
+            meta = {"generate_key": key}
+            if job.mode == "text2video":
+                meta["chunk_size"] = request.chunk_size
+            writer = FrameStore.writer(folder / FRAMES, fps=fps, meta=meta)
             generate(pipe, request, conditioning=conditioning, output=writer,
                      checkpoint_path=folder / "checkpoint", on_progress=on_progress)
             writer.close()
@@ -309,6 +314,12 @@ def encode_key(job: Job, gen_ref: Ref, decode_ref: Ref | None) -> str:
                                "fps": gen_ref["fps"], "audio": audio})
 
 
+def _container_tags(job: Job) -> dict[str, str]:
+    """Provenance tags written into MP4/WebM files (all of it is covered by the generate key)."""
+    return {"comment": f"made with t2vz {t2vz_core.__version__} (Text2Video-Zero)", "t2vz_mode": job.mode,
+            "t2vz_prompt": job.prompt, "t2vz_seed": str(job.seed)}
+
+
 def encode_step(job: Job, gen_ref: Ref, decode_ref: Ref | None, work: WorkDir, key: str,
                 *, force: bool = False) -> Ref:
     """Encode the generated frames into every requested format (video.mp4, video.gif, png/...)."""
@@ -326,8 +337,7 @@ def encode_step(job: Job, gen_ref: Ref, decode_ref: Ref | None, work: WorkDir, k
             name = f"video.{fmt}"
             audio = dict(audio_source=str(job.source), audio_start=float(decode_ref["audio_start"])) \
                 if keeps_audio(decode_ref) and fmt != "gif" else {}
-            encode_video(frames, folder / name, fps, fmt=fmt,
-                         metadata={"comment": f"t2vz {t2vz_core.__version__} mode={job.mode}"}, **audio)
+            encode_video(frames, folder / name, fps, fmt=fmt, metadata=_container_tags(job), **audio)
             files[fmt] = name
         return {"files": files, "count": len(frames), "fps": gen_ref["fps"]}
 
@@ -372,6 +382,20 @@ def _publish_folder(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+STALE_TEMP_S = 3600  # a temporary file this old belongs to a killed run, not a live one
+
+
+def _sweep_stale_temps(dst: Path) -> None:
+    """Remove temporaries a killed run left beside `dst` (never a live run's: those are fresh)."""
+    now = time.time()
+    for leftover in dst.parent.glob(f".{dst.name}.*"):
+        try:
+            if leftover.suffix in (".tmp", ".old") and now - leftover.lstat().st_mtime > STALE_TEMP_S:
+                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
     """Copy encoded files to OUTPUT_DIR/<job_id>.<ext> (or OUTPUT_DIR/<job_id>/ for png), atomically.
 
@@ -383,6 +407,7 @@ def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
     for fmt, name in enc_ref["files"].items():
         src = Path(enc_ref["path"]) / name
         dst = output_path(out, job.job_id, "" if fmt == "png" else f".{fmt}")
+        _sweep_stale_temps(dst)
         if fmt == "png":
             if not _same_tree(src, dst):
                 _publish_folder(src, dst)

@@ -48,6 +48,15 @@ def _device_lock(device: str) -> threading.Lock:
         return _device_locks.setdefault(device, threading.Lock())
 
 
+def device_name(device: Any) -> str:
+    """'cuda' and 'cuda:0' are one device (so they share one lock)."""
+    if device.type == "cuda" and device.index is None:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
 @contextlib.contextmanager
 def hold_device(device: str, gpu_limit: str | None = None) -> Iterator[None]:
     """Hold the device for one generation: an in-process lock, plus a Prefect global

@@ -60,12 +60,14 @@ def control_task(job: Job, key: str, cfg: RunConfig, decode_ref: Ref) -> Ref:
 def generate_task(job: Job, key: str, cfg: RunConfig, cond_ref: Ref | None, models: dict[str, Any],
                   progress: ProgressFn | None = None) -> Ref:
     runtime = cfg.runtime()
-    device = str(runtime.resolve()[0])
+    device = policy.device_name(runtime.resolve()[0])
     frames = int(cond_ref["count"]) if cond_ref else job.video_length
     chunk_size = policy.chunk_size_for(key, job.chunk_size, frames)
     if chunk_size is not None:
-        get_run_logger().warning("%s: retrying generation with chunk_size=%d after running out of memory",
-                                 job.job_id, chunk_size)
+        get_run_logger().warning(
+            "%s: retrying generation with chunk_size=%d after running out of memory%s", job.job_id, chunk_size,
+            " (text2video frames depend on it: the sidecar records the chunk size used)"
+            if job.mode == "text2video" else "")
 
     def on_progress(done: int, total: int, message: str = "") -> None:
         if progress is not None:
