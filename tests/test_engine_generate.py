@@ -267,3 +267,32 @@ def test_pipeline_scheduler_left_untouched(canny):
     before = canny.scheduler.num_inference_steps
     generate(canny, canny_request(num_inference_steps=2), maps(2))
     assert canny.scheduler.num_inference_steps == before
+
+
+# ------------------------------------------------------------------------------------ dtypes
+
+
+def test_bf16_pipelines_keep_latents_in_unet_dtype_and_resume(tiny_models, canny, sd, tmp_path):
+    """Latents follow the UNet's dtype, noise is drawn in float32 on the CPU: bf16 stays close to fp32."""
+    bf16 = Runtime(device="cpu", dtype="bf16")
+    cases = [
+        (sd, load_pipeline("sd", tiny_models / "sd", runtime=bf16), t2v_request(chunk_size=3), None),
+        (canny, load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=bf16),
+         canny_request(chunk_size=3), maps(4)),
+    ]
+    for fp32_pipe, pipe, request, frames_in in cases:
+        dtypes = set()
+        handle = pipe.unet.register_forward_pre_hook(
+            lambda _m, args, kwargs: dtypes.add((args[0] if args else kwargs["sample"]).dtype), with_kwargs=True
+        )
+        try:
+            got = generate(pipe, request, frames_in, output_dtype=np.float32)
+        finally:
+            handle.remove()
+        assert dtypes == {torch.bfloat16}
+        reference = generate(fp32_pipe, request, frames_in, output_dtype=np.float32)
+        assert np.abs(got - reference).mean() < 0.02
+    path = tmp_path / "bf16.pt"
+    with pytest.raises(Stop):
+        generate(pipe, request, frames_in, checkpoint_path=path, on_progress=stop_after(3))
+    assert np.array_equal(generate(pipe, request, frames_in, checkpoint_path=path, output_dtype=np.float32), got)

@@ -128,7 +128,7 @@ class CrossFrameAttnProcessor:
 
 
 @contextmanager
-def cross_frame_attention(model: torch.nn.Module, groups: int, prefix: str = "") -> Iterator[AnchorKV]:
+def cross_frame_attention(model: torch.nn.Module, groups: int) -> Iterator[AnchorKV]:
     """Install cross-frame processors on every self-attention of `model` (UNet or ControlNet).
 
     Cross-attention layers keep their own processors. The model's processors are restored on
@@ -142,7 +142,7 @@ def cross_frame_attention(model: torch.nn.Module, groups: int, prefix: str = "")
         if getattr(module, "is_cross_attention", False):
             installed[key] = processor
         else:
-            installed[key] = CrossFrameAttnProcessor(state, prefix + key)
+            installed[key] = CrossFrameAttnProcessor(state, key)
     model.set_attn_processor(installed)
     try:
         yield state

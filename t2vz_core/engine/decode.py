@@ -15,11 +15,11 @@ class FrameSink(Protocol):
     def write(self, start: int, frames: np.ndarray) -> None: ...
 
 
-def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+def decode_latents(pipe, latents: torch.Tensor, sdxl: bool) -> np.ndarray:
     """float32 frames (k, H, W, 3) in [0, 1], decoded like the maintained pipelines do."""
     vae = pipe.vae
-    # SDXL pipelines decode an fp16 VAE that needs it in fp32 (the SD pipelines do not).
-    upcast = hasattr(pipe, "upcast_vae") and vae.dtype == torch.float16 and vae.config.force_upcast
+    # The SDXL pipelines decode in fp32 when an fp16 VAE says it needs it; the SD ones never do.
+    upcast = sdxl and vae.dtype == torch.float16 and vae.config.force_upcast
     if upcast:
         vae.to(dtype=torch.float32)
     try:

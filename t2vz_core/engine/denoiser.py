@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from .attention import RECORD, AnchorKV, cross_frame_attention
+from .attention import AnchorKV, cross_frame_attention
 from .conditioning import Branches
 
 
@@ -123,5 +123,3 @@ class Denoiser:
         parts[self.branches.text_branch] = residual
         return torch.cat(parts)
 
-
-__all__ = ["Denoiser", "RECORD"]

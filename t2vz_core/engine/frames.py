@@ -17,7 +17,7 @@ from t2vz_core.errors import InputError
 
 from .checkpoint import Checkpoint
 from .denoiser import Denoiser
-from .loop import Phase, Progress, run_steps
+from .loop import Phase, Progress, plan_chunks, run_steps
 from .request import GenerationRequest
 
 READ_CHUNK = 16
@@ -83,8 +83,6 @@ def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, d
 
 
 def frames_units(request: GenerationRequest, count: int, num_timesteps: int) -> int:
-    from .loop import plan_chunks
-
     return num_timesteps * len(plan_chunks(count, request.chunk_size))
 
 

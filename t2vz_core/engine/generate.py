@@ -52,6 +52,10 @@ def generate(
     checkpoint_path: file for resumable denoising state (saved after every step, removed when
     the video is complete); a checkpoint of another request/model/conditioning is ignored.
     on_progress(done, total, message): once per UNet chunk and per decoded chunk.
+
+    While it runs, the UNet's (and ControlNet's) self-attention processors are swapped for
+    cross-frame ones and restored afterwards (on error too); pipelines that share a UNet (a
+    base and its ControlNet variants) must not run generate() at the same time.
     """
     if not isinstance(request, GenerationRequest):
         raise InputError(f"request must be a GenerationRequest, got {type(request).__name__}")
@@ -81,7 +85,7 @@ def generate(
     try:
         with torch.no_grad():
             latents, output_rows = _denoise(pipe, info, request, conditioning, count, scheduler, checkpoint, progress)
-            result = _decode(pipe, latents, output_rows, spans, output, output_dtype, progress)
+            result = _decode(pipe, info.sdxl, latents, output_rows, spans, output, output_dtype, progress)
         checkpoint.remove()
         return result
     finally:
@@ -105,13 +109,13 @@ def _denoise(pipe, info, request, conditioning, count, scheduler, checkpoint, pr
         return denoise_frames(request, count, *args)
 
 
-def _decode(pipe, latents, output_rows: range, spans, output, output_dtype, progress) -> np.ndarray | None:
+def _decode(pipe, sdxl, latents, output_rows: range, spans, output, output_dtype, progress) -> np.ndarray | None:
     collected = []
     for start, stop in spans:
         if output is not None and sink_has(output, start, stop):
             progress.advance(f"decode: frames {start}-{stop - 1} already written")
             continue
-        frames = decode_latents(pipe, latents[output_rows[start] : output_rows[stop - 1] + 1])
+        frames = decode_latents(pipe, latents[output_rows[start] : output_rows[stop - 1] + 1], sdxl)
         if output is not None:
             output.write(start, to_uint8(frames))
         else:

@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .denoiser import Denoiser
-from .loop import Phase, Progress, run_steps
+from .loop import Phase, Progress, plan_chunks, run_steps
 from .motion import forward_noise, warp_anchor
 from .request import GenerationRequest
 
@@ -42,8 +42,7 @@ def phase_steps(request: GenerationRequest, num_timesteps: int) -> tuple[int, in
 
 
 def text2video_units(request: GenerationRequest, num_timesteps: int) -> int:
-    from .loop import plan_chunks
-
+    """Progress units: anchor-only steps, then every UNet chunk of the final phase."""
     k1, k0 = phase_steps(request, num_timesteps)
     rows = request.video_length + (request.chunk_size is not None)
     return k0 + (num_timesteps - k1) * len(plan_chunks(rows, request.chunk_size))
