@@ -157,6 +157,38 @@ def test_without_guidance_one_branch_group(canny):
     assert unet.rows == 3 * n  # one branch
 
 
+def test_guess_mode_controlnet_groups_its_single_branch(canny):
+    """A ControlNet with global_pool_conditions runs on the text branch only (the pipelines'
+    guess mode): one branch group in the ControlNet, two in the UNet."""
+    import copy
+    import warnings
+
+    import PIL.Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+            CrossFrameAttnProcessor2_0,
+        )
+    controlnet = copy.deepcopy(canny.controlnet)
+    controlnet.register_to_config(global_pool_conditions=True)
+    pipe = type(canny)(**{**canny.components, "controlnet": controlnet})
+    pipe.set_progress_bar_config(disable=True)
+    n, frames_in = 4, maps(4, seed=6)
+    latents = torch.randn((1, 4, 32, 32), generator=torch.Generator("cpu").manual_seed(1)).repeat(n, 1, 1, 1)
+    saved = pipe.unet.attn_processors, controlnet.attn_processors
+    try:
+        pipe.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+        controlnet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=1))
+        expected = pipe(prompt=["a man dancing"] * n, image=[PIL.Image.fromarray(m) for m in frames_in],
+                        latents=latents, num_inference_steps=3, output_type="np").images
+    finally:
+        pipe.unet.set_attn_processor(dict(saved[0]))
+        controlnet.set_attn_processor(dict(saved[1]))
+    got = generate(pipe, canny_request(chunk_size=3), frames_in, output_dtype=np.float32)
+    assert np.abs(got - expected).max() <= 1e-3
+
+
 # -------------------------------------------------------------------------- sinks and progress
 
 
