@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from t2vz_core.models import Runtime
 
     try:
-        Runtime(device=args.device, dtype=args.dtype).resolve()
+        Runtime(device=args.device, dtype=args.dtype, offload=args.offload).resolve()
     except InputError as exc:
         _eprint(f"t2vz: {exc}")
         return EXIT_USAGE
@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.add_listener(bars)
     try:
         state = flow(manifest_path=str(args.manifest), output_dir=str(args.output_dir), device=args.device,
-                     dtype=args.dtype, force=args.force, allowed_roots=args.allowed_root,
+                     dtype=args.dtype, offload=args.offload, force=args.force, allowed_roots=args.allowed_root,
                      work_dir=str(args.work_dir) if args.work_dir else None, return_state=True)
     finally:
         progress.remove_listener(bars)
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", "-o", required=True, type=Path, help="where videos, sidecars and report go")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    run.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
+                     help="move weights to the GPU only while used (less GPU memory, slower)")
     run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
     run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
                                                    "or T2VZ_WORK_DIR); share it between output folders")

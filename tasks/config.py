@@ -22,6 +22,7 @@ class RunConfig:
     work_dir: Path
     device: str = "auto"
     dtype: str = "auto"
+    offload: str = "none"
     force: bool = False
     # Retries for transient errors only (see tasks.policy.retry_if_transient).
     retries: int = field(default_factory=lambda: int(_env_float("T2VZ_RETRIES", 2)))
@@ -40,7 +41,7 @@ class RunConfig:
     def runtime(self) -> Any:
         from t2vz_core.models import Runtime
 
-        return Runtime(device=self.device, dtype=self.dtype)
+        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload)
 
 
 def default_work_dir(output_dir: str | os.PathLike) -> Path:

@@ -157,6 +157,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         "flow_run_id": cfg.flow_run_id,
         "device": cfg.device,
         "dtype": cfg.dtype,
+        "offload": cfg.offload,
         "work_dir": str(cfg.work_dir),
     }
     try:
