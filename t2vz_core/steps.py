@@ -263,7 +263,8 @@ def generate_step(
 ) -> Ref:
     """Run Text2Video-Zero for the job into a FrameStore. Resumable: finished chunks survive a crash.
 
-    `chunk_size` overrides the job's (used after an out-of-memory error; recorded in the entry).
+    `chunk_size` overrides the job's (after an out-of-memory error; recorded in the entry). Only
+    for pose/canny/depth/pix2pix, whose frames do not depend on it (it is not in their key).
     `hold_device` is entered only when there is work to do (cached results never wait for it).
     """
     from t2vz_core.engine import GenerationRequest, generate
@@ -273,6 +274,8 @@ def generate_step(
     width, height = frame_size(job, cond_ref)
     kwargs = job.request(width, height)
     if chunk_size is not None:
+        if job.mode == "text2video":
+            raise InputError("text2video frames depend on chunk_size: it cannot be overridden")
         kwargs["chunk_size"] = chunk_size
     fps = parse_fraction(cond_ref["fps"]) if cond_ref else parse_fraction(float(job.fps))
     request = GenerationRequest(**kwargs)
@@ -296,7 +299,7 @@ def generate_step(
         count = len(FrameStore(folder / FRAMES))
         return {"count": count, "fps": fraction_text(fps), "width": width, "height": height,
                 "chunk_size": request.chunk_size, "requested_chunk_size": job.chunk_size,
-                "runtime": runtime_signature(runtime)}
+                "runtime": {**runtime_signature(runtime), "offload": runtime.offload}}
 
     return _ref(work.produce("generate", key, build, force=force, resumable=True))
 

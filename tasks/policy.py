@@ -71,18 +71,19 @@ def hold_device(device: str, gpu_limit: str | None = None) -> Iterator[None]:
             yield
 
 
-# -- out-of-memory: retry with a smaller chunk -------------------------------------------------
+# -- out-of-memory: retry with less memory, never with other pixels ---------------------------
 
-_oom_halvings: Counter = Counter()
+_oom_seen: Counter = Counter()
 _oom_guard = threading.Lock()
+_OFFLOAD_LADDER = ("none", "model", "sequential")
 
 
 def note_out_of_memory(key: str, exc: BaseException) -> bool:
-    """Record an OOM for a generate key (the retry will halve the chunk size); free cached memory."""
+    """Record an OOM for a generate key (its retry then uses less memory); free cached memory."""
     if not is_out_of_memory(exc):
         return False
     with _oom_guard:
-        _oom_halvings[key] += 1
+        _oom_seen[key] += 1
     try:
         import torch
 
@@ -93,13 +94,27 @@ def note_out_of_memory(key: str, exc: BaseException) -> bool:
     return True
 
 
-def chunk_size_for(key: str, requested: int, frames: int | None) -> int | None:
-    """The chunk size to try now: the requested one, halved once per OOM seen for this key (>= 2).
-
-    Returns None when no OOM happened (use the job's own chunk size)."""
+def out_of_memory_count(key: str) -> int:
     with _oom_guard:
-        halvings = _oom_halvings[key]
-    if not halvings:
-        return None
-    size = requested if requested else (frames or 2)
+        return _oom_seen[key]
+
+
+def halved_chunk_size(requested: int | None, frames: int | None, halvings: int) -> int:
+    """The chunk size after `halvings` OOMs: halved each time, at least 2 (anchor + one frame).
+
+    For pose/canny/depth/pix2pix the engine's output does not depend on the chunk size."""
+    size = requested or frames or 2
     return max(2, size >> halvings)
+
+
+def lighter_runtime(runtime: Any, steps: int) -> Any:
+    """text2video after OOM: its frames depend on the chunk size, so memory comes down another
+    way: weights offloaded to the CPU while unused (`model`, then `sequential`); same pixels.
+    Unchanged on a CPU, where offloading does not apply."""
+    import dataclasses
+
+    device, _ = runtime.resolve()
+    if device.type == "cpu":
+        return runtime
+    start = _OFFLOAD_LADDER.index(runtime.offload)
+    return dataclasses.replace(runtime, offload=_OFFLOAD_LADDER[min(len(_OFFLOAD_LADDER) - 1, start + steps)])

@@ -61,13 +61,17 @@ def generate_task(job: Job, key: str, cfg: RunConfig, cond_ref: Ref | None, mode
                   progress: ProgressFn | None = None) -> Ref:
     runtime = cfg.runtime()
     device = policy.device_name(runtime.resolve()[0])
-    frames = int(cond_ref["count"]) if cond_ref else job.video_length
-    chunk_size = policy.chunk_size_for(key, job.chunk_size, frames)
-    if chunk_size is not None:
-        get_run_logger().warning(
-            "%s: retrying generation with chunk_size=%d after running out of memory%s", job.job_id, chunk_size,
-            " (text2video frames depend on it: the sidecar records the chunk size used)"
-            if job.mode == "text2video" else "")
+    chunk_size, ooms = None, policy.out_of_memory_count(key)
+    if ooms and job.mode == "text2video":
+        runtime = policy.lighter_runtime(runtime, ooms)
+        get_run_logger().warning("%s: retrying generation with offload=%s after running out of memory "
+                                 "(text2video keeps its chunk size: its frames depend on it)",
+                                 job.job_id, runtime.offload)
+    elif ooms:
+        frames = int(cond_ref["count"]) if cond_ref else None
+        chunk_size = policy.halved_chunk_size(job.chunk_size, frames, ooms)
+        get_run_logger().warning("%s: retrying generation with chunk_size=%d after running out of memory",
+                                 job.job_id, chunk_size)
 
     def on_progress(done: int, total: int, message: str = "") -> None:
         if progress is not None:

@@ -228,25 +228,43 @@ def test_refresh_column_and_force_recompute(project):
 
 
 def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project, monkeypatch):
-    monkeypatch.setenv("T2VZ_FAULTS", "publish@io:eio:1,generate@oom:oom:1,publish@fatal:fatal")
+    monkeypatch.setenv("T2VZ_FAULTS", "publish@io:eio:1,generate@oom:oom:1,generate@oom-t2v:oom:1,"
+                                      "publish@fatal:fatal")
     t2v = next(r for r in project["rows"] if r["job_id"] == "t2v")
-    p2p = next(r for r in project["rows"] if r["job_id"] == "p2p")
+    depth = next(r for r in project["rows"] if r["job_id"] == "depth")
     rows = [
-        {**t2v, "job_id": "io"},                 # everything cached but publishing
-        {**t2v, "job_id": "oom", "seed": 11},    # a new seed: generation runs
-        {**p2p, "job_id": "fatal"},             # cached, fails publishing for good
+        {**t2v, "job_id": "io"},                       # everything cached but publishing
+        {**depth, "job_id": "oom", "seed": 10},        # new seeds: generation runs
+        {**t2v, "job_id": "oom-t2v", "seed": 11},
+        {**depth, "job_id": "fatal"},                  # cached, fails publishing for good
     ]
     manifest = write_manifest(project["root"] / "faults.csv", rows)
     state, rep, sidecars = run(manifest, project["root"] / "out-faults", project["work"])
     by_id = {line["job_id"]: line for line in rep["rows"]}
-    assert by_id["io"]["status"] == "ok" and by_id["oom"]["status"] == "ok"
-    resolved = sidecars["oom"]["resolved"]
-    assert resolved["effective_chunk_size"] == 2 and resolved["request"]["chunk_size"] == 2  # halved from 4
-    assert sidecars["oom"]["job"]["chunk_size"] == 4
-    assert by_id["fatal"]["status"] == "failed" and "injected permanent failure" in by_id["fatal"]["error"]
+    assert [by_id[j]["status"] for j in ("io", "oom", "oom-t2v", "fatal")] == ["ok", "ok", "ok", "failed"]
+    assert "injected permanent failure" in by_id["fatal"]["error"]
     assert state.is_failed()
+    assert sidecars["oom"]["resolved"]["effective_chunk_size"] == 2  # halved from 4: same pixels
+    assert sidecars["oom"]["job"]["chunk_size"] == 4
+    # text2video keeps its chunk size (its frames depend on it); on a CPU nothing can be offloaded.
+    assert sidecars["oom-t2v"]["resolved"]["effective_chunk_size"] == 4
     runs = api_post("/task_runs/filter", {
         "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
-        "task_runs": {"name": {"any_": ["publish-fatal", "publish-io", "generate-oom"]}}, "limit": 50})
+        "task_runs": {"name": {"any_": ["publish-fatal", "publish-io", "generate-oom", "generate-oom-t2v"]}},
+        "limit": 50})
     attempts = {r["name"]: r["run_count"] for r in runs}
-    assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2}, attempts
+    assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2, "generate-oom-t2v": 2}, attempts
+
+
+def test_out_of_memory_policy_keeps_pixels():
+    import torch
+
+    from t2vz_core.models import Runtime
+    from tasks import policy
+
+    assert [policy.halved_chunk_size(8, 24, n) for n in (1, 2, 3, 4)] == [4, 2, 2, 2]
+    cpu = Runtime(device="cpu")
+    assert policy.lighter_runtime(cpu, 1) is cpu
+    if torch.cuda.is_available():
+        assert policy.lighter_runtime(Runtime(device="cuda"), 1).offload == "model"
+        assert policy.lighter_runtime(Runtime(device="cuda"), 5).offload == "sequential"
