@@ -2,7 +2,7 @@
 
     t2vz run MANIFEST --output-dir DIR [--device cuda --dtype fp16 --force --allowed-root DIR ...]
     t2vz validate MANIFEST
-    t2vz report MANIFEST --output-dir DIR      (rebuild report.csv/json from the sidecars)
+    t2vz report OUT_DIR                         (rebuild report.csv/json from the sidecars)
     t2vz models tiny DIR
     t2vz scan VIDEO_DIR --mode canny --prompt "..." [--set seed=3 ...] > manifest.csv
     t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
@@ -145,15 +145,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    manifest, code = _read(args.manifest, args.allowed_root)
+    """`t2vz report OUT_DIR` (manifest named in OUT_DIR/report.json) or `t2vz report MANIFEST -o OUT_DIR`."""
+    import json
+
+    target = Path(args.target)
+    if target.is_dir():
+        output_dir, manifest_path = target, args.manifest
+        if manifest_path is None:
+            try:
+                manifest_path = json.loads((target / "report.json").read_text())["manifest"]
+            except (OSError, ValueError, KeyError):
+                _eprint(f"t2vz report: {target}/report.json names no manifest; give it with --manifest")
+                return EXIT_USAGE
+    else:
+        manifest_path, output_dir = target, args.output_dir
+        if output_dir is None:
+            _eprint("t2vz report: give the output folder (t2vz report OUT_DIR, or MANIFEST --output-dir OUT_DIR)")
+            return EXIT_USAGE
+    manifest, code = _read(str(manifest_path), args.allowed_root)
     if manifest is None:
         return code
     from flows.batch import write_manifest_report
 
-    rep = write_manifest_report(args.manifest, args.output_dir, args.allowed_root)
+    rep = write_manifest_report(manifest_path, output_dir, args.allowed_root)
     counts = rep["counts"]
     print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
-          f"{counts['missing']} not run; report: {Path(args.output_dir) / 'report.csv'}")
+          f"{counts['missing']} not run; report: {Path(output_dir) / 'report.csv'}")
     return EXIT_OK if counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 
@@ -249,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
 
     rep = sub.add_parser("report", help="rebuild report.csv/json from the sidecars in an output folder")
-    manifest_args(rep)
-    rep.add_argument("--output-dir", "-o", required=True, type=Path)
+    rep.add_argument("target", help="the output folder (its report.json names the manifest), or the manifest")
+    rep.add_argument("--output-dir", "-o", type=Path, help="the output folder, when TARGET is the manifest")
+    rep.add_argument("--manifest", help="the manifest, when TARGET is the output folder")
+    rep.add_argument("--allowed-root", action="append", metavar="DIR")
     rep.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="model utilities")

@@ -116,3 +116,9 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     assert result.returncode == 0, result.stdout + result.stderr
     sidecar = json.loads((out / "clip.json").read_text())
     assert {s["status"] for s in sidecar["steps"].values()} == {"cached", "skipped"}
+
+    # The report can be rebuilt from the sidecars (e.g. after shards ran); a row without one is missing.
+    assert main(["report", str(out)]) == 0
+    (out / "clip.json").unlink()
+    assert main(["report", str(out)]) == 1
+    assert json.loads((out / "report.json").read_text())["counts"]["missing"] == 1
