@@ -129,6 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = result["counts"]
     print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
           f"report: {Path(result['output_dir']) / 'report.csv'}")
+    if os.environ.get("PREFECT_API_URL"):  # a lasting server: point at the run in its UI
+        from prefect.settings import PREFECT_UI_URL
+
+        if PREFECT_UI_URL.value():
+            print(f"Prefect UI: {PREFECT_UI_URL.value()}/runs/flow-run/{state.state_details.flow_run_id}")
     return EXIT_OK if state.is_completed() and counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 

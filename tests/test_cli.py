@@ -114,6 +114,7 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     write_csv(manifest, rows[:1])
     result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Prefect UI: http://" in result.stdout
     sidecar = json.loads((out / "clip.json").read_text())
     assert {s["status"] for s in sidecar["steps"].values()} == {"cached", "skipped"}
 
