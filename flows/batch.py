@@ -5,7 +5,8 @@ Both return the run report (dict, also written to OUTPUT_DIR/report.json and rep
 end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
 written first. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
 default 2); generation holds one job per device (tasks.policy.hold_device), across machines
-too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit.
+too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit. Each row is six task runs:
+for thousands of rows, fan out in shards (flows/deploy.py) rather than one giant flow run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tasks.progress import RunProgress
 from tasks.row import row_task
 
 MAX_WORKERS = max(1, int(os.environ.get("T2VZ_MAX_WORKERS", "2")))
+MARKDOWN_ROWS = 500  # the summary artifact lists this many rows; report.csv has them all
 
 
 # ---------------------------------------------------------------- reports (no Prefect needed)
@@ -90,10 +92,13 @@ def _markdown(rep: dict) -> str:
            f"{counts['missing']} not run, of {counts['total']} rows. Report: "
            f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()})", "",
            "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
-    for line in rep["rows"]:
+    shown = rep["rows"][:MARKDOWN_ROWS]
+    for line in shown:
         links = ", ".join(f"[{Path(p).name}]({Path(p).absolute().as_uri()})" for p in line["outputs"])
         error = str(line["error"]).replace("|", "\\|").replace("\n", " ")[:300]
         out.append(f"| {line['row']} | {line['job_id']} | {line['mode']} | {line['status']} | {links} | {error} |")
+    if len(rep["rows"]) > len(shown):
+        out.append(f"\n... {len(rep['rows']) - len(shown)} more rows in report.csv")
     return "\n".join(out) + "\n"
 
 
@@ -133,7 +138,7 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
                                         description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
     progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
     futures = [row_task.submit(job, cfg, progress) for job in jobs]
-    ran = {job.job_id: future.result() for job, future in zip(jobs, futures)}
+    ran = {job.job_id: _row_result(job, future) for job, future in zip(jobs, futures)}
 
     lines = build_report(manifest, out, ran)
     rep = report.write_report(out, lines, _report_extra(manifest, run_id))
@@ -147,10 +152,23 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     logger.info("%d ok, %d failed, %d invalid; report: %s", len(ran) - len(failed), len(failed), invalid,
                 out / "report.csv")
     if failed or invalid:
-        parts = ([f"{len(failed)} row(s) failed: {', '.join(failed)}"] if failed else []) + \
+        named = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        parts = ([f"{len(failed)} row(s) failed: {named}"] if failed else []) + \
                 ([f"{invalid} invalid row(s)"] if invalid else [])
         return Failed(message="; ".join(parts), data=rep)
     return rep
+
+
+def _row_result(job: Job, future: Any) -> dict:
+    """The row's sidecar; a row task that crashed outright (it never raises) still gets a line."""
+    try:
+        result = future.result()
+    except Exception as exc:  # noqa: BLE001
+        result = exc
+    if isinstance(result, dict):
+        return result
+    return {"job_id": job.job_id, "row": job.row, "mode": job.mode, "status": "failed", "outputs": [],
+            "error": f"row task crashed: {type(result).__name__}: {result}", "steps": {}, "job": job.cache_dict()}
 
 
 def _run_name() -> str:
