@@ -27,8 +27,8 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 import shutil
+import threading
 import time
 import uuid
 from fractions import Fraction
@@ -78,13 +78,6 @@ def control_kind(job: Job) -> str | None:
     if job.mode in ("pose", "canny", "depth") and job.control != "given":
         return job.mode
     return None
-
-
-def conditioning_step(job: Job) -> str | None:
-    """Which step's frames condition generation: 'control', 'decode' or None (text2video)."""
-    if job.mode == "text2video":
-        return None
-    return "control" if control_kind(job) else "decode"
 
 
 def fraction_text(fps: Fraction) -> str:
@@ -420,9 +413,3 @@ def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
             copied += 1
         outputs.append(str(dst))
     return {"step": "publish", "key": enc_ref["key"], "outputs": outputs, "hit": copied == 0}
-
-
-def timed(fn: Callable[..., Ref], *args: Any, **kwargs: Any) -> tuple[Ref, float]:
-    start = time.perf_counter()
-    ref = fn(*args, **kwargs)
-    return ref, time.perf_counter() - start
