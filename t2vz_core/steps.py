@@ -143,13 +143,15 @@ def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Re
 # ---------------------------------------------------------------- control maps
 
 def control_settings(job: Job) -> tuple[str, str, dict]:
-    """(kind, backend, full parameters) of the maps a job extracts; defaults from t2vz_core.control."""
+    """(kind, backend, full parameters) of the maps a job extracts: the row's control_backend, annotator
+    and thresholds, completed with t2vz_core.control's defaults (so they all move the control key)."""
     from t2vz_core.control import control_params
 
     kind = control_kind(job)
     if kind is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} with control={job.control} extracts no maps")
-    backend, params = control_params(kind)
+    backend, row_params = job.control_options()
+    backend, params = control_params(kind, row_params, backend)
     return kind, backend, params
 
 

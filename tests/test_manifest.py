@@ -128,6 +128,30 @@ def test_ignored_cells_are_warnings_and_do_not_change_the_job(folder):
     assert a.cache_dict() | {"job_id": "b"} == b.cache_dict()
 
 
+def test_control_extraction_columns_are_parsed_checked_per_mode_and_keyed(folder):
+    (folder / "weights").mkdir()
+    path = write(folder, "job_id,mode,source,control,prompt,control_backend,annotator,low_threshold,high_threshold\n"
+                         "c,canny,clips/a.mp4,,x,OpenCV,,50,150\n"
+                         "d,depth,clips/a.mp4,,x,zoe,weights,,\n"
+                         "p,pose,clips/a.mp4,given,x,dwpose,weights,,\n"
+                         "t,text2video,,,x,,,60,\n"
+                         "q,canny,clips/a.mp4,,x,,,,\n")
+    manifest = read_manifest(path)
+    assert manifest.errors == []
+    assert [(w.row, w.column) for w in manifest.warnings] == [
+        (4, "control_backend"), (4, "annotator"), (5, "low_threshold")]
+    assert "ignored with control=given" in manifest.warnings[0].message
+    assert "ignored in mode text2video" in manifest.warnings[2].message
+    c, d, p, t, q = manifest.jobs
+    assert c.control_options() == ("opencv", {"low_threshold": 50, "high_threshold": 150})
+    assert d.control_options() == ("zoe", {"annotator": str((folder / "weights").resolve())})
+    assert p.control_options() == (None, {}) and t.low_threshold is None
+    assert q.control_options() == (None, {})
+    # Every new cell is a parameter: it moves the row's cache dict.
+    assert c.cache_dict() | {"job_id": "q", "control_backend": None, "low_threshold": None,
+                             "high_threshold": None} == q.cache_dict()
+
+
 def test_generation_kwargs_build_a_valid_engine_request(folder, monkeypatch):
     from t2vz_core.engine.request import GenerationRequest
 

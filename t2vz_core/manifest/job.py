@@ -21,7 +21,16 @@ from t2vz_core.manifest.cells import (
     parse_outputs,
     parse_seconds,
 )
-from t2vz_core.manifest.columns import APPLIES_TO, CONTROLNET_MODES, FITS, MODES, SOURCE_MODES, STRUCTURAL, Mode
+from t2vz_core.manifest.columns import (
+    APPLIES_TO,
+    CONTROLNET_MODES,
+    EXTRACTION_COLUMNS,
+    FITS,
+    MODES,
+    SOURCE_MODES,
+    STRUCTURAL,
+    Mode,
+)
 from t2vz_core.manifest.defaults import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CONTROLNET_SCALE,
@@ -74,6 +83,10 @@ class Job(BaseModel):
     prompt: str
     source: Path | None = None
     control: Literal["extract", "given"] | None = None
+    control_backend: str | None = None
+    annotator: str | None = None
+    low_threshold: int | None = None
+    high_threshold: int | None = None
     negative_prompt: str = ""
     model: str = ""
     revision: str | None = None
@@ -150,7 +163,19 @@ class Job(BaseModel):
         base_dir, roots = _context(info)
         return str(resolve_source(value, base_dir, roots))  # str: JSON-mode validation takes no Path objects
 
-    @field_validator("model", "controlnet", mode="before")
+    @field_validator("control_backend", mode="before")
+    @classmethod
+    def _control_backend(cls, value: Any) -> str:
+        # Which backends suit the row's mode is a cross-column rule (rules.py).
+        from t2vz_core.control.maps import BACKENDS
+
+        text = str(value).strip().lower()
+        known = sorted({name for names in BACKENDS.values() for name in names})
+        if text not in known:
+            raise ValueError(f"unknown control_backend {describe(value)}: use one of {', '.join(known)}")
+        return text
+
+    @field_validator("model", "controlnet", "annotator", mode="before")
     @classmethod
     def _model_ref(cls, value: Any, info: ValidationInfo) -> str:
         base_dir, _ = _context(info)
@@ -201,6 +226,8 @@ class Job(BaseModel):
             values["model"] = default_model(mode)
         if mode in CONTROLNET_MODES:
             values.setdefault("control", self.control or "extract")
+            if values["control"] == "given":
+                values.update(dict.fromkeys(EXTRACTION_COLUMNS))  # maps are given: nothing is extracted
             if self.controlnet_conditioning_scale is None:
                 values["controlnet_conditioning_scale"] = DEFAULT_CONTROLNET_SCALE
         if mode == "pix2pix" and self.image_guidance_scale is None:
@@ -249,6 +276,17 @@ class Job(BaseModel):
             return self.width, self.height
         side = self.resolution or DEFAULT_RESOLUTION
         return side, side
+
+    def control_options(self) -> tuple[str | None, dict[str, Any]]:
+        """(backend or None for the default, parameters set in the row) for t2vz_core.control."""
+        params: dict[str, Any] = {}
+        if self.annotator is not None:
+            params["annotator"] = self.annotator
+        if self.mode == "canny":
+            for name in ("low_threshold", "high_threshold"):
+                if getattr(self, name) is not None:
+                    params[name] = getattr(self, name)
+        return self.control_backend, params
 
     def decode_spec_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of media's `DecodeSpec` (start, end, fps, max_frames, resolution, width, height, fit)."""

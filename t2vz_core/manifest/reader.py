@@ -10,7 +10,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from t2vz_core.manifest.columns import APPLIES_TO, COLUMN_ORDER, MODES, OUTPUT_FORMATS, STRUCTURAL
+from t2vz_core.manifest.columns import (
+    APPLIES_TO,
+    COLUMN_ORDER,
+    CONTROLNET_MODES,
+    EXTRACTION_COLUMNS,
+    MODES,
+    OUTPUT_FORMATS,
+    STRUCTURAL,
+)
 from t2vz_core.manifest.csvfile import EXTRA_CELLS, check_header, iter_records, read_text
 from t2vz_core.manifest.errors import ManifestError
 from t2vz_core.manifest.job import Job
@@ -124,6 +132,13 @@ def read_manifest(path: str | os.PathLike[str],
                 manifest.warnings.append(ManifestError(
                     row, name, f"{name} is ignored in mode {mode} (value {cells[name].strip()!r})", raw_id))
                 cells[name] = ""
+        if mode in CONTROLNET_MODES and cells.get("control", "").strip().lower() == "given":
+            for name in EXTRACTION_COLUMNS:
+                if cells.get(name, "").strip():
+                    manifest.warnings.append(ManifestError(
+                        row, name, f"{name} is ignored with control=given (value {cells[name].strip()!r}): "
+                        "the maps are read, not extracted", raw_id))
+                    cells[name] = ""
         job, problems = _validate_row(cells, row, context)
         if raw_id and "job_id" not in {column for column, _, _ in problems}:
             first = seen_ids.setdefault(raw_id.lower(), (row, raw_id))

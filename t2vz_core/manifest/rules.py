@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from t2vz_core.manifest.columns import APPLIES_TO, SOURCE_MODES, STRUCTURAL
+from t2vz_core.manifest.columns import ANNOTATOR_BACKENDS, APPLIES_TO, CONTROLNET_MODES, SOURCE_MODES, STRUCTURAL
 from t2vz_core.manifest.defaults import default_t0_t1, or_default
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
         add("resolution", "give either resolution (long side) or width/height, not both", "width", "height")
     if mode in SOURCE_MODES and job.start is not None and job.end is not None and job.start >= job.end:
         add("end", f"end ({job.end:g} s) must be after start ({job.start:g} s)", "start")
+    problems += _control_problems(job, given)
     if "revision" in given and os.path.isabs(job.model):
         add("revision", "revision applies to hub models; the model is a local folder", "model")
     if mode == "text2video":
@@ -63,4 +64,28 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
             add("t1", f"t1={t1} is too large for num_inference_steps={steps}; {rule}", "t0", "num_inference_steps")
         elif t0 >= t1:
             add("t0", f"t0={t0} must be smaller than t1={t1}; {rule}", "t1", "num_inference_steps")
+    return problems
+
+
+def _control_problems(job: Job, given: set[str]) -> list[Problem]:
+    """control_backend must suit the mode, annotator needs a backend with weights, thresholds low < high."""
+    from t2vz_core.control.maps import BACKENDS, DEFAULT_BACKEND
+
+    mode = job.mode
+    if mode not in CONTROLNET_MODES or job.control == "given":
+        return []
+    problems: list[Problem] = []
+    backend = job.control_backend or DEFAULT_BACKEND[mode]
+    if job.control_backend is not None and backend not in BACKENDS[mode]:
+        problems.append(("control_backend", f"control_backend {backend} does not make {mode} maps: use one of "
+                         f"{', '.join(BACKENDS[mode])}", frozenset({"control_backend", "mode"})))
+    elif "annotator" in given and backend not in ANNOTATOR_BACKENDS:
+        problems.append(("annotator", f"annotator is not used by the {backend} backend (it needs no weights); "
+                         f"it applies to {', '.join(sorted(ANNOTATOR_BACKENDS))}",
+                         frozenset({"annotator", "control_backend", "mode"})))
+    if mode == "canny":
+        low, high = or_default(job.low_threshold, 100), or_default(job.high_threshold, 200)
+        if low >= high:
+            problems.append(("low_threshold", f"low_threshold ({low}) must be smaller than high_threshold ({high})"
+                             " (defaults 100 and 200)", frozenset({"low_threshold", "high_threshold", "mode"})))
     return problems
