@@ -132,22 +132,14 @@ def test_every_mode_produces_real_videos_sidecars_and_a_report(project):
     assert not list(out.glob(".*.tmp")) and not list(out.glob("*.tmp"))
 
 
-def api_post(path: str, body: dict):
-    """Raw API call (the 3.8 client's read_artifacts sends nulls this server rejects)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        response = client._client.post(path, json=body)
-        response.raise_for_status()
-        return response.json()
-
-
 def test_run_publishes_table_progress_and_markdown_artifacts(project):
-    from types import SimpleNamespace
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    run_id = str(project["state"].state_details.flow_run_id)
-    found = api_post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "limit": 50})
-    artifacts = [SimpleNamespace(**a) for a in found]
+    run_id = project["state"].state_details.flow_run_id
+    with get_client(sync_client=True) as client:  # the harness's API (PREFECT_API_URL)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
     by_type = {a.type: a for a in artifacts}
     assert {"table", "progress", "markdown"} <= set(by_type), [a.type for a in artifacts]
     assert float(by_type["progress"].data) == 100.0
@@ -248,11 +240,16 @@ def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project
     assert sidecars["oom"]["job"]["chunk_size"] == 4
     # text2video keeps its chunk size (its frames depend on it); on a CPU nothing can be offloaded.
     assert sidecars["oom-t2v"]["resolved"]["effective_chunk_size"] == 4
-    runs = api_post("/task_runs/filter", {
-        "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
-        "task_runs": {"name": {"any_": ["publish-fatal", "publish-io", "generate-oom", "generate-oom-t2v"]}},
-        "limit": 50})
-    attempts = {r["name"]: r["run_count"] for r in runs}
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(
+                any_=["publish-fatal", "publish-io", "generate-oom", "generate-oom-t2v"])),
+            limit=50)
+    attempts = {r.name: r.run_count for r in runs}
     assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2, "generate-oom-t2v": 2}, attempts
 
 

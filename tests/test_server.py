@@ -6,8 +6,8 @@ worker as real `prefect worker start` processes. A manifest is fanned out twice 
 nightly deployment: both workers get shards, every row reaches the report, states are as
 expected, the second run is all cache hits, artifacts and GCL use are visible through the API.
 
-Reads go through plain HTTP with bodies that leave unset fields out: Prefect 3.8.8's client sends
-explicit nulls (`"limit": null`) that fastapi >= 0.148 rejects with 422 (see docker/README.md).
+Every API read goes through Prefect's own client (SyncPrefectClient bound to this server's URL) and
+its filters; only the UI page is fetched with plain HTTP.
 Budget: ~70-80 s on an idle 2-core machine (server ~10 s, two fan-out runs, one served run; about
 110 s of CPU in all, most of it flow-run processes importing torch/diffusers).
 """
@@ -25,9 +25,31 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+    TaskRunFilterState,
+    TaskRunFilterStateName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, WorkerStatus
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.schemas.events import ReceivedEvent
 
 from flows import deploy
 
@@ -77,27 +99,12 @@ class Stack:
     url: str  # http://127.0.0.1:PORT
     env: dict  # environment for clients and workers of this server
     logs: Path
+    client: SyncPrefectClient | None = None  # Prefect's own client, bound to this server's API only
     procs: dict = field(default_factory=dict)
 
     @property
     def api(self) -> str:
         return f"{self.url}/api"
-
-    def request(self, method: str, path: str, body: dict | None = None):
-        # Like Prefect's own client, retry 503s: SQLite answers "database is locked" under load.
-        for attempt in range(8):
-            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
-            if response.status_code not in (429, 502, 503):
-                break
-            time.sleep(0.25 * 2 ** attempt)
-        assert response.is_success, f"{method} {path} {body}: {response.status_code} {response.text[:2000]}"
-        return response.json()
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def post(self, path: str, body: dict | None = None):
-        return self.request("POST", path, body or {})
 
     def start(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
@@ -107,47 +114,43 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def flow_run(self, run_id: str) -> dict:
-        return self.get(f"/flow_runs/{run_id}")
+    def run_deployment(self, name: str, parameters: dict) -> UUID:
+        deployment = self.client.read_deployment_by_name(name)
+        return self.client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
 
-    def run_deployment(self, name: str, parameters: dict) -> str:
-        deployment = self.get(f"/deployments/name/{name}")
-        return self.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})["id"]
-
-    def wait_final(self, run_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+    def wait_final(self, run_id: UUID, timeout_s: float = RUN_TIMEOUT_S) -> FlowRun:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            run = self.flow_run(run_id)
-            if run["state"] and run["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            run = self.client.read_flow_run(run_id)
+            if run.state and run.state.is_final():
                 return run
             for name, proc in self.procs.items():
                 assert proc.poll() is None, f"{name} exited:\n{_tail(self.logs / f'{name}.log')}"
             time.sleep(0.5)
-        raise AssertionError(f"flow run {run_id} not final after {timeout_s} s: {run['state']}\n"
+        raise AssertionError(f"flow run {run_id} not final after {timeout_s} s: {run.state}\n"
                              + "\n".join(f"--- {n}\n{_tail(self.logs / f'{n}.log', 1500)}" for n in self.procs))
 
-    def children(self, parent_id: str) -> list[dict]:
-        return self.post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}})
+    def children(self, parent_id: UUID) -> list[FlowRun]:
+        return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
 
-    def task_runs(self, flow_run_ids: list[str]) -> list[dict]:
-        return self.post("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": flow_run_ids}}})
-
-    def events(self, name: str, since: str, until=lambda events: bool(events), timeout_s: float = 15) -> list[dict]:
-        """Events named `name` since an ISO time; polls because events reach the database asynchronously."""
+    def events(self, name: str, since: datetime, until=lambda events: bool(events),
+               timeout_s: float = 15) -> list[ReceivedEvent]:
+        """Events named `name` since `since`; polls because events reach the database asynchronously."""
         deadline = time.monotonic() + timeout_s
         while True:
-            events = self.post("/events/filter", {"filter": {"event": {"name": [name]}, "occurred": {"since": since}},
-                                                  "limit": 50})["events"]
+            events = self.client.read_events(EventFilter(event=EventNameFilter(name=[name]),
+                                                         occurred=EventOccurredFilter(since=since)), limit=50).events
             if until(events) or time.monotonic() > deadline:
                 return events
             time.sleep(0.25)
 
-    def workers_of(self, run_ids: list[str], since: str) -> dict[str, str]:
+    def workers_of(self, run_ids: list[UUID], since: datetime) -> dict[UUID, str]:
         """{flow run id: name of the worker that submitted it}, from `prefect.worker.submitted-flow-run`
         events (a worker that lost the race for a run logs "submitting" too, but emits no event)."""
-        def mapping(events: list[dict]) -> dict[str, str]:
-            return {r["prefect.resource.id"].removeprefix("prefect.flow-run."): e["resource"]["prefect.resource.name"]
-                    for e in events for r in e["related"] if r["prefect.resource.role"] == "flow-run"}
+        def mapping(events: list[ReceivedEvent]) -> dict[UUID, str]:
+            return {UUID(r.id.removeprefix("prefect.flow-run.")): e.resource.name
+                    for e in events for r in e.related if r.role == "flow-run"}
 
         events = self.events("prefect.worker.submitted-flow-run", since,
                              until=lambda events: set(run_ids) <= set(mapping(events)))
@@ -175,38 +178,38 @@ def stack(tmp_path_factory) -> Stack:
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
     s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
             env=server_env)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert s.procs["server"].poll() is None, f"server exited:\n{_tail(root / 'server.log')}"
-            try:
-                if httpx.get(f"{s.api}/health", timeout=2).json() is True:
+    # The client gets this server's URL directly, not through PREFECT_API_URL: the same test
+    # process may also hold a prefect_test_harness (other modules), whose settings stay as they are.
+    with SyncPrefectClient(s.api) as client:
+        s.client = client
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while client.api_healthcheck() is not None:
+                assert s.procs["server"].poll() is None, f"server exited:\n{_tail(root / 'server.log')}"
+                assert time.monotonic() < deadline, \
+                    f"server not healthy in {START_TIMEOUT_S} s:\n{_tail(root / 'server.log')}"
+                time.sleep(0.25)
+            setup = subprocess.run([sys.executable, "-m", "flows.deploy", "setup", "--gpus", "2"],
+                                   env=client_env, capture_output=True, text=True, timeout=120, cwd=root)
+            assert setup.returncode == 0, setup.stdout + setup.stderr
+            for name in GPU_WORKERS:
+                s.start(name, "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
+                        deploy.GPU_QUEUE, "--limit", "1", "--name", name)
+            s.start("dispatch", "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
+                    deploy.DISPATCH_QUEUE, "--name", "dispatch")
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                workers = client.read_workers_for_work_pool(deploy.WORK_POOL)
+                if {w.name for w in workers if w.status == WorkerStatus.ONLINE} >= {*GPU_WORKERS, "dispatch"}:
                     break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, f"server not healthy in {START_TIMEOUT_S} s:\n{_tail(root / 'server.log')}"
-            time.sleep(0.25)
-        setup = subprocess.run([sys.executable, "-m", "flows.deploy", "setup", "--gpus", "2"], env=client_env,
-                               capture_output=True, text=True, timeout=120, cwd=root)
-        assert setup.returncode == 0, setup.stdout + setup.stderr
-        for name in GPU_WORKERS:
-            s.start(name, "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
-                    deploy.GPU_QUEUE, "--limit", "1", "--name", name)
-        s.start("dispatch", "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
-                deploy.DISPATCH_QUEUE, "--name", "dispatch")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            workers = s.post(f"/work_pools/{deploy.WORK_POOL}/workers/filter")
-            if {w["name"] for w in workers if w["status"] == "ONLINE"} >= {*GPU_WORKERS, "dispatch"}:
-                break
-            for name, proc in s.procs.items():
-                assert proc.poll() is None, f"{name} exited:\n{_tail(root / f'{name}.log')}"
-            assert time.monotonic() < deadline, f"workers not online: {workers}"
-            time.sleep(0.25)
-        yield s
-    finally:
-        for name in reversed(list(s.procs)):
-            _stop(s.procs[name])
+                for name, proc in s.procs.items():
+                    assert proc.poll() is None, f"{name} exited:\n{_tail(root / f'{name}.log')}"
+                assert time.monotonic() < deadline, f"workers not online: {workers}"
+                time.sleep(0.25)
+            yield s
+        finally:
+            for name in reversed(list(s.procs)):
+                _stop(s.procs[name])
 
 
 @pytest.fixture(scope="module")
@@ -230,70 +233,90 @@ def work_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("work")
 
 
+def _table(artifact) -> list[dict]:
+    """A table artifact's rows (the server stores the table as JSON text)."""
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def _latest(stack: Stack, key: str):
+    found = stack.client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+        key=ArtifactCollectionFilterKey(any_=[key])))
+    assert len(found) == 1, (key, found)
+    return found[0]
+
+
 # ------------------------------------------------------------------ tests
 
 
 def test_server_serves_api_and_ui(stack):
-    assert stack.get("/health") is True
-    ui = httpx.get(stack.url + "/", timeout=10)
+    client = stack.client
+    assert client.api_healthcheck() is None
+    ui = httpx.get(stack.url + "/", timeout=10)  # the UI is HTML, not API: plain HTTP
     assert ui.status_code == 200 and "<html" in ui.text.lower()
-    limit = stack.get(f"/v2/concurrency_limits/{deploy.GPU_LIMIT}")
-    assert limit["limit"] == 2 and limit["active"]
-    pool = stack.get(f"/work_pools/{deploy.WORK_POOL}")
-    assert pool["type"] == "process"
-    assert pool["base_job_template"]["variables"]["properties"]["env"]["default"] == {
+    limit = client.read_global_concurrency_limit_by_name(deploy.GPU_LIMIT)
+    assert limit.limit == 2 and limit.active
+    pool = client.read_work_pool(deploy.WORK_POOL)
+    assert pool.type == "process"
+    assert pool.base_job_template["variables"]["properties"]["env"]["default"] == {
         deploy.GPU_LIMIT_ENV: deploy.GPU_LIMIT}
-    nightly = stack.get(f"/deployments/name/{deploy.FAN_OUT_DEPLOYMENT}")
-    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == [deploy.DEFAULT_CRON]
-    assert nightly["work_queue_name"] == deploy.DISPATCH_QUEUE and nightly["entrypoint"] == "flows.deploy.fan_out"
-    shard = stack.get(f"/deployments/name/{deploy.SHARD_DEPLOYMENT}")
-    assert shard["work_queue_name"] == deploy.GPU_QUEUE and shard["entrypoint"] == "flows.batch.process_rows"
+    nightly = client.read_deployment_by_name(deploy.FAN_OUT_DEPLOYMENT)
+    assert [s.schedule.cron for s in nightly.schedules] == [deploy.DEFAULT_CRON]
+    assert nightly.work_queue_name == deploy.DISPATCH_QUEUE and nightly.entrypoint == "flows.deploy.fan_out"
+    shard = client.read_deployment_by_name(deploy.SHARD_DEPLOYMENT)
+    assert shard.work_queue_name == deploy.GPU_QUEUE and shard.entrypoint == "flows.batch.process_rows"
 
 
 def test_prefect_deploy_applies_the_same_prefect_yaml(stack):
     """The stock path, `prefect deploy --all`, gives the deployments `flows.deploy setup` gave."""
-    before = {name: stack.get(f"/deployments/name/{name}")
+    before = {name: stack.client.read_deployment_by_name(name)
               for name in (deploy.FAN_OUT_DEPLOYMENT, deploy.SHARD_DEPLOYMENT)}
     result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
                             env=stack.env, cwd=deploy.PREFECT_FILE.parent, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name, old in before.items():
-        new = stack.get(f"/deployments/name/{name}")
+        new = stack.client.read_deployment_by_name(name)
+        assert new.id == old.id, name  # updated in place, not a second deployment
         for key in ("entrypoint", "work_pool_name", "work_queue_name", "parameters", "pull_steps"):
-            assert new[key] == old[key], (name, key)
-        assert [s["schedule"] for s in new["schedules"]] == [s["schedule"] for s in old["schedules"]]
+            assert getattr(new, key) == getattr(old, key), (name, key)
+        assert [s.schedule for s in new.schedules] == [s.schedule for s in old.schedules]
 
 
-def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path) -> tuple[dict, list[dict]]:
+def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path) -> tuple[FlowRun, list[FlowRun]]:
     run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
         "manifest_path": str(manifest), "output_dir": str(output_dir), "shard_size": 1, "device": "cpu",
         "work_dir": str(work_dir), "poll_seconds": 0.5})
     parent = stack.wait_final(run_id)
-    shards = sorted(stack.children(run_id), key=lambda r: r["name"])
+    shards = sorted(stack.children(run_id), key=lambda r: r.name)
     return parent, shards
 
 
 def test_fan_out_over_two_workers_then_all_cached(stack, manifest, work_dir, tmp_path):
+    client = stack.client
     output_dir = tmp_path / "out"
-    since = datetime.now(timezone.utc).isoformat()
+    since = datetime.now(timezone.utc)
     t0 = time.monotonic()
     parent, shards = _fan_out(stack, manifest, output_dir, work_dir)
     first_s = time.monotonic() - t0
 
     # The fan-out ran on the dispatch worker and ended Failed: one row failed, one is invalid.
-    assert parent["state"]["type"] == "FAILED", parent["state"]
-    assert "1 ok, 1 failed, 1 invalid" in parent["state"]["message"]
-    workers = stack.workers_of([parent["id"], *[s["id"] for s in shards]], since)
-    assert workers.pop(parent["id"]) == "dispatch"
+    assert parent.state.type == StateType.FAILED, parent.state
+    assert "1 ok, 1 failed, 1 invalid" in parent.state.message
+    workers = stack.workers_of([parent.id, *[s.id for s in shards]], since)
+    assert workers.pop(parent.id) == "dispatch"
     # One shard flow run per valid row, Completed for the good row and Failed for the broken one,
     # run by the GPU-queue workers: both of them got work.
-    assert [s["name"] for s in shards] == ["nightly-shard-1of2", "nightly-shard-2of2"]
-    by_rows = {tuple(s["parameters"]["job_ids"]): s for s in shards}
-    assert by_rows[("good",)]["state"]["type"] == "COMPLETED"
-    assert by_rows[("broken",)]["state"]["type"] == "FAILED"
-    assert all(s["work_queue_name"] == deploy.GPU_QUEUE and s["infrastructure_pid"] for s in shards)
+    assert [s.name for s in shards] == ["nightly-shard-1of2", "nightly-shard-2of2"]
+    by_rows = {tuple(s.parameters["job_ids"]): s for s in shards}
+    assert by_rows[("good",)].state.type == StateType.COMPLETED
+    assert by_rows[("broken",)].state.type == StateType.FAILED
+    assert all(s.work_queue_name == deploy.GPU_QUEUE and s.infrastructure_pid for s in shards)
     assert set(workers.values()) == set(GPU_WORKERS), workers
+    # The same states through the client's state filter.
+    completed = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
+    assert [r.id for r in completed] == [by_rows[("good",)].id]
 
     # Every manifest row is in the report the fan-out rebuilt.
     report = json.loads((output_dir / "report.json").read_text())
@@ -303,41 +326,47 @@ def test_fan_out_over_two_workers_then_all_cached(stack, manifest, work_dir, tmp
     assert "decode" in errors["broken"] and "broken.mp4" in errors["broken"]
     assert (output_dir / "good.mp4").stat().st_size > 0
 
-    # Artifacts, through the API: each shard's progress, table and summary; the fan-out's
+    # Artifacts, through the client: each shard's progress, table and summary; the fan-out's
     # complete row table (latest version of the shared key) and shard table.
-    artifacts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {
-        "any_": [parent["id"], *[s["id"] for s in shards]]}}})
-    kinds = Counter((a["flow_run_id"], a["type"]) for a in artifacts)
+    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+        any_=[parent.id, *[s.id for s in shards]])))
+    kinds = Counter((a.flow_run_id, a.type) for a in artifacts)
     for shard in shards:
-        assert {kind for run, kind in kinds if run == shard["id"]} >= {"progress", "table", "markdown"}, kinds
-    progress = [a for a in artifacts if a["type"] == "progress" and a["flow_run_id"] == by_rows[("good",)]["id"]]
-    assert progress and progress[0]["data"] == 100.0
-    latest = stack.get("/artifacts/t2vz-report-nightly/latest")
-    assert latest["flow_run_id"] == parent["id"]
-    assert sorted(row["job_id"] for row in json.loads(latest["data"])) == ["broken", "good", "invalid"]
-    shard_table = json.loads(stack.get("/artifacts/t2vz-shards-nightly/latest")["data"])
+        assert {kind for run, kind in kinds if run == shard.id} >= {"progress", "table", "markdown"}, kinds
+    progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[by_rows[("good",)].id]), type=ArtifactFilterType(any_=["progress"])))
+    assert progress and all(float(a.data) == 100.0 for a in progress)
+    latest = _latest(stack, "t2vz-report-nightly")
+    assert latest.flow_run_id == parent.id and latest.type == "table"
+    assert sorted(row["job_id"] for row in _table(latest)) == ["broken", "good", "invalid"]
+    shard_table = _table(_latest(stack, "t2vz-shards-nightly"))
     assert [r["state"] for r in shard_table] == ["Completed", "Failed"]
 
     # The good row's generation held a slot of the t2vz-gpu limit, and released it.
-    good_run = f"prefect.flow-run.{by_rows[('good',)]['id']}"
+    good_run = f"prefect.flow-run.{by_rows[('good',)].id}"
 
-    def holders(events: list[dict]) -> set[str]:
-        return {r["prefect.resource.id"] for e in events if e["resource"]["prefect.resource.name"] == deploy.GPU_LIMIT
-                for r in e["related"] if r["prefect.resource.role"] == "flow-run"}
+    def holders(events: list[ReceivedEvent]) -> set[str]:
+        return {r.id for e in events if e.resource.name == deploy.GPU_LIMIT for r in e.related if r.role == "flow-run"}
 
     acquired = stack.events("prefect.concurrency-limit.acquired", since, until=lambda e: good_run in holders(e))
     assert good_run in holders(acquired)
-    assert stack.get(f"/v2/concurrency_limits/{deploy.GPU_LIMIT}")["active_slots"] == 0
+    assert client.read_global_concurrency_limit_by_name(deploy.GPU_LIMIT).active_slots == 0
 
     # Second run of the unchanged manifest: the good row's steps are Prefect cache hits.
     t1 = time.monotonic()
     parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir)
     second_s = time.monotonic() - t1
-    assert parent2["state"]["type"] == "FAILED" and "1 ok, 1 failed, 1 invalid" in parent2["state"]["message"]
-    good2 = next(s for s in shards2 if s["parameters"]["job_ids"] == ["good"])
-    assert good2["state"]["type"] == "COMPLETED"
-    steps = {t["name"]: t["state"]["name"] for t in stack.task_runs([good2["id"]])}
+    assert parent2.state.type == StateType.FAILED and "1 ok, 1 failed, 1 invalid" in parent2.state.message
+    good2 = next(s for s in shards2 if s.parameters["job_ids"] == ["good"])
+    assert good2.state.type == StateType.COMPLETED
+    task_runs = client.read_task_runs(task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(
+        any_=[good2.id])))
+    steps = {t.name: t.state.name for t in task_runs}
     assert (steps["generate-good"], steps["encode-good"]) == ("Cached", "Cached"), steps  # text2video: no decode
+    cached = client.read_task_runs(task_run_filter=TaskRunFilter(
+        flow_run_id=TaskRunFilterFlowRunId(any_=[good2.id]),
+        state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))))
+    assert {"generate-good", "encode-good"} <= {t.name for t in cached}, steps
     report2 = json.loads((output_dir / "report.json").read_text())
     good_line = next(row for row in report2["rows"] if row["job_id"] == "good")
     assert (good_line["status"], good_line["generate"]) == ("ok", "cached")
@@ -351,27 +380,33 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
     folder.mkdir()
     (folder / "daily.csv").write_text("\n".join(manifest.read_text().splitlines()[:2]) + "\n", encoding="utf-8")
     out = tmp_path / "served"
-    since = datetime.now(timezone.utc).isoformat()
+    since = datetime.now(timezone.utc)
     proc = stack.start("serve", "-m", "flows.cli", "serve", str(folder), "--output-dir", str(out),
                        "--cron", "30 3 * * *", "--device", "cpu")  # own work folder: it generates
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert proc.poll() is None, _tail(stack.logs / "serve.log")
-            found = stack.post("/deployments/filter", {"deployments": {"name": {"any_": ["daily"]}}})
+            found = stack.client.read_deployments(deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=["daily"])))
             if found:
                 break
             assert time.monotonic() < deadline, _tail(stack.logs / "serve.log")
             time.sleep(0.25)
-        assert [s["schedule"]["cron"] for s in found[0]["schedules"]] == ["30 3 * * *"]
-        assert found[0]["parameters"]["output_dir"] == str(out / "daily")
+        assert [s.schedule.cron for s in found[0].schedules] == ["30 3 * * *"]
+        assert found[0].parameters["output_dir"] == str(out / "daily")
         run = stack.wait_final(stack.run_deployment("t2vz-manifest/daily", {}))
-        assert run["state"]["type"] == "COMPLETED", run["state"]
+        assert run.state.type == StateType.COMPLETED, run.state
         report = json.loads((out / "daily" / "report.json").read_text())
         assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("good", "ok")]
         # The serve process put T2VZ_GPU_LIMIT in its runs' environment: the slot was taken.
-        acquired = stack.events("prefect.concurrency-limit.acquired", since, until=lambda e: any(
-            r["prefect.resource.id"] == f"prefect.flow-run.{run['id']}" for ev in e for r in ev["related"]))
-        assert any(r["prefect.resource.id"] == f"prefect.flow-run.{run['id']}" for ev in acquired for r in ev["related"])
+        run_resource = f"prefect.flow-run.{run.id}"
+
+        def holders(events: list[ReceivedEvent]) -> set[str]:
+            return {r.id for e in events if e.resource.name == deploy.GPU_LIMIT for r in e.related}
+
+        acquired = stack.events("prefect.concurrency-limit.acquired", since,
+                                until=lambda e: run_resource in holders(e))
+        assert run_resource in holders(acquired)
     finally:
         _stop(stack.procs.pop("serve"))
