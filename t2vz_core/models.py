@@ -5,7 +5,8 @@
   `ModelCache`. A base model is loaded once; its ControlNet variants reuse its components through
   `from_pipe`, so pose and canny jobs on one base share a single UNet.
 - `detect_family(model_id)`: "sd" | "sdxl" | "pix2pix" from the model's configs, without loading weights.
-- `model_fingerprint(model_id)`: a stable id+revision string for cache keys, without loading weights.
+- `model_fingerprint(model_id, revision=None)`: a stable id+revision string for cache keys, without
+  loading weights (weight digests are memoized on disk across processes).
 - `cache_stats()` / `reset_cache()`: what the cache did (tests and benches assert "no reload").
 
 A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
@@ -165,19 +166,22 @@ class ModelCache:
         self._lock = threading.RLock()
         self._counts = dict.fromkeys(("pipeline_loads", "controlnet_loads", "hits", "evictions"), 0)
 
-    def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None):
+    def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
+             revision: str | None = None):
         runtime = runtime or Runtime()
+        revision = _check_revision_target(model_id, revision)
         if family not in FAMILIES:
             raise InputError(f"model family {family!r}: expected one of {', '.join(FAMILIES)}")
         if controlnet_id is not None and family == "pix2pix":
             raise InputError("pix2pix takes no ControlNet: use family sd or sdxl with a ControlNet")
         device, dtype = runtime.resolve()
-        base_key = (family, _cache_id(model_id), str(dtype), str(device), runtime.offload, runtime.allow_pickle)
+        base_key = (family, _cache_id(model_id), revision, str(dtype), str(device), runtime.offload,
+                    runtime.allow_pickle)
         with self._lock:
             resident = self._resident.get(base_key)
             if resident is None:
                 self._make_room()
-                resident = _Resident(self._load_base(family, model_id, device, dtype, runtime))
+                resident = _Resident(self._load_base(family, model_id, device, dtype, runtime, revision))
                 self._resident[base_key] = resident
             else:
                 self._counts["hits"] += 1
@@ -218,15 +222,19 @@ class ModelCache:
             self._counts["evictions"] += 1
             _free_memory()
 
-    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime):
+    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime, revision: str | None):
         import diffusers
 
-        detected = detect_family(model_id)
+        detected = detect_family(model_id, revision)
         if detected != family:
             raise InputError(f"model {model_id}: it is a {detected} model, but the job asks for {family}")
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, False)])
         extra = {"safety_checker": None, "requires_safety_checker": False} if family != "sdxl" else {}
-        pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
+        if revision is not None:
+            extra["revision"] = revision
+        with _quiet_diffusers():  # no "Loading pipeline components" bars in t2vz runs
+            pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
+        pipe.set_progress_bar_config(disable=True)  # no per-step tqdm bars either
         self._counts["pipeline_loads"] += 1
         if runtime.offload == "none":
             pipe.to(device)
@@ -235,7 +243,8 @@ class ModelCache:
     def _load_variant(self, family: str, base, controlnet_id, device, dtype, runtime: Runtime):
         import diffusers
 
-        controlnet = _from_pretrained(diffusers.ControlNetModel, controlnet_id, dtype, runtime)
+        with _quiet_diffusers():
+            controlnet = _from_pretrained(diffusers.ControlNetModel, controlnet_id, dtype, runtime)
         self._counts["controlnet_loads"] += 1
         _check_controlnet_fits(controlnet, base.unet, controlnet_id)
         if runtime.offload == "none":
@@ -244,19 +253,34 @@ class ModelCache:
         # torch_dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
         # .to(dtype) also warns about "modules kept in float32" when there are none.
         with _quiet_diffusers():
-            return pipeline_class.from_pipe(base, controlnet=controlnet, torch_dtype=dtype)
+            variant = pipeline_class.from_pipe(base, controlnet=controlnet, torch_dtype=dtype)
+        variant.set_progress_bar_config(disable=True)
+        return variant
 
 
 @contextmanager
 def _quiet_diffusers():
+    """Errors only from diffusers and transformers, and none of their progress bars, inside the block.
+
+    Scoped rather than set at import: a notebook that imports t2vz_core keeps its own settings."""
+    import transformers
     from diffusers.utils import logging as diffusers_logging
 
-    level = diffusers_logging.get_verbosity()
+    level, t_level = diffusers_logging.get_verbosity(), transformers.logging.get_verbosity()
+    bars, t_bars = diffusers_logging.is_progress_bar_enabled(), transformers.logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers.logging.disable_progress_bar()
     try:
         yield
     finally:
         diffusers_logging.set_verbosity(level)
+        transformers.logging.set_verbosity(t_level)
+        if bars:
+            diffusers_logging.enable_progress_bar()
+        if t_bars:
+            transformers.logging.enable_progress_bar()
 
 
 def _from_pretrained(cls, model_id, dtype, runtime: Runtime, **extra):
@@ -346,15 +370,27 @@ def _cache_id(model_id) -> str:
 _CACHE = ModelCache()
 
 
-def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | None = None):
+def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
+                  revision: str | None = None):
     """The diffusers pipeline for (family, model, ControlNet) on `runtime`, loaded at most once per process.
 
     family "sd": StableDiffusionPipeline, or StableDiffusionControlNetPipeline with a ControlNet;
     "sdxl": StableDiffusionXLPipeline / StableDiffusionXLControlNetPipeline;
     "pix2pix": StableDiffusionInstructPix2PixPipeline (no ControlNet).
     model_id / controlnet_id: hub id or local diffusers folder. SD pipelines load without safety checker.
+    revision: branch, tag or commit of a hub `model_id` (the base model only; the ControlNet loads
+    its default revision). InputError with a local folder, which has no revisions.
+    Loading is quiet: no diffusers/transformers progress bars or info logs, no per-step bars.
     """
-    return _CACHE.load(family, model_id, controlnet_id, runtime)
+    return _CACHE.load(family, model_id, controlnet_id, runtime, revision)
+
+
+def _check_revision_target(model_id, revision: str | None) -> str | None:
+    if revision is None or not str(revision).strip():
+        return None
+    if Path(str(model_id)).expanduser().is_dir():
+        raise InputError(f"model {model_id}: revision {revision!r} applies to hub models; this is a local folder")
+    return str(revision).strip()
 
 
 def cache_stats() -> dict[str, Any]:
@@ -375,7 +411,7 @@ def reset_cache(max_loaded: int | None = None) -> None:
 # ---------------------------------------------------------------------------- family detection
 
 
-def detect_family(model_id) -> Family:
+def detect_family(model_id, revision: str | None = None) -> Family:
     """"sd", "sdxl" or "pix2pix" from model_index.json and unet/config.json (no weights loaded).
 
     Two text encoders make SDXL; a UNet with 8 input channels (noisy + source latents) makes
@@ -384,7 +420,7 @@ def detect_family(model_id) -> Family:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     try:
-        index = DiffusionPipeline.load_config(str(model_id))
+        index = DiffusionPipeline.load_config(str(model_id), **_revision_kwargs(revision))
     except (OSError, ValueError) as exc:
         raise _model_error(model_id, exc) from exc
     pipeline = index.get("_class_name", "?")
@@ -393,7 +429,7 @@ def detect_family(model_id) -> Family:
             f"model {model_id}: {pipeline} has no UNet; t2vz runs SD1.x/2.x, SDXL and InstructPix2Pix models"
         )
     try:
-        unet = UNet2DConditionModel.load_config(str(model_id), subfolder="unet")
+        unet = UNet2DConditionModel.load_config(str(model_id), subfolder="unet", **_revision_kwargs(revision))
     except (OSError, ValueError) as exc:
         raise _model_error(model_id, exc) from exc
     xl = _has_component(index, "text_encoder_2")
@@ -406,6 +442,10 @@ def detect_family(model_id) -> Family:
     raise InputError(f"model {model_id}: unsupported {pipeline} ({'SDXL ' if xl else ''}{kind} UNet)")
 
 
+def _revision_kwargs(revision: str | None) -> dict[str, str]:
+    return {"revision": revision} if revision else {}
+
+
 def _has_component(index: dict, name: str) -> bool:
     entry = index.get(name)
     return isinstance(entry, (list, tuple)) and entry[0] is not None
@@ -413,24 +453,31 @@ def _has_component(index: dict, name: str) -> bool:
 
 # ---------------------------------------------------------------------------- fingerprints
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-_FILE_DIGESTS_LOCK = threading.Lock()
-
-
-def model_fingerprint(model_id) -> str:
+def model_fingerprint(model_id, revision: str | None = None) -> str:
     """A stable id+revision string for cache keys, without loading the model.
 
     Local folder: "local:sha256:<hex>" over relative file names and bytes (hidden files such as
-    .git or .cache are skipped; per-file digests are memoized by path, size and mtime).
-    Hub id: "hub:<id>@<commit>" from the local HF cache, or "hub:<id>@unresolved" when not cached.
+    .git or .cache are skipped). Per-file digests are memoized on disk (see `digest_memo_dir`), so
+    a new process does not reread unchanged weights. A revision with a local folder is an InputError.
+    Hub id: "hub:<id>@<commit>" for the commit that `revision` (default: main) points to in the local
+    HF cache; when it is not cached, "hub:<id>@<revision>" or "hub:<id>@unresolved" without revision.
     """
     text = str(model_id)
     folder = Path(text).expanduser()
+    revision = _check_revision_target(model_id, revision)
     if folder.is_dir():
         return f"local:sha256:{_folder_digest(folder)}"
     if not _is_repo_id(text):
         raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
-    return f"hub:{text}@{_cached_commit(text) or 'unresolved'}"
+    return f"hub:{text}@{_cached_commit(text, revision) or revision or 'unresolved'}"
+
+
+def digest_memo_dir() -> Path:
+    """Where weight-file digests are remembered: $T2VZ_CACHE_DIR/file-digests, else <HF_HOME>/t2vz/file-digests."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("T2VZ_CACHE_DIR") or os.path.join(constants.HF_HOME, "t2vz")
+    return Path(root).expanduser() / "file-digests"
 
 
 def _folder_digest(folder: Path) -> str:
@@ -439,25 +486,21 @@ def _folder_digest(folder: Path) -> str:
     for directory, subdirs, names in os.walk(folder):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         files += [Path(directory, n) for n in names if not n.startswith(".")]
+    memo_dir = digest_memo_dir()
     for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_file_digest(path).encode() + b"\n")
+        digest.update(_file_digest(path, memo_dir).encode() + b"\n")
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _FILE_DIGESTS_LOCK:
-        if key in _FILE_DIGESTS:
-            return _FILE_DIGESTS[key]
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            sha.update(chunk)
-    with _FILE_DIGESTS_LOCK:
-        _FILE_DIGESTS[key] = sha.hexdigest()
-    return sha.hexdigest()
+def _file_digest(path: Path, memo_dir: Path) -> str:
+    # workdir.file_digest memoizes per (real path, device, inode, size, mtime, ctime), in memory and on disk.
+    from t2vz_core.workdir import file_digest
+
+    try:
+        return file_digest(path, memo_dir)
+    except OSError:  # an unwritable cache folder must not stop a run: hash without the disk memo
+        return file_digest(path)
 
 
 def _is_repo_id(text: str) -> bool:
@@ -470,12 +513,12 @@ def _is_repo_id(text: str) -> bool:
     return True
 
 
-def _cached_commit(repo_id: str) -> str | None:
+def _cached_commit(repo_id: str, revision: str | None = None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     # Pipelines have model_index.json at the top, single models (ControlNets) config.json.
     for filename in ("model_index.json", "config.json"):
-        found = try_to_load_from_cache(repo_id, filename)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
         if isinstance(found, str):  # .../snapshots/<commit>/<filename>
             return Path(found).parent.name
     return None

@@ -186,7 +186,7 @@ def runtime_signature(runtime: Any) -> dict[str, str]:
     return {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
 
 
-def model_family(model: str, fingerprint: str, work: WorkDir | None = None) -> str:
+def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
     from t2vz_core.models import detect_family
@@ -198,7 +198,7 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None) -> s
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
-    family = detect_family(model)
+    family = detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         write_json_atomic(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
@@ -208,8 +208,9 @@ def resolve_models(job: Job, work: WorkDir | None = None) -> dict[str, Any]:
     """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
     from t2vz_core.models import model_fingerprint
 
-    fingerprint = model_fingerprint(job.model)
-    family = model_family(job.model, fingerprint, work)
+    # The row's revision is the base model's (the ControlNet loads its default revision).
+    fingerprint = model_fingerprint(job.model, job.revision)
+    family = model_family(job.model, fingerprint, work, job.revision)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
@@ -279,7 +280,8 @@ def generate_step(
         request.validate()
         warm_imports()
         with hold_device():
-            pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime)
+            pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
+                                 revision=models.get("revision"))
             conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).

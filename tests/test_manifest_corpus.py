@@ -93,6 +93,8 @@ ROW_CASES = [
     ("model-shell", bad(model="; rm -rf /"), [("model", "neither an existing local folder nor a hub id")]),
     ("model-url", bad(model="https://evil.example/model"), [("model", "URL")]),
     ("revision-shell", bad(revision="main; curl x"), [("revision", "not a valid branch")]),
+    ("revision-on-local-folder", bad(model="clips", revision="main"),
+     [("revision", "revision applies to hub models; the model is a local folder")]),
     ("controlnet-on-text2video", bad(controlnet="org/cn"), [("controlnet", "not used by mode text2video")]),
     ("source-on-text2video", bad(source="clips/a.mp4"), [("source", "text2video generates from the prompt")]),
     ("video-length-on-canny", bad(mode="canny", source="clips/a.mp4", video_length="16"),

@@ -166,6 +166,24 @@ def test_safetensors_only_unless_pickle_allowed(tiny_models, tmp_path):
     assert torch.equal(pipe.unet.conv_in.weight, unet.conv_in.weight)
 
 
+def test_loading_is_quiet_and_leaves_logging_settings_alone(tiny_models, capfd):
+    import transformers
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_info()
+    try:
+        capfd.readouterr()
+        pipe = models.load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", CPU)
+        err = capfd.readouterr().err
+        assert "Loading pipeline components" not in err and "it/s]" not in err, err
+        assert pipe._progress_bar_config == {"disable": True}  # no per-step bars either
+        assert models.load_pipeline("sd", tiny_models / "sd", runtime=CPU)._progress_bar_config["disable"]
+        assert diffusers_logging.get_verbosity() == diffusers_logging.INFO  # restored after the load
+        assert diffusers_logging.is_progress_bar_enabled() and transformers.logging.is_progress_bar_enabled()
+    finally:
+        diffusers_logging.set_verbosity_warning()
+
+
 def test_bf16_runs_on_cpu(tiny_models):
     pipe = models.load_pipeline("sd", tiny_models / "sd", runtime=Runtime("cpu", dtype="bf16"))
     assert pipe.unet.dtype == torch.bfloat16
@@ -297,20 +315,87 @@ def test_local_fingerprint_is_content_based(tiny_models, tmp_path):
     assert models.model_fingerprint(copy) not in (original, changed)
 
 
-def test_fingerprint_memo_is_keyed_by_size_and_mtime(tiny_models, tmp_path):
+def _age(folder: Path, seconds: float = 100) -> None:
+    """Backdate every file: digests of files written in the last seconds are never memoized."""
+    past = os.path.getmtime(folder) - seconds
+    for path in folder.rglob("*"):
+        os.utime(path, (past, past))
+
+
+def test_fingerprint_memo_on_disk_skips_unchanged_weights_in_a_new_process(tiny_models, tmp_path, monkeypatch):
+    from t2vz_core import workdir
+
+    monkeypatch.setenv("T2VZ_CACHE_DIR", str(tmp_path / "cache"))
     copy = tmp_path / "copy"
     shutil.copytree(tiny_models / "controlnet-canny", copy)
+    _age(copy)
+    reads: list[str] = []
+
+    def spy_open(path, mode="r", *args, **kwargs):
+        if "b" in mode and "r" in mode:
+            reads.append(Path(path).name)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(workdir, "open", spy_open, raising=False)
     before = models.model_fingerprint(copy)
+    assert "diffusion_pytorch_model.safetensors" in reads
+    assert list((tmp_path / "cache" / "file-digests").glob("*.json"))
+    monkeypatch.setattr(workdir, "_digest_memo", {})  # a new process: only the disk memo remains
+    reads.clear()
+    assert models.model_fingerprint(copy) == before
+    assert reads == []
+    # Rewritten bytes are rehashed even when the mtime is put back (the memo also keys inode and ctime).
     weights = copy / "diffusion_pytorch_model.safetensors"
     stat = weights.stat()
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # Same path, size and mtime: the memoized digest is reused (documented trade-off).
-    assert models.model_fingerprint(copy) == before
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    monkeypatch.setattr(workdir, "_digest_memo", {})
     assert models.model_fingerprint(copy) != before
+    assert reads == ["diffusion_pytorch_model.safetensors"]
+
+
+def test_revision_moves_the_hub_fingerprint_and_reaches_from_pretrained(tiny_models, monkeypatch):
+    from huggingface_hub import constants
+
+    commits = {"main": "1" * 40, "v2": "2" * 40}
+    repo = Path(constants.HF_HUB_CACHE) / "models--t2vz-test--revised"
+    for ref, commit in commits.items():
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+    hub = "t2vz-test/revised"
+    assert models.model_fingerprint(hub) == f"hub:{hub}@{commits['main']}"
+    assert models.model_fingerprint(hub, "v2") == f"hub:{hub}@{commits['v2']}"
+    assert models.model_fingerprint(hub, "v3") == f"hub:{hub}@v3"  # not cached: the revision itself
+    with pytest.raises(InputError, match="applies to hub models; this is a local folder"):
+        models.model_fingerprint(tiny_models / "sd", "main")
+    with pytest.raises(InputError, match="applies to hub models"):
+        models.load_pipeline("sd", tiny_models / "sd", runtime=CPU, revision="main")
+
+    # No hub here: the hub id is served by the tiny folder, recording what from_pretrained receives.
+    from diffusers import StableDiffusionPipeline
+
+    calls: list[dict] = []
+    real_detect, real_from_pretrained = models.detect_family, StableDiffusionPipeline.from_pretrained
+
+    def detect_family(name, revision=None):
+        calls.append({"detect_family": name, "revision": revision})
+        return real_detect(tiny_models / "sd")
+
+    def from_pretrained(name, **kwargs):
+        calls.append({"from_pretrained": name, **kwargs})
+        return real_from_pretrained(str(tiny_models / "sd"), **{k: v for k, v in kwargs.items() if k != "revision"})
+
+    monkeypatch.setattr(models, "detect_family", detect_family)
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
+    v2 = models.load_pipeline("sd", hub, runtime=CPU, revision="v2")
+    assert [c.get("revision") for c in calls if "from_pretrained" in c] == ["v2"]
+    assert [c["revision"] for c in calls if "detect_family" in c] == ["v2"]
+    assert models.load_pipeline("sd", hub, runtime=CPU) is not v2  # another revision, another cache entry
+    assert models.load_pipeline("sd", hub, runtime=CPU, revision="v2") is v2
 
 
 def test_hub_fingerprint_comes_from_the_local_hf_cache(tmp_path):
