@@ -102,6 +102,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # Keep the console for progress bars; run logs still reach the Prefect API/UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Library chatter stays at warning level in runs (model loads themselves are quieter still).
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.batch import process_manifest
@@ -114,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.add_listener(bars)
     try:
         state = flow(manifest_path=str(args.manifest), output_dir=str(args.output_dir), device=args.device,
-                     dtype=args.dtype, offload=args.offload, force=args.force, allowed_roots=args.allowed_root,
+                     dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle, force=args.force,
+                     allowed_roots=args.allowed_root,
                      work_dir=str(args.work_dir) if args.work_dir else None, return_state=True)
     finally:
         progress.remove_listener(bars)
@@ -256,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     run.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
                      help="move weights to the GPU only while used (less GPU memory, slower)")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="also load .bin/.ckpt pickle weights, which can run code when loaded: only for models "
+                          "you trust (default: safetensors only)")
     run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
     run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
                                                    "or T2VZ_WORK_DIR); share it between output folders")

@@ -298,7 +298,7 @@ def _from_pretrained(cls, model_id, dtype, runtime: Runtime, **extra):
             raise InputError(
                 f"model {model_id}: no safetensors weights in {', '.join(parts)}, only pickle files "
                 "(.bin/.ckpt/.pt), which can run code when loaded. Convert the model to safetensors, "
-                "or set allow_pickle if you trust it."
+                "or allow pickle if you trust it (Runtime(allow_pickle=True), `t2vz run --allow-pickle`)."
             ) from exc
         raise _model_error(model_id, exc) from exc
 

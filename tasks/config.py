@@ -23,6 +23,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     offload: str = "none"
+    allow_pickle: bool = False  # also load .bin/.ckpt pickle weights (`t2vz run --allow-pickle`)
     force: bool = False
     # Retries for transient errors only (see tasks.policy.retry_if_transient).
     retries: int = field(default_factory=lambda: int(_env_float("T2VZ_RETRIES", 2)))
@@ -41,7 +42,7 @@ class RunConfig:
     def runtime(self) -> Any:
         from t2vz_core.models import Runtime
 
-        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload)
+        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle)
 
 
 def default_work_dir(output_dir: str | os.PathLike) -> Path:

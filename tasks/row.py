@@ -158,6 +158,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         "device": cfg.device,
         "dtype": cfg.dtype,
         "offload": cfg.offload,
+        "allow_pickle": cfg.allow_pickle,
         "work_dir": str(cfg.work_dir),
     }
     try:

@@ -1,0 +1,42 @@
+"""`t2vz run --allow-pickle`: pickle-only weights fail their row without it and run with it; runs are quiet.
+
+Budget: ~45 s (two `t2vz run` subprocesses of one 4-frame 64 px text2video row on tiny models).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from test_cli import t2v_row, t2vz, write_csv
+
+
+def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, prefect_harness):
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models / "sd", folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(folder / "unet", safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
+
+    env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
+    manifest = write_csv(tmp_path / "jobs.csv", [t2v_row(tiny_models, model=str(folder))])
+    out = tmp_path / "out"
+    result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["rows"][0]["status"] == "failed"
+    assert "no safetensors weights in unet" in report["rows"][0]["error"]
+    assert "--allow-pickle" in report["rows"][0]["error"]
+    assert not (out / "clip.mp4").exists()
+
+    result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", "--allow-pickle", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "clip.mp4").stat().st_size > 0
+    sidecar = json.loads((out / "clip.json").read_text())
+    assert sidecar["allow_pickle"] is True and sidecar["steps"]["generate"]["status"] == "computed"
+    # Quiet: no diffusers loading bars or per-step tqdm bars in the run's output.
+    console = result.stdout + result.stderr
+    assert "Loading pipeline components" not in console and "it/s]" not in console, console
