@@ -131,7 +131,8 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     out.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.id) if flow_run.id else None
     cfg = RunConfig(output_dir=out, work_dir=Path(work_dir).absolute() if work_dir else default_work_dir(out),
-                    device=device, dtype=dtype, offload=offload, allow_pickle=allow_pickle, force=force, flow_run_id=run_id,
+                    device=device, dtype=dtype, offload=offload, allow_pickle=allow_pickle, force=force,
+                    flow_run_id=run_id,
                     manifest=str(Path(manifest_path).absolute()))
     logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
 
