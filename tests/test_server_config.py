@@ -97,8 +97,13 @@ def test_serve_finds_manifests_and_builds_one_scheduled_deployment_each(tmp_path
     assert deploy.serve_deployments(folder / "a.csv", cron=None)[0].schedules in (None, [])
 
 
+@pytest.mark.timeout(60)  # a regression would serve forever
 def test_serve_refuses_to_run_without_a_prefect_server(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     (tmp_path / "m.csv").write_text("job_id,mode,prompt\n")
-    with pytest.raises(InputError, match="PREFECT_API_URL"):
-        deploy.serve(tmp_path / "m.csv")
+    # Other modules may have entered prefect_test_harness, which sets an API URL for the process.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(InputError, match="PREFECT_API_URL"):
+            deploy.serve(tmp_path / "m.csv")
