@@ -106,7 +106,7 @@ def _markdown(rep: dict) -> str:
 
 def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device: str, dtype: str, force: bool,
          allowed_roots: list[str] | None, work_dir: str | None, offload: str = "none",
-         allow_pickle: bool = False) -> Any:
+         allow_pickle: bool = False, vae_slicing: bool = False, vae_tiling: bool = False) -> Any:
     logger = get_run_logger()
     from prefect.runtime import flow_run
 
@@ -131,7 +131,8 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     out.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.id) if flow_run.id else None
     cfg = RunConfig(output_dir=out, work_dir=Path(work_dir).absolute() if work_dir else default_work_dir(out),
-                    device=device, dtype=dtype, offload=offload, allow_pickle=allow_pickle, force=force,
+                    device=device, dtype=dtype, offload=offload, allow_pickle=allow_pickle,
+                    vae_slicing=vae_slicing, vae_tiling=vae_tiling, force=force,
                     flow_run_id=run_id,
                     manifest=str(Path(manifest_path).absolute()))
     logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
@@ -182,7 +183,8 @@ def _run_name() -> str:
 @flow(name="t2vz-manifest", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=_run_name)
 def process_manifest(manifest_path: str, output_dir: str, device: str = "auto", dtype: str = "auto",
                      force: bool = False, allowed_roots: list[str] | None = None,
-                     work_dir: str | None = None, offload: str = "none", allow_pickle: bool = False) -> dict:
+                     work_dir: str | None = None, offload: str = "none", allow_pickle: bool = False,
+                     vae_slicing: bool = False, vae_tiling: bool = False) -> dict:
     """Run every valid row of a manifest; invalid rows are reported and skipped.
 
     device/dtype/offload: see t2vz_core.models.Runtime (offload "model"/"sequential" trades speed
@@ -190,14 +192,15 @@ def process_manifest(manifest_path: str, output_dir: str, device: str = "auto", 
     allow_pickle: also load .bin/.ckpt pickle weights (they can run code: only for trusted models);
     recorded in each sidecar. Not in cache keys: the model fingerprint already covers the weights' bytes."""
     return _run(manifest_path, output_dir, None, device, dtype, force, allowed_roots, work_dir, offload,
-                allow_pickle)
+                allow_pickle, vae_slicing, vae_tiling)
 
 
 @flow(name="t2vz-rows", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
 def process_rows(manifest_path: str, output_dir: str, job_ids: list[str], device: str = "auto",
                  dtype: str = "auto", force: bool = False, allowed_roots: list[str] | None = None,
-                 work_dir: str | None = None, offload: str = "none", allow_pickle: bool = False) -> dict:
+                 work_dir: str | None = None, offload: str = "none", allow_pickle: bool = False,
+                 vae_slicing: bool = False, vae_tiling: bool = False) -> dict:
     """Run the named rows of a manifest (a shard); the report covers the whole manifest, other rows
     from their sidecars (or 'missing'). Rebuild it once all shards ran: write_manifest_report."""
     return _run(manifest_path, output_dir, list(job_ids), device, dtype, force, allowed_roots, work_dir, offload,
-                allow_pickle)
+                allow_pickle, vae_slicing, vae_tiling)

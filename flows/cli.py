@@ -117,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.add_listener(bars)
     try:
         state = flow(manifest_path=str(args.manifest), output_dir=str(args.output_dir), device=args.device,
-                     dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle, force=args.force,
+                     dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle,
+                     vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, force=args.force,
                      allowed_roots=args.allowed_root,
                      work_dir=str(args.work_dir) if args.work_dir else None, return_state=True)
     finally:
@@ -263,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-pickle", action="store_true",
                      help="also load .bin/.ckpt pickle weights, which can run code when loaded: only for models "
                           "you trust (default: safetensors only)")
+    run.add_argument("--vae-slicing", action="store_true",
+                     help="decode one frame at a time through the VAE (less GPU memory for large frames)")
+    run.add_argument("--vae-tiling", action="store_true",
+                     help="decode large frames in overlapping tiles (least memory; pixels change slightly)")
     run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
     run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
                                                    "or T2VZ_WORK_DIR); share it between output folders")

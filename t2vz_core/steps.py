@@ -181,9 +181,13 @@ def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: b
 # ---------------------------------------------------------------- generate
 
 def runtime_signature(runtime: Any) -> dict[str, str]:
-    """The parts of a runtime that change generated pixels: device type and dtype."""
+    """The parts of a runtime that change generated pixels: device type, dtype and VAE tiling
+    (tiles are blended at their seams; slicing and offloading leave pixels alone)."""
     device, dtype = runtime.resolve()
-    return {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
+    signature = {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
+    if runtime.vae_tiling:
+        signature["vae_tiling"] = "on"  # absent when off, so existing keys stay valid
+    return signature
 
 
 def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:

@@ -24,6 +24,8 @@ class RunConfig:
     dtype: str = "auto"
     offload: str = "none"
     allow_pickle: bool = False  # also load .bin/.ckpt pickle weights (`t2vz run --allow-pickle`)
+    vae_slicing: bool = False  # decode one frame at a time (less memory for large frames)
+    vae_tiling: bool = False  # decode in overlapping tiles (large frames; pixels change slightly)
     force: bool = False
     # Retries for transient errors only (see tasks.policy.retry_if_transient).
     retries: int = field(default_factory=lambda: int(_env_float("T2VZ_RETRIES", 2)))
@@ -42,7 +44,8 @@ class RunConfig:
     def runtime(self) -> Any:
         from t2vz_core.models import Runtime
 
-        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle)
+        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle,
+                       vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)
 
 
 def default_work_dir(output_dir: str | os.PathLike) -> Path:

@@ -159,6 +159,8 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         "dtype": cfg.dtype,
         "offload": cfg.offload,
         "allow_pickle": cfg.allow_pickle,
+        "vae_slicing": cfg.vae_slicing,
+        "vae_tiling": cfg.vae_tiling,
         "work_dir": str(cfg.work_dir),
     }
     try:
