@@ -19,8 +19,9 @@ from t2vz_core.models import Runtime
 from t2vz_core.workdir import WorkDir
 
 
-def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None,
-               device: str = "cpu", allowed_roots: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
+               work_dir: str | os.PathLike | None = None, device: str = "cpu",
+               allowed_roots: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every valid row of the manifest, step by step; returns {job_id: {"outputs", "seconds", "steps"}}."""
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
     out = Path(output_dir).absolute()

@@ -131,9 +131,11 @@ def run_child(args: list[str], env: dict, timeout: float = 1800) -> dict:
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {args[:2]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise RuntimeError(f"child {args[:2]} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     result = json.loads(lines[-1])
     result["wall_s"] = wall
+    result["load"] = os.getloadavg()[0]
     return result
 
 
@@ -282,20 +284,24 @@ def main() -> None:
         print(f"prefect server up at {api} (its start is not measured)", flush=True)
 
         # (6) and (7): alternate direct / flow first runs, then cached re-runs of the last flow output
-        direct, flow, cached = [], [], []
+        direct, flow, serial, cached = [], [], [], []
         for i in range(repeats):
             run_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"results{i}")}
             direct.append(run_child(["--child", "direct", str(paths["four"]), str(tmp / f"direct{i}")], run_env))
+            # the same flow with one row at a time, like the direct baseline (informative row of the table)
+            serial_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"serial-results{i}"),
+                          "T2VZ_MAX_WORKERS": "1"}
+            serial.append(run_child(["--child", "flow", str(paths["four"]), str(tmp / f"serial{i}")], serial_env))
             flow.append(run_child(["--child", "flow", str(paths["four"]), str(tmp / f"flow{i}")], run_env))
-            print(f"  first runs {i + 1}/{repeats}: direct {direct[-1]['run_s']:.2f} s, "
-                  f"flow {flow[-1]['run_s']:.2f} s", flush=True)
+            print(f"  first runs {i + 1}/{repeats}: direct {direct[-1]['run_s']:.2f} s, flow {flow[-1]['run_s']:.2f} s"
+                  f" (one row at a time {serial[-1]['run_s']:.2f} s)", flush=True)
         last = tmp / f"flow{repeats - 1}"
         cached_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"results{repeats - 1}")}
         for i in range(repeats):
             cached.append(run_child(["--child", "cached", str(paths["four"]), str(last)], cached_env))
             print(f"  cached re-run {i + 1}/{repeats}: {cached[-1]['run_s']:.2f} s, "
                   f"{cached[-1]['loads']} model loads", flush=True)
-        for run in flow + cached:
+        for run in flow + serial + cached:
             if run["rc"] != 0:
                 raise RuntimeError(f"t2vz run exited {run['rc']}: {run}")
 
@@ -312,7 +318,7 @@ def main() -> None:
         if not args.no_anchor:
             anchor = run_child(["--child", "anchor", str(paths["models"]), str(1 if args.quick else 2)], env)
         info["load_after"] = os.getloadavg()
-        results = summarize(info, direct, flow, cached, rss, anchor, repeats, args.rss_resolution)
+        results = summarize(info, direct, flow, serial, cached, rss, anchor, repeats, args.rss_resolution)
         print("\n" + results["table"])
         args.output.write_text(results["markdown"])
         print(f"\nwrote {args.output}")
@@ -328,10 +334,11 @@ def _goal(value: float, goal: float) -> str:
     return "met" if value <= goal else "**missed**"
 
 
-def summarize(info, direct, flow, cached, rss, anchor, repeats, rss_resolution) -> dict:
+def summarize(info, direct, flow, serial, cached, rss, anchor, repeats, rss_resolution) -> dict:
     d_run, f_run = median([r["run_s"] for r in direct]), median([r["run_s"] for r in flow])
     d_wall, f_wall = median([r["wall_s"] for r in direct]), median([r["wall_s"] for r in flow])
     c_run, c_wall = median([r["run_s"] for r in cached]), median([r["wall_s"] for r in cached])
+    s_run = median([r["run_s"] for r in serial])
     overhead, overhead_wall = f_run / d_run, f_wall / d_wall
     cached_ratio, cached_wall_ratio = c_run / f_run, c_wall / f_wall
     loads = [r["loads"] for r in cached]
@@ -346,6 +353,8 @@ def summarize(info, direct, flow, cached, rss, anchor, repeats, rss_resolution) 
          f"{overhead:.2f}x", "<= 1.2x", _goal(overhead, 1.2)),
         ("(6) same, whole process (interpreter + imports + run)", f"{f_wall:.2f} s / {d_wall:.2f} s",
          f"{overhead_wall:.2f}x", "<= 1.2x", _goal(overhead_wall, 1.2)),
+        ("(6) same flow with T2VZ_MAX_WORKERS=1 (rows one at a time, like the baseline), call only",
+         f"{s_run:.2f} s / {d_run:.2f} s", f"{s_run / d_run:.2f}x", "<= 1.2x", _goal(s_run / d_run, 1.2)),
         ("(7) cached re-run / first run, call only", f"{c_run:.2f} s / {f_run:.2f} s",
          f"{100 * cached_ratio:.1f}%", "<= 5%", _goal(cached_ratio, 0.05)),
         ("(7) same, whole `t2vz run` process", f"{c_wall:.2f} s / {f_wall:.2f} s",
@@ -369,22 +378,21 @@ def summarize(info, direct, flow, cached, rss, anchor, repeats, rss_resolution) 
 
     v = info["versions"]
     notes = []
-    fixed = f_run - d_run
-    if fixed > 0:
-        notes.append(f"- (6) The flow adds {fixed:.2f} s to {d_run:.2f} s of direct work for 4 rows, about "
-                     f"{1000 * fixed / task_runs:.0f} ms per task run ({task_runs} task runs: a row task plus its step "
-                     "tasks, each a state round trip to the server, a cache-key lookup and a persisted result), plus "
-                     "the flow run, its artifacts and the report. The cost is per task, not per frame or step, so the "
-                     "ratio falls as generation grows: tiny models at 64 px make the direct side as small as it will "
-                     "ever be." + ("" if overhead <= 1.2 else " Goal missed for that reason; with a real model one "
-                     "generation step takes seconds (see /work/shared/FACTS.md) and the same fixed cost would be a "
-                     "few percent."))
-    else:
-        notes.append(f"- (6) The flow was {-fixed:.2f} s faster than the direct calls ({task_runs} task runs). The "
-                     "direct baseline runs rows one after another; the flow runs two rows at a time "
-                     "(T2VZ_MAX_WORKERS=2), generation holding the device one row at a time, so one row's decode, "
-                     "control maps and encode overlap another's generation. The Prefect cost per task run is hidden "
-                     "by that overlap here; it is visible in (7), where nothing else runs.")
+    bookkeeping, contention = s_run - d_run, f_run - s_run
+    notes.append(f"- (6) The flow took {f_run - d_run:.2f} s longer than the direct calls ({d_run:.2f} s for 4 rows). "
+                 f"Rows one at a time (T2VZ_MAX_WORKERS=1, like the baseline), it took {bookkeeping:.2f} s longer: "
+                 f"Prefect's bookkeeping, about {1000 * bookkeeping / task_runs:.0f} ms per task run ({task_runs} task "
+                 "runs: a row task plus its step tasks, each with state round trips to the server, a cache-key "
+                 "lookup and a persisted result), plus the flow run, its artifacts and the report. This cost is per "
+                 "task, not per frame or step, so its share falls as generation grows: tiny models at 64 px make the "
+                 "direct side as small as it will ever be; one step of a real SD model takes seconds on a GPU-less "
+                 "box (see /work/shared/FACTS.md).")
+    if contention > 0:
+        notes.append(f"- (6) Two rows at a time (the default T2VZ_MAX_WORKERS=2) cost {contention:.2f} s more than one "
+                     f"at a time: on {info['usable_cores']} CPU cores the CPU-bound steps of two rows compete for the "
+                     "same cores (torch's intra-op threads of one row, decoding/encoding of the other), so row "
+                     "concurrency does not pay on a CPU-only box; it pays for I/O and with a GPU per generation."
+                     + ("" if overhead <= 1.2 else " This is most of why the default configuration misses 1.2x."))
     notes.append(f"- (7) The cached re-run still creates a flow run and {task_runs} task runs (all Cached), reads "
                  "every sidecar and the manifest, re-checks the published files (publish is never cached) and "
                  f"writes the report and artifacts: {c_run:.2f} s of fixed cost against a first run of {f_run:.2f} s. "
@@ -393,14 +401,17 @@ def summarize(info, direct, flow, cached, rss, anchor, repeats, rss_resolution) 
                     "cached and no model is loaded). ")
                  + ("The whole-process figure adds interpreter start and the Prefect import "
                     f"({median([r['import_s'] for r in cached]):.1f} s) to both sides."))
+    w, h = rss_resolution, rss_resolution * 3 // 4
+    per_frame_kb = (rss[240]["peak_mb"] - rss[24]["peak_mb"]) / 216 * 1024
+    expected_kb = (3 * w * h * 4 + 4 * (w // 2) * (h // 2) * 4) / 1024  # float32 control image + latent (vae /2)
     notes.append(f"- (8) Peak RSS includes Python, torch, diffusers, Prefect and the loaded tiny models "
-                 f"(~{rss[24]['peak_mb']:.0f} MB for the short job). Growth from 24 to 240 frames: "
-                 f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, i.e. "
-                 f"{(rss[240]['peak_mb'] - rss[24]['peak_mb']) / 216 * 1024:.0f} kB per extra frame at "
-                 f"{rss_resolution}x{rss_resolution * 3 // 4} px. Decoding, control maps and encoding stream through "
-                 "frame stores on disk; the engine keeps every frame's latent (step-major denoising needs all rows "
-                 "each step) and, for ControlNet modes, every preprocessed control image in float32 "
-                 "(t2vz_core/engine/frames.py prepare_control), which is what grows with the frame count.")
+                 f"(~{rss[24]['peak_mb']:.0f} MB for the short job). From 24 to 240 frames it grew "
+                 f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, {per_frame_kb:.0f} kB per extra frame at {w}x{h} "
+                 "px. Decoding, control maps and encoding stream through frame stores on disk; what stays in memory "
+                 "per frame is the engine's latent (step-major denoising needs every row at each step) and, in "
+                 "ControlNet modes, the preprocessed control image in float32 (t2vz_core/engine/frames.py, "
+                 f"prepare_control): {expected_kb:.0f} kB per frame by the code, close to what was measured. With real "
+                 "models at 512x512 the control images alone would be 3 MB per frame (750 MB for 240 frames).")
     if anchor:
         notes.append("- (9) From bench/anchor_reuse.py (engine helper): 32 frames, chunk 8, tiny models; the recipe is "
                      "the diffusers pipeline called per chunk with frame 0 prepended; t2vz evaluates the anchor once "
@@ -412,10 +423,14 @@ Written by `python bench/run_all.py` (`make bench`) on {info['date']}. Medians o
 both sides of each ratio alternate within this one run.
 
 ## Machine
-- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), RAM {info['ram_gb']:.1f} GB, no GPU used (device cpu, fp32)
+- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), RAM {info['ram_gb']:.1f} GB,
+  no GPU used (device cpu, fp32)
 - Python {info['python']} on {info['platform']}
-- torch {v['torch']}, diffusers {v['diffusers']}, transformers {v['transformers']}, prefect {v['prefect']}, av {v['av']}, decord {v['decord']}
-- 1-minute load average: {load} (other work on the machine slows both sides of a ratio alike, but adds noise)
+- torch {v['torch']}, diffusers {v['diffusers']}, transformers {v['transformers']}, prefect {v['prefect']},
+  av {v['av']}, decord {v['decord']}
+- 1-minute load average: {load}; each run's load is in Raw. Other work on the machine slows both sides
+  of a ratio, but not alike: two busy cores shared with other processes make torch's threads wait on
+  each other, and single runs then vary by 5-10x. Trust a run whose loads stayed near or under 1.
 
 ## Results
 {table}
@@ -431,7 +446,8 @@ both sides of each ratio alternate within this one run.
 
 ## Raw
 ```json
-{json.dumps({"direct": direct, "flow": flow, "cached": cached, "rss": rss, "anchor": anchor}, indent=1, default=str)[:20000]}
+{json.dumps({"direct": direct, "flow": flow, "serial": serial, "cached": cached, "rss": rss, "anchor": anchor},
+            indent=1, default=str)[:30000]}
 ```
 """
     return {"table": table, "markdown": markdown}

@@ -54,7 +54,8 @@ def test_two_runs_at_once_then_a_cached_third(tiny_models, tmp_path):
     videos = check_output_folder(out)
     assert sorted(v.stem for v in videos) == ["canny", "p2p", "t2v"]
     for job_id in ("t2v", "canny", "p2p"):
-        concurrent, reference = decoded_frames(out / f"{job_id}.mp4"), decoded_frames(tmp_path / "single" / f"{job_id}.mp4")
+        concurrent = decoded_frames(out / f"{job_id}.mp4")
+        reference = decoded_frames(tmp_path / "single" / f"{job_id}.mp4")
         assert concurrent.shape == reference.shape and np.array_equal(concurrent, reference), job_id
         assert (out / f"{job_id}.mp4").read_bytes() == (tmp_path / "single" / f"{job_id}.mp4").read_bytes(), job_id
         assert sidecar(out, job_id)["status"] == "ok"
