@@ -5,7 +5,7 @@ Neither run may corrupt the other's files: both exit 0, every output probes fine
 frames equal a single run's (t2vz_core steps called directly, in a separate work folder); the
 shared work folder holds one complete entry per key and no partial leftovers; a third run finds
 everything cached (no generation, hence no model load).
-Budget: ~20-25 s on the 2-core CI machine.
+Budget: 33 s measured on the 2-core machine with other work running (load ~2.5).
 """
 
 from __future__ import annotations
