@@ -1,4 +1,5 @@
-"""Run progress: one Prefect progress artifact per flow run, updated per generated chunk, plus
+"""Run progress: one Prefect progress artifact per flow run, updated per generated chunk at most
+once a second (each update is an API round trip on the row's thread), plus
 in-process listeners (the CLI's progress bars)."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def remove_listener(listener: Listener) -> None:
 class RunProgress:
     """Thread-safe progress over the rows of one flow run (0-100 %), mirrored to a Prefect artifact."""
 
-    def __init__(self, job_ids: list[str], artifact_id: UUID | None = None, min_interval_s: float = 0.5):
+    def __init__(self, job_ids: list[str], artifact_id: UUID | None = None, min_interval_s: float = 1.0):
         self._rows = {job_id: 0.0 for job_id in job_ids}
         self._artifact_id = artifact_id
         self._min_interval_s = min_interval_s
@@ -52,7 +53,16 @@ class RunProgress:
         """The row is over (whatever its outcome): listeners get step "done" with the status."""
         for listener in list(_listeners):
             listener(job_id, "done", 1, 1, status)
-        self._set(job_id, 1.0, force=True)
+        self._set(job_id, 1.0)  # rate-limited too; 100 % is always sent, and close() sends the rest
+
+    def close(self) -> None:
+        """Send the final percentage if rate limiting held it back (the run's rows are over)."""
+        with self._lock:
+            percent = 100.0 * sum(self._rows.values()) / max(1, len(self._rows))
+            if self._artifact_id is None or percent == self._last_sent[1]:
+                return
+            self._last_sent = (time.monotonic(), percent)
+        self._send(percent)
 
     def _set(self, job_id: str, fraction: float, force: bool = False) -> None:
         with self._lock:
