@@ -8,6 +8,7 @@ maybe on separate machines) produce one complete report at the end.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -132,6 +133,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def software_versions() -> dict[str, str | None]:
     """Versions of the packages that shape an output (read from metadata: nothing is imported)."""
+    return dict(_software_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _software_versions() -> dict[str, str | None]:
+    # Metadata lookups scan sys.path (~10 ms each row); installed versions do not change mid-process.
     import platform
     from importlib import metadata
 
