@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from .attention import AnchorKV, cross_frame_attention
 from .conditioning import Branches
 
+if TYPE_CHECKING:
+    from .frames import ControlMaps
+
 
 class Denoiser:
     """Predicts guided noise for rows of latents; per-frame inputs are looked up by frame index.
 
-    control: preprocessed control maps (frames, 3, H, W) on any device, ControlNet modes only.
+    control: the control maps (frames.ControlMaps: uint8 in RAM, converted per chunk), ControlNet modes only.
     image_latents: source-frame latents (frames, C, h, w) on the latents' device, pix2pix only.
     """
 
@@ -26,7 +30,7 @@ class Denoiser:
         self,
         pipe,
         branches: Branches,
-        control: torch.Tensor | None = None,
+        control: ControlMaps | None = None,
         conditioning_scale: float = 1.0,
         image_latents: torch.Tensor | None = None,
     ):
@@ -95,7 +99,7 @@ class Denoiser:
 
     def _control_residuals(self, model_input, embeds, added, frames, rows: int, t):
         controlnet = self.controlnet
-        cond = self.control[list(frames)].to(model_input.device, controlnet.dtype)
+        cond = self.control.rows(frames, model_input.device)
         groups = self.branches.groups
         if self.guess_mode and groups > 1:
             part = slice(self.branches.text_branch * rows, (self.branches.text_branch + 1) * rows)

@@ -2,13 +2,14 @@
 
 Conditioning is anything with len() and slicing that returns uint8 (k, H, W, 3) arrays
 (numpy array, FrameStore...). It is read chunk by chunk: once to validate and fingerprint it
-before any model work, once more to preprocess it with the pipeline's own helpers.
+before any model work, once more to keep control maps as uint8 (ControlMaps) or to encode
+pix2pix source latents.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,24 +54,61 @@ def check_conditioning(request: GenerationRequest, conditioning) -> tuple[int, s
     return count, digest.hexdigest()
 
 
-def prepare_control(pipe, request: GenerationRequest, conditioning, count: int) -> torch.Tensor:
-    """Control maps preprocessed like the ControlNet pipelines do, kept on the CPU in the
-    ControlNet's dtype: (frames, 3, H, W)."""
-    parts = []
-    for _, frames in iter_conditioning(conditioning, count):
-        parts.append(
-            pipe.prepare_image(
-                image=frames.astype(np.float32) / 255.0,  # what the pipelines make of PIL input
-                width=request.width,
-                height=request.height,
-                batch_size=len(frames),
-                num_images_per_prompt=1,
-                device=torch.device("cpu"),
-                dtype=pipe.controlnet.dtype,
-                do_classifier_free_guidance=False,
-            )
-        )
-    return torch.cat(parts)
+class ControlMaps:
+    """Control maps held as uint8 (frames, H, W, 3) on the CPU, converted per chunk at use time.
+
+    Step-major denoising needs every frame's map at every step. Kept uint8 they cost
+    3*H*W bytes per frame (768 kB at 512 px) instead of the 12*H*W of float32 (3 MB), and
+    nothing extra when the caller passed a uint8 array (it is used as is, not copied).
+    Reading them back from the conditioning object each step instead would hold only a
+    chunk, but re-decodes every PNG of a FrameStore at every step (~1.5 ms per 512 px frame
+    measured, as much as the conversion itself, plus disk reads) and trusts the files not to
+    change after the digest was taken, so the maps stay in RAM.
+
+    rows() is bitwise what the ControlNet pipelines' prepare_image makes of the same frames
+    as float32 /255 input (a same-size nearest resize is the identity): a 256-entry table of
+    those float32 values, cast to the ControlNet's dtype like prepare_image casts. A table
+    rather than x / 255 on the device because CUDA divides by a scalar as x * (1 / 255).
+    """
+
+    def __init__(self, maps: np.ndarray, dtype: torch.dtype):
+        self.maps = maps
+        self.dtype = dtype
+        self._table32 = np.arange(256, dtype=np.float32) / 255.0
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def nbytes(self) -> int:
+        return self.maps.nbytes
+
+    def rows(self, frames: Sequence[int], device: torch.device) -> torch.Tensor:
+        """(k, 3, H, W) in the ControlNet's dtype on device, for these frame indices."""
+        picked = self.maps[list(frames)]
+        if device.type == "cpu":  # numpy's table lookup is the fastest conversion on the CPU
+            return torch.from_numpy(self._table32[picked]).permute(0, 3, 1, 2).contiguous().to(self.dtype)
+        return self._convert_on(picked, device)
+
+    def _convert_on(self, picked: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Uploads uint8 (4x less to copy than float32) and looks the values up on the device."""
+        if device not in self._tables:
+            self._tables[device] = torch.from_numpy(self._table32).to(self.dtype).to(device)
+        maps = torch.from_numpy(picked).to(device).permute(0, 3, 1, 2).contiguous()
+        return self._tables[device][maps.long()]
+
+
+def prepare_control(pipe, request: GenerationRequest, conditioning, count: int) -> ControlMaps:
+    """The control maps as uint8 in RAM (see ControlMaps); check_conditioning already
+    checked their count, size and dtype."""
+    if isinstance(conditioning, np.ndarray) and conditioning.dtype == np.uint8:
+        maps = conditioning  # already in memory: no second copy
+    else:
+        maps = np.empty((count, request.height, request.width, 3), dtype=np.uint8)
+        for start, frames in iter_conditioning(conditioning, count):
+            maps[start : start + len(frames)] = frames
+    return ControlMaps(maps, pipe.controlnet.dtype)
 
 
 def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, device) -> torch.Tensor:
