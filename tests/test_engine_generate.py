@@ -14,15 +14,6 @@ CPU = Runtime(device="cpu", dtype="fp32")
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two shared, busy cores run these tiny models ~6x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class RowCounter:
     """Counts latent rows passed to a model's forward (UNet or ControlNet)."""
 

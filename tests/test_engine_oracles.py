@@ -25,15 +25,6 @@ ORACLE_TOL = 1e-3
 CHUNK_TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two shared, busy cores run these tiny models ~6x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _deprecated():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

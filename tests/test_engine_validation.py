@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.errors import InputError
@@ -12,15 +11,6 @@ from t2vz_core.models import Runtime, load_pipeline
 
 CPU = Runtime(device="cpu", dtype="fp32")
 BASE = dict(mode="text2video", prompt="a dog", num_inference_steps=10, width=64, height=64, video_length=4, t0=2, t1=5)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two shared, busy cores run these tiny models ~6x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
