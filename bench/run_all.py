@@ -403,15 +403,15 @@ def summarize(info, direct, flow, serial, cached, rss, anchor, repeats, rss_reso
                     f"({median([r['import_s'] for r in cached]):.1f} s) to both sides."))
     w, h = rss_resolution, rss_resolution * 3 // 4
     per_frame_kb = (rss[240]["peak_mb"] - rss[24]["peak_mb"]) / 216 * 1024
-    expected_kb = (3 * w * h * 4 + 4 * (w // 2) * (h // 2) * 4) / 1024  # float32 control image + latent (vae /2)
+    expected_kb = (3 * w * h + 4 * (w // 2) * (h // 2) * 4) / 1024  # uint8 control map + float32 latent (vae /2)
     notes.append(f"- (8) Peak RSS includes Python, torch, diffusers, Prefect and the loaded tiny models "
                  f"(~{rss[24]['peak_mb']:.0f} MB for the short job). From 24 to 240 frames it grew "
                  f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, {per_frame_kb:.0f} kB per extra frame at {w}x{h} "
                  "px. Decoding, control maps and encoding stream through frame stores on disk; what stays in memory "
                  "per frame is the engine's latent (step-major denoising needs every row at each step) and, in "
-                 "ControlNet modes, the preprocessed control image in float32 (t2vz_core/engine/frames.py, "
-                 f"prepare_control): {expected_kb:.0f} kB per frame by the code, close to what was measured. With real "
-                 "models at 512x512 the control images alone would be 3 MB per frame (750 MB for 240 frames).")
+                 "ControlNet modes, the control map as uint8 (t2vz_core/engine/frames.py, ControlMaps; converted "
+                 f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code. With "
+                 "real models at 512x512 the maps are 768 kB per frame (188 MB for 240 frames).")
     if anchor:
         notes.append("- (9) From bench/anchor_reuse.py (engine helper): 32 frames, chunk 8, tiny models; the recipe is "
                      "the diffusers pipeline called per chunk with frame 0 prepended; t2vz evaluates the anchor once "
