@@ -31,34 +31,6 @@ from tasks.row import row_task
 MAX_WORKERS = max(1, int(os.environ.get("T2VZ_MAX_WORKERS", "2")))
 
 
-def _end_runs_without_heartbeat_join() -> None:
-    """Prefect 3.8's sync flow engine joins its heartbeat thread when a run ends, and that thread
-    sleeps in whole seconds: every run ended up to 1 s late (0.8 s of a 1.6 s cached re-run,
-    measured). Prefect's async engine already skips the join: the thread stops within a second
-    by itself and never beats after the stop. Heartbeats themselves (crash detection) are kept.
-    A no-op if Prefect drops or reshapes this private hook."""
-    import contextlib
-    import inspect
-
-    from prefect import flow_engine
-
-    original = getattr(flow_engine, "_send_heartbeats", None)
-    if original is None or getattr(original, "_t2vz_no_join", False) or \
-            "join_on_exit" not in inspect.signature(original).parameters:
-        return
-
-    @contextlib.contextmanager
-    def send_heartbeats(engine: Any, join_on_exit: bool = True) -> Any:
-        with original(engine, join_on_exit=False):
-            yield
-
-    send_heartbeats._t2vz_no_join = True  # type: ignore[attr-defined]
-    flow_engine._send_heartbeats = send_heartbeats
-
-
-_end_runs_without_heartbeat_join()
-
-
 def rows_at_once(device_type: str, runner_workers: int | None) -> int:
     """Rows run concurrently: as many as the task runner has threads when chosen (T2VZ_MAX_WORKERS,
     `--max-workers`); by default one on a CPU, where the rows' CPU-bound steps (torch's intra-op
