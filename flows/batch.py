@@ -4,8 +4,8 @@
 Both return the run report (dict, also written to OUTPUT_DIR/report.json and report.csv) and
 end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
 written first. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
-default 2; one at a time on a CPU unless chosen: see rows_at_once); generation holds one job per device (tasks.policy.hold_device), across machines
-too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit. Each row is six task runs:
+default 2; one at a time on a CPU unless chosen: see rows_at_once); generation holds one job per
+device (tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit. Each row is six task runs:
 for thousands of rows, fan out in shards (flows/deploy.py) rather than one giant flow run.
 """
 
@@ -39,6 +39,8 @@ def rows_at_once(device_type: str, runner_workers: int | None) -> int:
     workers = runner_workers or MAX_WORKERS
     chosen = bool(os.environ.get("T2VZ_MAX_WORKERS")) or workers != MAX_WORKERS
     return 1 if device_type == "cpu" and not chosen else workers
+
+
 MARKDOWN_ROWS = 500  # the summary artifact lists this many rows; report.csv has them all
 
 
