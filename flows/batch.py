@@ -5,8 +5,9 @@ Both return the run report (dict, also written to OUTPUT_DIR/report.json and rep
 end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
 written first. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
 default 2; one at a time on a CPU unless chosen: see rows_at_once); generation holds one job per
-device (tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global concurrency limit. Each row is six task runs:
-for thousands of rows, fan out in shards (flows/deploy.py) rather than one giant flow run.
+device (tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global
+concurrency limit. Each row is six task runs: for thousands of rows, fan out in shards
+(flows/deploy.py) rather than one giant flow run.
 """
 
 from __future__ import annotations
