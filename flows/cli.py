@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
     run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
                                                    "or T2VZ_WORK_DIR); share it between output folders")
-    run.add_argument("--max-workers", type=int, help="rows processed at once (default T2VZ_MAX_WORKERS or 2)")
+    run.add_argument("--max-workers", type=int, help="rows processed at once (default T2VZ_MAX_WORKERS or 2; one on a CPU)")
     run.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show progress bars (default: only on a terminal)")
     run.add_argument("--no-progress", dest="progress", action="store_false")
