@@ -113,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     flow = process_manifest
     if args.max_workers:
         flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.max_workers))
+        # Marks the number as chosen, so a CPU run honours it (flows.batch.rows_at_once), even 2.
+        os.environ["T2VZ_MAX_WORKERS"] = str(args.max_workers)
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)
     try:
