@@ -46,3 +46,19 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def pickled_sd_model(tmp_path, tiny_models) -> Path:
+    """A copy of the tiny SD model whose UNet weights are a pickle .bin file only."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models / "sd", folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(folder / "unet", safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
+    return folder

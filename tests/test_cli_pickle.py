@@ -6,21 +6,12 @@ Budget: ~45 s (two `t2vz run` subprocesses of one 4-frame 64 px text2video row o
 from __future__ import annotations
 
 import json
-import shutil
 
 from test_cli import t2v_row, t2vz, write_csv
 
 
-def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, prefect_harness):
-    from diffusers import UNet2DConditionModel
-
-    folder = tmp_path / "pickled"
-    shutil.copytree(tiny_models / "sd", folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    unet.save_pretrained(folder / "unet", safe_serialization=False)
-    assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
-
+def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_model, prefect_harness):
+    folder = pickled_sd_model
     env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
     manifest = write_csv(tmp_path / "jobs.csv", [t2v_row(tiny_models, model=str(folder))])
     out = tmp_path / "out"

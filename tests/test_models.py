@@ -150,15 +150,11 @@ def test_vae_options_follow_each_request(tiny_models):
     assert again is pipe and not pipe.vae.use_slicing and not pipe.vae.use_tiling
 
 
-def test_safetensors_only_unless_pickle_allowed(tiny_models, tmp_path):
+def test_safetensors_only_unless_pickle_allowed(tiny_models, pickled_sd_model):
     from diffusers import UNet2DConditionModel
 
-    folder = tmp_path / "pickled"
-    shutil.copytree(tiny_models / "sd", folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    unet.save_pretrained(folder / "unet", safe_serialization=False)
-    assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
+    folder = pickled_sd_model
+    unet = UNet2DConditionModel.from_pretrained(tiny_models / "sd" / "unet")
 
     with pytest.raises(InputError, match=r"no safetensors weights in unet.*allow_pickle"):
         models.load_pipeline("sd", folder, runtime=CPU)
