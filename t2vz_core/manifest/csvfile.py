@@ -8,11 +8,8 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import re
 from collections.abc import Iterable
 from pathlib import Path
-
-import pandas as pd
 
 from t2vz_core.manifest.columns import COLUMN_ORDER, COLUMNS, REQUIRED_COLUMNS
 from t2vz_core.manifest.errors import ManifestFileError
@@ -95,46 +92,35 @@ def check_header(path: Path, names: list[str]) -> dict[int, str]:
     return mapping
 
 
-def _check_csv_structure(path: Path, text: str) -> list[str]:
-    """Return the header; raise for what pandas' python engine would silently drop with a
-    callable on_bad_lines (an unclosed quote swallowing the rest of the file, a huge cell)."""
-    reader = csv.reader(io.StringIO(text), strict=True)  # the rules of pandas' python engine
-    header: list[str] | None = None
+def iter_records(path: Path, text: str) -> Iterable[list[str]]:
+    """CSV records as lists of strings, the header first, each padded to the header's width.
+
+    A record with more cells than the header comes back cut to the header's width with a marker
+    in its last cell, so that it keeps its place (and row number) and can be reported. A quote
+    that is never closed (which would swallow the rest of the file) or an oversized cell makes
+    the whole file unreadable. The file is checked in full before the first record comes back.
+    """
+    records = _parse(path, text)
+    width = max(len(records[0]) if records else 0, 1)
+    for cells in records:
+        if len(cells) > width:
+            kept = cells[:width]
+            kept[-1] = f"{EXTRA_CELLS}{len(cells) - width}"
+            yield kept
+        else:
+            yield cells + [""] * (width - len(cells))
+
+
+def _parse(path: Path, text: str) -> list[list[str]]:
+    reader = csv.reader(io.StringIO(text), strict=True)
+    records: list[list[str]] = []
     start = 1
     try:
         for record in reader:
-            header = record if header is None else header
+            records.append(record)
             start = reader.line_num + 1
     except csv.Error as exc:
         hint = " (a quote that is never closed?)" if "end of data" in str(exc) else ""
         raise ManifestFileError(path, f"not a readable CSV file: {exc}{hint}; the record starts at line {start}",
                                 line=start) from None
-    return header or []
-
-
-def iter_records(path: Path, text: str, chunk_rows: int = 2000) -> Iterable[list[str]]:
-    """CSV records as lists of strings (pandas, every cell a string, "NaN" kept as text).
-
-    A record with more cells than the header comes back cut to the header's width with a marker
-    in its last cell, so that it keeps its place (and row number) and can be reported.
-    """
-    width = max(len(_check_csv_structure(path, text)), 1)
-
-    def extra_cells(cells: list[str]) -> list[str]:
-        kept = cells[:width]
-        kept[-1] = f"{EXTRA_CELLS}{len(cells) - width}"
-        return kept
-
-    try:
-        reader = pd.read_csv(
-            io.StringIO(text), header=None, names=range(width), index_col=False, dtype=str, keep_default_na=False,
-            na_filter=False, skip_blank_lines=False, engine="python", on_bad_lines=extra_cells,
-            chunksize=chunk_rows,
-        )
-        for chunk in reader:
-            for record in chunk.itertuples(index=False, name=None):
-                yield ["" if isinstance(cell, float) else cell for cell in record]
-    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        match = re.search(r"(?:line|row) (\d+)", str(exc))
-        raise ManifestFileError(path, f"not a readable CSV file: {exc}",
-                                line=int(match[1]) if match else None) from None
+    return records
