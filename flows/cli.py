@@ -90,10 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return code
     _print_validation(manifest, args.manifest)
     from t2vz_core.errors import InputError
-    from t2vz_core.models import Runtime
+    from t2vz_core.runtime import Runtime
 
-    try:
-        Runtime(device=args.device, dtype=args.dtype, offload=args.offload).resolve()
+    try:  # bad options fail here; a missing GPU fails in the flow, before any row needs it
+        Runtime(device=args.device, dtype=args.dtype, offload=args.offload).signature()
     except InputError as exc:
         _eprint(f"t2vz: {exc}")
         return EXIT_USAGE

@@ -1,12 +1,13 @@
 """Loading diffusers pipelines once per process.
 
-- `Runtime`: where and how to run (device, dtype, CPU offload, VAE slicing/tiling, pickle policy).
+- `Runtime` (t2vz_core.runtime, re-exported): where and how to run (device, dtype, CPU offload,
+  VAE slicing/tiling, pickle policy).
 - `load_pipeline(family, model_id, controlnet_id, runtime)`: the pipeline for a job, from a per-process
   `ModelCache`. A base model is loaded once; its ControlNet variants reuse its components through
   `from_pipe`, so pose and canny jobs on one base share a single UNet.
 - `detect_family(model_id)`: "sd" | "sdxl" | "pix2pix" from the model's configs, without loading weights.
-- `model_fingerprint(model_id, revision=None)`: a stable id+revision string for cache keys, without
-  loading weights (weight digests are memoized on disk across processes).
+- `model_fingerprint(model_id, revision=None)` (t2vz_core.fingerprints, re-exported): a stable
+  id+revision string for cache keys, without loading weights (digests memoized on disk).
 - `cache_stats()` / `reset_cache()`: what the cache did (tests and benches assert "no reload").
 
 A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
@@ -17,9 +18,6 @@ A model id is a hub id ("org/name") or a local diffusers folder: both go through
 from __future__ import annotations
 
 import gc
-import hashlib
-import os
-import re
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -30,15 +28,13 @@ from typing import Any, Literal
 import torch
 
 from t2vz_core.errors import InputError, TransientError
+from t2vz_core.fingerprints import _check_revision_target, digest_memo_dir, model_fingerprint  # noqa: F401 - re-exported
+from t2vz_core.runtime import OFFLOADS, Runtime, _mps_available  # noqa: F401 - re-exported
 
 Family = Literal["sd", "sdxl", "pix2pix"]
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pix2pix")
-OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
 DEFAULT_MAX_LOADED = 2
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
-_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Pipeline class per (family, with ControlNet).
 _PIPELINE_CLASSES = {
@@ -54,92 +50,12 @@ _PIPELINE_CLASSES = {
 # ---------------------------------------------------------------------------- runtime
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how pipelines run. `resolve()` turns "auto" into a concrete device and dtype.
-
-    device: "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps".
-    dtype: "auto" (fp16 on cuda/mps, fp32 on cpu) | "fp32" | "fp16" | "bf16".
-      fp16 on cpu is refused (CPU half-precision kernels are missing or very slow). bf16 on cpu
-      is allowed: torch implements it and it halves memory, but it is slower than fp32 on CPUs
-      without native bf16 and its results differ from fp32 more than fp16's do on a GPU.
-    offload: "none" (everything on `device`) | "model" (whole models move to the accelerator when
-      used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
-    vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
-    allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
-    """
-
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "none"
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        device = str(self.device).strip().lower()
-        if not _DEVICE_PATTERN.fullmatch(device):
-            raise InputError(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
-        dtype = str(self.dtype).strip().lower()
-        dtype = _DTYPE_ALIASES.get(dtype, dtype)
-        if dtype != "auto" and dtype not in _DTYPES:
-            raise InputError(f"dtype {self.dtype!r}: expected auto, fp32, fp16 or bf16")
-        offload = str(self.offload).strip().lower()
-        if offload not in OFFLOADS:
-            raise InputError(f"offload {self.offload!r}: expected none, model or sequential")
-        object.__setattr__(self, "device", device)
-        object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "offload", offload)
-
-    def resolve(self) -> tuple[torch.device, torch.dtype]:
-        """The concrete (device, dtype); InputError when this machine cannot honour the request."""
-        device = _resolve_device(self.device)
-        if self.dtype == "auto":
-            dtype = torch.float32 if device.type == "cpu" else torch.float16
-        else:
-            dtype = _DTYPES[self.dtype]
-        if device.type == "cpu" and dtype == torch.float16:
-            raise InputError(
-                "dtype fp16 on device cpu is not supported: CPUs lack fast half-precision kernels. "
-                "Use dtype fp32 (or bf16) on cpu, or run on cuda/mps."
-            )
-        if device.type == "cpu" and self.offload != "none":
-            raise InputError(
-                f"offload {self.offload!r} moves weights between CPU memory and an accelerator, "
-                "but the device is cpu: use offload none on cpu."
-            )
-        return device, dtype
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"device {name!r}: torch sees no CUDA device on this machine")
-        index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-        return torch.device("cuda", index)
-    if name == "mps" and not _mps_available():
-        raise InputError("device 'mps': Apple MPS is not available on this machine")
-    return torch.device(name)
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps and mps.is_available())
-
-
 # ---------------------------------------------------------------------------- model cache
 
 
 @dataclass
+
+
 class _Resident:
     """One base model in memory, with its ControlNet variants (which share its components)."""
 
@@ -259,6 +175,8 @@ class ModelCache:
 
 
 @contextmanager
+
+
 def _quiet_diffusers():
     """Errors only from diffusers and transformers, and none of their progress bars, inside the block.
 
@@ -385,14 +303,6 @@ def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | 
     return _CACHE.load(family, model_id, controlnet_id, runtime, revision)
 
 
-def _check_revision_target(model_id, revision: str | None) -> str | None:
-    if revision is None or not str(revision).strip():
-        return None
-    if Path(str(model_id)).expanduser().is_dir():
-        raise InputError(f"model {model_id}: revision {revision!r} applies to hub models; this is a local folder")
-    return str(revision).strip()
-
-
 def cache_stats() -> dict[str, Any]:
     """{"loads": from_pretrained calls (pipelines + ControlNets), "pipeline_loads", "controlnet_loads",
     "hits", "evictions", "resident" (base models in memory), "max_loaded"} for this process."""
@@ -449,76 +359,3 @@ def _revision_kwargs(revision: str | None) -> dict[str, str]:
 def _has_component(index: dict, name: str) -> bool:
     entry = index.get(name)
     return isinstance(entry, (list, tuple)) and entry[0] is not None
-
-
-# ---------------------------------------------------------------------------- fingerprints
-
-def model_fingerprint(model_id, revision: str | None = None) -> str:
-    """A stable id+revision string for cache keys, without loading the model.
-
-    Local folder: "local:sha256:<hex>" over relative file names and bytes (hidden files such as
-    .git or .cache are skipped). Per-file digests are memoized on disk (see `digest_memo_dir`), so
-    a new process does not reread unchanged weights. A revision with a local folder is an InputError.
-    Hub id: "hub:<id>@<commit>" for the commit that `revision` (default: main) points to in the local
-    HF cache; when it is not cached, "hub:<id>@<revision>" or "hub:<id>@unresolved" without revision.
-    """
-    text = str(model_id)
-    folder = Path(text).expanduser()
-    revision = _check_revision_target(model_id, revision)
-    if folder.is_dir():
-        return f"local:sha256:{_folder_digest(folder)}"
-    if not _is_repo_id(text):
-        raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
-    return f"hub:{text}@{_cached_commit(text, revision) or revision or 'unresolved'}"
-
-
-def digest_memo_dir() -> Path:
-    """Where weight-file digests are remembered: $T2VZ_CACHE_DIR/file-digests, else <HF_HOME>/t2vz/file-digests."""
-    from huggingface_hub import constants
-
-    root = os.environ.get("T2VZ_CACHE_DIR") or os.path.join(constants.HF_HOME, "t2vz")
-    return Path(root).expanduser() / "file-digests"
-
-
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    files = []
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        files += [Path(directory, n) for n in names if not n.startswith(".")]
-    memo_dir = digest_memo_dir()
-    for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_file_digest(path, memo_dir).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path, memo_dir: Path) -> str:
-    # workdir.file_digest memoizes per (real path, device, inode, size, mtime, ctime), in memory and on disk.
-    from t2vz_core.workdir import file_digest
-
-    try:
-        return file_digest(path, memo_dir)
-    except OSError:  # an unwritable cache folder must not stop a run: hash without the disk memo
-        return file_digest(path)
-
-
-def _is_repo_id(text: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _cached_commit(repo_id: str, revision: str | None = None) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    # Pipelines have model_index.json at the top, single models (ControlNets) config.json.
-    for filename in ("model_index.json", "config.json"):
-        found = try_to_load_from_cache(repo_id, filename, revision=revision)
-        if isinstance(found, str):  # .../snapshots/<commit>/<filename>
-            return Path(found).parent.name
-    return None

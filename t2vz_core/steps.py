@@ -183,8 +183,8 @@ def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: b
 def runtime_signature(runtime: Any) -> dict[str, str]:
     """The parts of a runtime that change generated pixels: device type, dtype and VAE tiling
     (tiles are blended at their seams; slicing and offloading leave pixels alone)."""
-    device, dtype = runtime.resolve()
-    signature = {"device": device.type, "dtype": str(dtype).replace("torch.", "")}
+    device, dtype = runtime.signature()
+    signature = {"device": device, "dtype": dtype}
     if runtime.vae_tiling:
         signature["vae_tiling"] = "on"  # absent when off, so existing keys stay valid
     return signature
@@ -210,7 +210,7 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
 
 def resolve_models(job: Job, work: WorkDir | None = None) -> dict[str, Any]:
     """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
-    from t2vz_core.models import model_fingerprint
+    from t2vz_core.fingerprints import model_fingerprint
 
     # The row's revision is the base model's (the ControlNet loads its default revision).
     fingerprint = model_fingerprint(job.model, job.revision)

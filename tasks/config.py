@@ -42,7 +42,7 @@ class RunConfig:
         return hashlib.sha256(str(self.work_dir).encode()).hexdigest()[:12]
 
     def runtime(self) -> Any:
-        from t2vz_core.models import Runtime
+        from t2vz_core.runtime import Runtime
 
         return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle,
                        vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)

@@ -15,7 +15,7 @@ from t2vz_core.control import (
     given_control_maps,
 )
 from t2vz_core.errors import InputError
-from t2vz_core.media import DecodeSpec, FrameStore, decode_to_store, plan_decode, probe
+from t2vz_core.media import DecodeSpec, decode_to_store, plan_decode, probe
 
 
 def test_canny_thresholds():

@@ -85,6 +85,34 @@ def test_unusable_runtimes_are_input_errors(monkeypatch):
 
 # ---------------------------------------------------------------------------- loading and sharing
 
+@pytest.mark.parametrize("device, dtype, offload", [
+    ("cpu", "auto", "none"), ("cpu", "bf16", "none"), ("cuda", "auto", "none"), ("cuda:1", "bf16", "model"),
+    ("mps", "auto", "none"), ("auto", "auto", "none"), ("cpu", "fp16", "none"), ("cpu", "auto", "model"),
+])
+def test_signature_agrees_with_resolve(monkeypatch, device, dtype, offload):
+    """Cache keys use signature(): it must name what resolve() gives, and refuse what it refuses."""
+    _machine(monkeypatch, cuda=2, mps=True)
+    runtime = Runtime(device=device, dtype=dtype, offload=offload)
+    try:
+        resolved_device, resolved_dtype = runtime.resolve()
+    except InputError as exc:
+        with pytest.raises(InputError, match=str(exc)[:30]):
+            runtime.signature()
+        return
+    assert runtime.signature() == (resolved_device.type, str(resolved_dtype).replace("torch.", ""))
+
+
+def test_a_named_device_is_signed_without_importing_torch():
+    """An up-to-date check (no model work) with --device cpu/cuda must not pay torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from t2vz_core.runtime import Runtime; "
+            "print(Runtime('cpu').signature(), Runtime('cuda:1', 'bf16').signature(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "('cpu', 'float32') ('cuda', 'bfloat16') False"
+
+
 
 def test_each_model_loads_once_and_controlnet_variants_share_the_base(tiny_models, monkeypatch):
     base = models.load_pipeline("sd", tiny_models / "sd", runtime=CPU)

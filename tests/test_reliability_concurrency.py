@@ -50,7 +50,7 @@ def test_two_runs_at_once_then_a_cached_third(tiny_models, tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     from direct_core import run_direct
 
-    single = run_direct(manifest, tmp_path / "single")
+    run_direct(manifest, tmp_path / "single")
     videos = check_output_folder(out)
     assert sorted(v.stem for v in videos) == ["canny", "p2p", "t2v"]
     for job_id in ("t2v", "canny", "p2p"):

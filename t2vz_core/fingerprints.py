@@ -1,0 +1,93 @@
+"""Model fingerprints for cache keys, without loading (or importing) anything heavy.
+
+A local folder is named by the digest of its files (memoized per file on disk, so a new process
+does not reread unchanged weights); a hub id by the commit its revision points to in the local
+Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from t2vz_core.errors import InputError
+
+
+def _check_revision_target(model_id, revision: str | None) -> str | None:
+    if revision is None or not str(revision).strip():
+        return None
+    if Path(str(model_id)).expanduser().is_dir():
+        raise InputError(f"model {model_id}: revision {revision!r} applies to hub models; this is a local folder")
+    return str(revision).strip()
+
+
+def model_fingerprint(model_id, revision: str | None = None) -> str:
+    """A stable id+revision string for cache keys, without loading the model.
+
+    Local folder: "local:sha256:<hex>" over relative file names and bytes (hidden files such as
+    .git or .cache are skipped). Per-file digests are memoized on disk (see `digest_memo_dir`), so
+    a new process does not reread unchanged weights. A revision with a local folder is an InputError.
+    Hub id: "hub:<id>@<commit>" for the commit that `revision` (default: main) points to in the local
+    HF cache; when it is not cached, "hub:<id>@<revision>" or "hub:<id>@unresolved" without revision.
+    """
+    text = str(model_id)
+    folder = Path(text).expanduser()
+    revision = _check_revision_target(model_id, revision)
+    if folder.is_dir():
+        return f"local:sha256:{_folder_digest(folder)}"
+    if not _is_repo_id(text):
+        raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
+    return f"hub:{text}@{_cached_commit(text, revision) or revision or 'unresolved'}"
+
+
+def digest_memo_dir() -> Path:
+    """Where weight-file digests are remembered: $T2VZ_CACHE_DIR/file-digests, else <HF_HOME>/t2vz/file-digests."""
+    from huggingface_hub import constants
+
+    root = os.environ.get("T2VZ_CACHE_DIR") or os.path.join(constants.HF_HOME, "t2vz")
+    return Path(root).expanduser() / "file-digests"
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    files = []
+    for directory, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        files += [Path(directory, n) for n in names if not n.startswith(".")]
+    memo_dir = digest_memo_dir()
+    for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(_file_digest(path, memo_dir).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path, memo_dir: Path) -> str:
+    # workdir.file_digest memoizes per (real path, device, inode, size, mtime, ctime), in memory and on disk.
+    from t2vz_core.workdir import file_digest
+
+    try:
+        return file_digest(path, memo_dir)
+    except OSError:  # an unwritable cache folder must not stop a run: hash without the disk memo
+        return file_digest(path)
+
+
+def _is_repo_id(text: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    # Pipelines have model_index.json at the top, single models (ControlNets) config.json.
+    for filename in ("model_index.json", "config.json"):
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+        if isinstance(found, str):  # .../snapshots/<commit>/<filename>
+            return Path(found).parent.name
+    return None

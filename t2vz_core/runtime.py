@@ -1,0 +1,120 @@
+"""Where and how pipelines run: device, dtype, offload and VAE options.
+
+torch is imported only to resolve "auto" or to check that a named accelerator exists: a run
+whose rows are all up to date names its runtime in cache keys (`Runtime.signature`) without it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from t2vz_core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
+_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how pipelines run. `resolve()` turns "auto" into a concrete device and dtype.
+
+    device: "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps".
+    dtype: "auto" (fp16 on cuda/mps, fp32 on cpu) | "fp32" | "fp16" | "bf16".
+      fp16 on cpu is refused (CPU half-precision kernels are missing or very slow). bf16 on cpu
+      is allowed: torch implements it and it halves memory, but it is slower than fp32 on CPUs
+      without native bf16 and its results differ from fp32 more than fp16's do on a GPU.
+    offload: "none" (everything on `device`) | "model" (whole models move to the accelerator when
+      used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
+    vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
+    allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "none"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        device = str(self.device).strip().lower()
+        if not _DEVICE_PATTERN.fullmatch(device):
+            raise InputError(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+        dtype = str(self.dtype).strip().lower()
+        dtype = _DTYPE_ALIASES.get(dtype, dtype)
+        if dtype != "auto" and dtype not in _DTYPE_NAMES:
+            raise InputError(f"dtype {self.dtype!r}: expected auto, fp32, fp16 or bf16")
+        offload = str(self.offload).strip().lower()
+        if offload not in OFFLOADS:
+            raise InputError(f"offload {self.offload!r}: expected none, model or sequential")
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "offload", offload)
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        """The concrete (device, dtype); InputError when this machine cannot honour the request."""
+        import torch
+
+        device = _resolve_device(self.device)
+        return device, getattr(torch, self._dtype_name(device.type))
+
+    def signature(self) -> tuple[str, str]:
+        """(device type, dtype name), e.g. ("cuda", "float16"): what `resolve()` gives, checked the
+        same way, but without importing torch when the device is named. Whether a named
+        accelerator is really there is left to `resolve()`, which runs before any model work."""
+        if self.device == "auto":
+            device, dtype = self.resolve()
+            return device.type, str(dtype).replace("torch.", "")
+        device_type = self.device.split(":")[0]
+        return device_type, self._dtype_name(device_type)
+
+    def _dtype_name(self, device_type: str) -> str:
+        if device_type == "cpu" and self.dtype == "fp16":
+            raise InputError(
+                "dtype fp16 on device cpu is not supported: CPUs lack fast half-precision kernels. "
+                "Use dtype fp32 (or bf16) on cpu, or run on cuda/mps."
+            )
+        if device_type == "cpu" and self.offload != "none":
+            raise InputError(
+                f"offload {self.offload!r} moves weights between CPU memory and an accelerator, "
+                "but the device is cpu: use offload none on cpu."
+            )
+        if self.dtype == "auto":
+            return "float32" if device_type == "cpu" else "float16"
+        return _DTYPE_NAMES[self.dtype]
+
+
+def _resolve_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r}: torch sees no CUDA device on this machine")
+        index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
+    if name == "mps" and not _mps_available():
+        raise InputError("device 'mps': Apple MPS is not available on this machine")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
