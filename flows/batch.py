@@ -3,7 +3,8 @@
 
 Both return the run report (dict, also written to OUTPUT_DIR/report.json and report.csv) and
 end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
-written first. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
+written first. Rows already up to date (t2vz_core.freshness: same cells, same source and model
+bytes, same runtime, outputs untouched) get no task run; --force runs them anyway. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
 default 2; one at a time on a CPU unless chosen: see rows_at_once); generation holds one job per
 device (tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global
 concurrency limit. Each row is six task runs: for thousands of rows, fan out in shards
@@ -22,10 +23,12 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from t2vz_core import report
+from flows import heartbeats  # noqa: F401 - runs end without waiting for the heartbeat thread
+from t2vz_core import freshness, report
 from t2vz_core.errors import InputError
-from t2vz_core.manifest import Job, Manifest, format_errors, read_manifest
-from tasks.config import RunConfig, default_work_dir
+from t2vz_core.manifest import Job, format_errors, read_manifest
+from t2vz_core.workdir import WorkDir, default_work_dir
+from tasks.config import RunConfig
 from tasks.progress import RunProgress
 from tasks.row import row_task
 
@@ -47,41 +50,13 @@ MARKDOWN_ROWS = 500  # the summary artifact lists this many rows; report.csv has
 
 # ---------------------------------------------------------------- reports (no Prefect needed)
 
-def _sidecar_matches(sidecar: dict | None, job: Job) -> bool:
-    """A sidecar on disk counts only if it was written for this very job (same parameters)."""
-    return bool(sidecar) and sidecar.get("job") == job.cache_dict()
-
-
-def build_report(manifest: Manifest, output_dir: str | os.PathLike,
-                 ran: dict[str, dict] | None = None) -> list[dict]:
-    """One report line per manifest row: rows run now (`ran`), else their sidecar on disk, else missing;
-    invalid rows with their validation errors."""
-    ran = ran or {}
-    lines = []
-    for job in manifest.jobs:
-        sidecar = ran.get(job.job_id)
-        if sidecar is None:
-            on_disk = report.read_sidecar(output_dir, job.job_id)
-            sidecar = on_disk if _sidecar_matches(on_disk, job) else None
-        lines.append(report.row_from_sidecar(sidecar, output_dir) if sidecar
-                     else report.missing_row(job.row, job.job_id, job.mode))
-    for row, errors in sorted(manifest.errors_by_row().items()):
-        job_id = next((e.job_id for e in errors if e.job_id), None)
-        messages = [f"{e.column}: {e.message}" if e.column else e.message for e in errors]
-        lines.append(report.invalid_row(row, job_id, None, messages))
-    return lines
-
-
 def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
-                          allowed_roots: list[str] | None = None) -> dict:
-    """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran)."""
+                          allowed_roots: list[str] | None = None, current: list[str] | tuple = ()) -> dict:
+    """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran);
+    `current`: job_ids found up to date (not run) by the caller."""
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
-    return report.write_report(output_dir, build_report(manifest, output_dir), _report_extra(manifest))
-
-
-def _report_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
-    return {"manifest": str(Path(manifest.path).absolute()), "flow_run_id": flow_run_id,
-            "warnings": [str(w) for w in manifest.warnings]}
+    lines = report.manifest_lines(manifest, output_dir, current=current)
+    return report.write_report(output_dir, lines, report.manifest_extra(manifest))
 
 
 # ---------------------------------------------------------------- artifacts
@@ -100,8 +75,10 @@ def _table(lines: list[dict]) -> list[dict]:
 
 def _markdown(rep: dict) -> str:
     counts = rep["counts"]
+    current = sum(1 for line in rep["rows"] if line.get("up_to_date"))
     out = [f"# t2vz: {Path(rep.get('manifest', '')).name}",
-           f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
+           f"**{counts['ok']} ok** ({current} up to date, not run again), {counts['failed']} failed, "
+           f"{counts['invalid']} invalid, "
            f"{counts['missing']} not run, of {counts['total']} rows. Report: "
            f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()})", "",
            "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
@@ -137,9 +114,6 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
             raise InputError(f"{manifest_path}: no valid row with job_id {', '.join(map(repr, unknown))}")
         jobs = [by_id[j] for j in job_ids]
 
-    from t2vz_core.models import Runtime
-
-    resolved_device, _ = Runtime(device=device, dtype=dtype, offload=offload).resolve()  # a missing GPU fails here
     out = Path(output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.id) if flow_run.id else None
@@ -148,25 +122,17 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
                     vae_slicing=vae_slicing, vae_tiling=vae_tiling, force=force,
                     flow_run_id=run_id,
                     manifest=str(Path(manifest_path).absolute()))
-    logger.info("%d row(s) to run from %s into %s (work folder %s)", len(jobs), manifest_path, out, cfg.work_dir)
+    runtime = cfg.runtime()
+    current, to_run = _partition(jobs, cfg, runtime, logger)
+    ran: dict[str, dict] = {}
+    if to_run:
+        resolved_device, _ = runtime.resolve()  # a missing GPU fails here, before any row starts
+        logger.info("%d row(s) to run from %s into %s (work folder %s)", len(to_run), manifest_path, out,
+                    cfg.work_dir)
+        ran = _run_rows(to_run, cfg, resolved_device.type, manifest_path)
 
-    artifact = create_progress_artifact(0.0, key=_artifact_key("t2vz-progress", manifest_path),
-                                        description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
-    progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
-    from prefect.context import FlowRunContext
-
-    runner = getattr(FlowRunContext.get(), "task_runner", None)
-    at_once = rows_at_once(resolved_device.type, getattr(runner, "_max_workers", None))
-    futures: list[Any] = []
-    for job in jobs:
-        if len(futures) >= at_once:
-            futures[-at_once].wait()  # rows still finish in any order; this only bounds how many run
-        futures.append(row_task.submit(job, cfg, progress))
-    ran = {job.job_id: _row_result(job, future) for job, future in zip(jobs, futures)}
-    progress.close()
-
-    lines = build_report(manifest, out, ran)
-    rep = report.write_report(out, lines, _report_extra(manifest, run_id))
+    lines = report.manifest_lines(manifest, out, ran, current)
+    rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id))
     create_table_artifact(_table(rep["rows"]), key=_artifact_key("t2vz-report", manifest_path),
                           description=f"t2vz rows of {Path(manifest_path).name}")
     create_markdown_artifact(_markdown(rep), key=_artifact_key("t2vz-summary", manifest_path),
@@ -174,14 +140,49 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
 
     failed = [s["job_id"] for s in ran.values() if s["status"] != "ok"]
     invalid = len(manifest.errors_by_row()) if job_ids is None else 0
-    logger.info("%d ok, %d failed, %d invalid; report: %s", len(ran) - len(failed), len(failed), invalid,
-                out / "report.csv")
+    logger.info("%d ok (%d up to date), %d failed, %d invalid; report: %s", len(ran) - len(failed) + len(current),
+                len(current), len(failed), invalid, out / "report.csv")
     if failed or invalid:
         named = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
         parts = ([f"{len(failed)} row(s) failed: {named}"] if failed else []) + \
                 ([f"{invalid} invalid row(s)"] if invalid else [])
         return Failed(message="; ".join(parts), data=rep)
     return rep
+
+
+def _partition(jobs: list[Job], cfg: RunConfig, runtime: Any, logger: Any) -> tuple[list[str], list[Job]]:
+    """(job_ids of rows already up to date, jobs to run); --force runs every row."""
+    if cfg.force:
+        return [], list(jobs)
+    checks = freshness.check_rows(jobs, cfg.output_dir, runtime, WorkDir(cfg.work_dir))
+    current = [job.job_id for job in jobs if checks[job.job_id].current]
+    to_run = [job for job in jobs if not checks[job.job_id].current]
+    if current:
+        logger.info("%d row(s) up to date, not run again: %s", len(current), ", ".join(current[:20])
+                    + (f" and {len(current) - 20} more" if len(current) > 20 else ""))
+    for job in to_run:
+        if checks[job.job_id].sidecar is not None:
+            logger.info("%s runs again: %s", job.job_id, checks[job.job_id].reason)
+    return current, to_run
+
+
+def _run_rows(jobs: list[Job], cfg: RunConfig, device_type: str, manifest_path: str) -> dict[str, dict]:
+    """Submit one row task per job, at most rows_at_once at a time; their sidecars by job_id."""
+    artifact = create_progress_artifact(0.0, key=_artifact_key("t2vz-progress", manifest_path),
+                                        description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
+    progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
+    from prefect.context import FlowRunContext
+
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    at_once = rows_at_once(device_type, getattr(runner, "_max_workers", None))
+    futures: list[Any] = []
+    for job in jobs:
+        if len(futures) >= at_once:
+            futures[-at_once].wait()  # rows still finish in any order; this only bounds how many run
+        futures.append(row_task.submit(job, cfg, progress))
+    ran = {job.job_id: _row_result(job, future) for job, future in zip(jobs, futures)}
+    progress.close()
+    return ran
 
 
 def _row_result(job: Job, future: Any) -> dict:

@@ -97,6 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except InputError as exc:
         _eprint(f"t2vz: {exc}")
         return EXIT_USAGE
+    if not args.force and not manifest.errors:
+        done = _report_if_all_up_to_date(manifest, args)
+        if done is not None:  # nothing to run: no flow run (and no Prefect import) needed
+            _print_report(done)
+            print(f"all {len(manifest.jobs)} row(s) up to date: nothing to run (--force runs them again)")
+            return EXIT_OK
     # A temporary server's telemetry races its own SQLite database ("database is locked").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
@@ -130,18 +136,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(result, dict):
         _eprint(f"t2vz: the run failed before finishing: {state.message or result}")
         return EXIT_ROWS_FAILED
-    for line in result["rows"]:
-        where = ", ".join(line["outputs"]) or line["error"]
-        print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}")
+    _print_report(result)
     counts = result["counts"]
-    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
-          f"report: {Path(result['output_dir']) / 'report.csv'}")
     if os.environ.get("PREFECT_API_URL"):  # a lasting server: point at the run in its UI
         from prefect.settings import PREFECT_UI_URL
 
         if PREFECT_UI_URL.value():
             print(f"Prefect UI: {PREFECT_UI_URL.value()}/runs/flow-run/{state.state_details.flow_run_id}")
     return EXIT_OK if state.is_completed() and counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
+
+
+def _report_if_all_up_to_date(manifest, args: argparse.Namespace) -> dict | None:
+    """When every row's outputs are current (t2vz_core.freshness), the report, rewritten; else None."""
+    from t2vz_core import freshness, report
+    from t2vz_core.runtime import Runtime
+    from t2vz_core.workdir import WorkDir, default_work_dir
+
+    out = Path(args.output_dir).absolute()
+    if not manifest.jobs or not out.is_dir():
+        return None
+    work = WorkDir(Path(args.work_dir).absolute() if args.work_dir else default_work_dir(out))
+    runtime = Runtime(device=args.device, dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling)
+    checks = freshness.check_rows(manifest.jobs, out, runtime, work)
+    if not all(check.current for check in checks.values()):
+        return None
+    return report.write_report(out, report.manifest_lines(manifest, out, current=checks), report.manifest_extra(manifest))
+
+
+def _print_report(result: dict) -> None:
+    for line in result["rows"]:
+        where = ", ".join(line["outputs"]) or line["error"]
+        note = " (up to date)" if line.get("up_to_date") else ""
+        print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}{note}")
+    counts = result["counts"]
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
+          f"report: {Path(result['output_dir']) / 'report.csv'}")
 
 
 # ---------------------------------------------------------------- the rest

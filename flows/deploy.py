@@ -79,23 +79,37 @@ def fan_out(
     deployment: str = SHARD_DEPLOYMENT,
     poll_seconds: float = 2.0,
 ) -> State:
-    """Start one `deployment` flow run per shard of valid rows, wait for all, write the report.
+    """Start one `deployment` flow run per shard of the valid rows that are not up to date (all of
+    them with `force`), wait for all, write the report.
 
     Like `process_manifest`, ends Failed when a row failed, is invalid, or has no result (its
-    shard crashed); the report lists every manifest row either way.
+    shard crashed); the report lists every manifest row either way. Up-to-date rows are judged
+    here with this run's device and dtype (t2vz_core.freshness): with device "auto", run the
+    fan-out where the shards run (a GPU worker) or a row signed on another device is sent to a
+    shard, which finds it up to date itself.
     """
     from prefect.deployments import run_deployment
 
     from flows.batch import write_manifest_report
+    from t2vz_core import freshness
     from t2vz_core.manifest import read_manifest
+    from t2vz_core.runtime import Runtime
+    from t2vz_core.workdir import WorkDir, default_work_dir
 
     logger = get_run_logger()
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
-    shards = shard_job_ids([job.job_id for job in manifest.jobs], shard_size)
+    current: list[str] = []
+    if not force:
+        out = Path(output_dir).absolute()
+        work = WorkDir(Path(work_dir).absolute() if work_dir else default_work_dir(out))
+        checks = freshness.check_rows(manifest.jobs, out, Runtime(device=device, dtype=dtype), work)
+        current = [job_id for job_id, check in checks.items() if check.current]
+    shards = shard_job_ids([job.job_id for job in manifest.jobs if job.job_id not in current], shard_size)
     stem = Path(manifest_path).stem
     parent = current_flow_run.get_id() or "adhoc"
-    logger.info("%s: %d valid row(s), %d invalid; %d shard(s) of <= %d row(s) on %s", manifest_path,
-                len(manifest.jobs), len(manifest.errors_by_row()), len(shards), shard_size, deployment)
+    logger.info("%s: %d valid row(s) (%d up to date), %d invalid; %d shard(s) of <= %d row(s) on %s",
+                manifest_path, len(manifest.jobs), len(current), len(manifest.errors_by_row()), len(shards),
+                shard_size, deployment)
     started = [
         run_deployment(
             deployment,
@@ -112,7 +126,7 @@ def fan_out(
     finished = wait_for_flow_runs([run.id for run in started], poll_seconds)
     shard_rows = [{"shard": index, "flow_run": run.name, "state": run.state_name, "rows": ", ".join(job_ids)}
                   for index, (run, job_ids) in enumerate(zip(finished, shards), start=1)]
-    rep = write_manifest_report(manifest_path, output_dir, allowed_roots=allowed_roots)
+    rep = write_manifest_report(manifest_path, output_dir, allowed_roots=allowed_roots, current=current)
     publish_fan_out_artifacts(rep, shard_rows, manifest_path)
     counts = rep["counts"]
     summary = (f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "

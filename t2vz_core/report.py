@@ -15,13 +15,17 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from t2vz_core.workdir import write_json_atomic
+
+if TYPE_CHECKING:
+    from t2vz_core.manifest import Manifest
 
 STEPS = ("decode", "control", "generate", "encode", "publish")
 REPORT_COLUMNS = ("row", "job_id", "mode", "status", "error", "outputs", "seconds", *STEPS, "sidecar")
 # A row's status: ok, failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
+# An ok row found up to date (t2vz_core.freshness) shows "up to date" in its step columns.
 RESERVED_JOB_IDS = frozenset({"report"})  # OUTPUT_DIR/report.json belongs to the run report
 
 
@@ -58,6 +62,48 @@ def row_from_sidecar(sidecar: dict, output_dir: str | os.PathLike) -> dict:
     for step in STEPS:
         line[step] = (steps.get(step) or {}).get("status", "")
     return line
+
+
+def up_to_date_row(sidecar: dict, output_dir: str | os.PathLike) -> dict:
+    """A report line for a row found up to date (t2vz_core.freshness): no step ran this time."""
+    line = row_from_sidecar(sidecar, output_dir)
+    for step in STEPS:
+        if line[step] not in ("skipped", ""):
+            line[step] = "up to date"
+    line["up_to_date"] = True
+    return line
+
+
+def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[str, dict] | None = None,
+                   current: Iterable[str] = ()) -> list[dict]:
+    """One report line per manifest row: rows run now (`ran`, their sidecars by job_id), rows found
+    up to date (`current` job_ids), else their sidecar on disk if it was written for this very
+    job, else 'missing'; invalid rows with their validation errors."""
+    ran, current = ran or {}, set(current)
+    lines = []
+    for job in manifest.jobs:
+        sidecar = ran.get(job.job_id)
+        if sidecar is not None:
+            lines.append(row_from_sidecar(sidecar, output_dir))
+            continue
+        on_disk = read_sidecar(output_dir, job.job_id)
+        if on_disk is None or on_disk.get("job") != job.cache_dict():
+            lines.append(missing_row(job.row, job.job_id, job.mode))
+        elif job.job_id in current:
+            lines.append(up_to_date_row(on_disk, output_dir))
+        else:
+            lines.append(row_from_sidecar(on_disk, output_dir))
+    for row, errors in sorted(manifest.errors_by_row().items()):
+        job_id = next((e.job_id for e in errors if e.job_id), None)
+        messages = [f"{e.column}: {e.message}" if e.column else e.message for e in errors]
+        lines.append(invalid_row(row, job_id, None, messages))
+    return lines
+
+
+def manifest_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
+    """The report's header fields."""
+    return {"manifest": str(Path(manifest.path).absolute()), "flow_run_id": flow_run_id,
+            "warnings": [str(w) for w in manifest.warnings]}
 
 
 def invalid_row(row: int | None, job_id: str | None, mode: str | None, messages: list[str]) -> dict:

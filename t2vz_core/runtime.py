@@ -6,7 +6,9 @@ whose rows are all up to date names its runtime in cache keys (`Runtime.signatur
 
 from __future__ import annotations
 
+import glob
 import re
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,8 +69,11 @@ class Runtime:
 
     def signature(self) -> tuple[str, str]:
         """(device type, dtype name), e.g. ("cuda", "float16"): what `resolve()` gives, checked the
-        same way, but without importing torch when the device is named. Whether a named
-        accelerator is really there is left to `resolve()`, which runs before any model work."""
+        same way, but without importing torch when the device is named (or is "auto" on a Linux
+        machine with no GPU device files). Whether a named accelerator is really there is left to
+        `resolve()`, which runs before any model work."""
+        if self.device == "auto" and _no_gpu_possible():
+            return "cpu", self._dtype_name("cpu")
         if self.device == "auto":
             device, dtype = self.resolve()
             return device.type, str(dtype).replace("torch.", "")
@@ -118,3 +123,11 @@ def _mps_available() -> bool:
 
     mps = getattr(torch.backends, "mps", None)
     return bool(mps and mps.is_available())
+
+
+def _no_gpu_possible() -> bool:
+    """True on Linux when no GPU device file exists, so torch cannot find a CUDA (NVIDIA, ROCm or
+    WSL) device and "auto" is certainly cpu: lets a CPU machine sign "auto" without torch's
+    import (~1 s). Elsewhere, or with a device file present, torch is asked."""
+    return sys.platform == "linux" and not any(
+        glob.glob(pattern) for pattern in ("/dev/nvidia*", "/dev/kfd", "/dev/dxg"))

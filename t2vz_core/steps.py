@@ -193,8 +193,6 @@ def runtime_signature(runtime: Any) -> dict[str, str]:
 def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
-    from t2vz_core.models import detect_family
-
     memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
     if memo is not None:
         try:
@@ -202,19 +200,27 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
+    from t2vz_core.models import detect_family
+
     family = detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         write_json_atomic(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
 
 
-def resolve_models(job: Job, work: WorkDir | None = None) -> dict[str, Any]:
-    """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights."""
+def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Family, model and ControlNet ids with their fingerprints; reads configs only, loads no weights.
+
+    `recorded`: an earlier result for this job (a sidecar's); its family is reused when the model's
+    fingerprint is unchanged (the family is a function of the model's files)."""
     from t2vz_core.fingerprints import model_fingerprint
 
     # The row's revision is the base model's (the ControlNet loads its default revision).
     fingerprint = model_fingerprint(job.model, job.revision)
-    family = model_family(job.model, fingerprint, work, job.revision)
+    if recorded and recorded.get("model_fingerprint") == fingerprint and recorded.get("family"):
+        family = recorded["family"]
+    else:
+        family = model_family(job.model, fingerprint, work, job.revision)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
@@ -366,6 +372,16 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def output_digest(path: Path, memo_dir: str | os.PathLike | None = None) -> str:
+    """sha256 of a published file, or of a PNG folder's file names and digests."""
+    if path.is_dir() and not path.is_symlink():
+        digest = hashlib.sha256()
+        for child in sorted(path.iterdir()):
+            digest.update(child.name.encode() + b"\0" + file_digest(child, memo_dir).encode() + b"\n")
+        return digest.hexdigest()
+    return file_digest(path, memo_dir)
+
+
 def _same_tree(a: Path, b: Path) -> bool:
     if not b.is_dir() or b.is_symlink():
         return False
@@ -403,7 +419,8 @@ def _sweep_stale_temps(dst: Path) -> None:
 def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
     """Copy encoded files to OUTPUT_DIR/<job_id>.<ext> (or OUTPUT_DIR/<job_id>/ for png), atomically.
 
-    Files already identical at the destination are left alone (status 'cached').
+    Files already identical at the destination are left alone (status 'cached'). The reference
+    lists each output's digest, so a later run can tell an edited output without the work folder.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -420,4 +437,5 @@ def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
             _copy_atomic(src, dst)
             copied += 1
         outputs.append(str(dst))
-    return {"step": "publish", "key": enc_ref["key"], "outputs": outputs, "hit": copied == 0}
+    digests = {Path(path).name: output_digest(Path(path)) for path in outputs}  # by name: the folder may move
+    return {"step": "publish", "key": enc_ref["key"], "outputs": outputs, "digests": digests, "hit": copied == 0}

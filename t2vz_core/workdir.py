@@ -138,6 +138,12 @@ class Entry:
     hit: bool = False
 
 
+def default_work_dir(output_dir: str | os.PathLike) -> Path:
+    """T2VZ_WORK_DIR when set (share it between output folders), else OUTPUT_DIR/.t2vz-work."""
+    env = os.environ.get("T2VZ_WORK_DIR")
+    return Path(env).absolute() if env else Path(output_dir).absolute() / ".t2vz-work"
+
+
 class WorkDir:
     """The content-addressed store. Cheap to construct; safe to share between threads and processes."""
 

@@ -46,9 +46,3 @@ class RunConfig:
 
         return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle,
                        vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)
-
-
-def default_work_dir(output_dir: str | os.PathLike) -> Path:
-    """T2VZ_WORK_DIR when set (share it between output folders), else OUTPUT_DIR/.t2vz-work."""
-    env = os.environ.get("T2VZ_WORK_DIR")
-    return Path(env).absolute() if env else Path(output_dir).absolute() / ".t2vz-work"

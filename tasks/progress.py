@@ -1,9 +1,12 @@
 """Run progress: one Prefect progress artifact per flow run, updated per generated chunk at most
-once a second (each update is an API round trip on the row's thread), plus
-in-process listeners (the CLI's progress bars)."""
+once a second, plus in-process listeners (the CLI's progress bars).
+
+Updates are API round trips: a background thread sends them (the latest value only), so a
+row's thread, which may hold the GPU, never waits on the server."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from typing import Callable
@@ -36,6 +39,11 @@ class RunProgress:
         self._min_interval_s = min_interval_s
         self._lock = threading.Lock()
         self._last_sent = (0.0, -1.0)  # (time, percent)
+        self._context = contextvars.copy_context()  # the flow run's settings (API URL) for the sender
+        self._pending: float | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        self._sender: threading.Thread | None = None
 
     @property
     def percent(self) -> float:
@@ -56,13 +64,19 @@ class RunProgress:
         self._set(job_id, 1.0)  # rate-limited too; 100 % is always sent, and close() sends the rest
 
     def close(self) -> None:
-        """Send the final percentage if rate limiting held it back (the run's rows are over)."""
+        """Send the final percentage if rate limiting held it back, and wait until it is sent."""
         with self._lock:
             percent = 100.0 * sum(self._rows.values()) / max(1, len(self._rows))
-            if self._artifact_id is None or percent == self._last_sent[1]:
-                return
-            self._last_sent = (time.monotonic(), percent)
-        self._send(percent)
+            final = self._artifact_id is not None and percent != self._last_sent[1]
+            if final:
+                self._last_sent = (time.monotonic(), percent)
+        if final:
+            self._send(percent)
+        with self._lock:
+            self._closing, sender = True, self._sender
+        self._wake.set()
+        if sender is not None:
+            sender.join(timeout=30)
 
     def _set(self, job_id: str, fraction: float, force: bool = False) -> None:
         with self._lock:
@@ -76,9 +90,29 @@ class RunProgress:
         self._send(percent)
 
     def _send(self, percent: float) -> None:
+        """Hand the value to the sender thread (started on first use); a newer value replaces an unsent one."""
+        with self._lock:
+            self._pending = percent
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._context.run, args=(self._send_loop,),
+                                                name="t2vz-progress", daemon=True)
+                self._sender.start()
+        self._wake.set()
+
+    def _send_loop(self) -> None:
         from prefect.artifacts import update_progress_artifact
 
-        try:
-            update_progress_artifact(self._artifact_id, round(percent, 1))
-        except Exception:  # noqa: BLE001 - progress display must never fail a row
-            pass
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                percent, self._pending, closing = self._pending, None, self._closing
+            if percent is not None:
+                try:
+                    update_progress_artifact(self._artifact_id, round(percent, 1))
+                except Exception:  # noqa: BLE001 - progress display must never fail a row
+                    pass
+            if closing:
+                with self._lock:
+                    if self._pending is None:
+                        return

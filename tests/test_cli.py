@@ -111,12 +111,25 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     report = json.loads((out / "report.json").read_text())
     assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("clip", "ok"), ("nope", "invalid")]
 
+    # Unchanged, the row is up to date: no flow run, the sidecar of the run that made it stays.
     write_csv(manifest, rows[:1])
+    sidecar = (out / "clip.json").read_bytes()
+    result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 1 row(s) up to date" in result.stdout and "Prefect UI" not in result.stdout
+    assert (out / "clip.json").read_bytes() == sidecar
+    line = json.loads((out / "report.json").read_text())["rows"][0]
+    assert (line["status"], line["generate"], line["decode"], line["up_to_date"]) == ("ok", "up to date", "skipped", True)
+
+    # An edited output makes the row run again, as a flow run whose steps all come from the cache.
+    (out / "clip.gif").write_bytes(b"GIF89a edited")
     result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Prefect UI: http://" in result.stdout
     sidecar = json.loads((out / "clip.json").read_text())
-    assert {s["status"] for s in sidecar["steps"].values()} == {"cached", "skipped"}
+    assert {s["status"] for s in sidecar["steps"].values()} == {"cached", "skipped", "computed"}
+    assert sidecar["steps"]["publish"]["status"] == "computed" and sidecar["steps"]["generate"]["status"] == "cached"
+    assert (out / "clip.gif").read_bytes()[:6] == b"GIF89a" and (out / "clip.gif").stat().st_size > 100
 
     # The report can be rebuilt from the sidecars (e.g. after shards ran); a row without one is missing.
     assert main(["report", str(out)]) == 0

@@ -32,6 +32,9 @@ def fresh_cache():
 
 
 def _machine(monkeypatch, cuda: int = 0, mps: bool = False):
+    from t2vz_core import runtime
+
+    monkeypatch.setattr(runtime, "_no_gpu_possible", lambda: cuda == 0 and not mps)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -111,6 +114,20 @@ def test_a_named_device_is_signed_without_importing_torch():
             "print(Runtime('cpu').signature(), Runtime('cuda:1', 'bf16').signature(), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "('cpu', 'float32') ('cuda', 'bfloat16') False"
+
+
+def test_auto_is_signed_without_torch_only_where_no_gpu_can_exist():
+    """On Linux without GPU device files "auto" is cpu for sure; anywhere else torch must be asked."""
+    import subprocess
+    import sys
+
+    from t2vz_core import runtime
+
+    code = "import sys; from t2vz_core.runtime import Runtime; print(Runtime().signature(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    resolved = Runtime().resolve()
+    assert out.split(")")[0] + ")" == str((resolved[0].type, str(resolved[1]).replace("torch.", "")))
+    assert out.strip().endswith(str(not runtime._no_gpu_possible()))  # torch imported only when it had to be
 
 
 
