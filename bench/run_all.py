@@ -69,7 +69,10 @@ def _heavy_imports() -> None:
 
 
 def _statuses(out: Path) -> dict[str, dict[str, str]]:
-    """Each row's step statuses in this run, from report.json ("up to date" for rows not run again)."""
+    """Each row's step statuses in this run, from report.json ("up to date" for rows not run again);
+    the direct baseline writes no report."""
+    if not (out / "report.json").exists():
+        return {}
     report = json.loads((out / "report.json").read_text())
     return {line["job_id"]: {s: line.get(s, "") for s in STEPS} for line in report["rows"]}
 
@@ -395,8 +398,10 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
     notes.append(f"- (6) The flow took {f_run - d_run:.2f} s longer than the direct calls ({d_run:.2f} s for 4 rows). "
                  f"Rows one at a time (T2VZ_MAX_WORKERS=1, like the baseline), it took {bookkeeping:.2f} s longer: "
                  f"Prefect's bookkeeping, about {1000 * bookkeeping / task_runs:.0f} ms per task run ({task_runs} task "
-                 "runs: a row task plus its step tasks, each with state round trips to the server, a cache-key "
-                 "lookup and a persisted result), plus the flow run, its artifacts and the report. This cost is per "
+                 "runs: a row task plus its step tasks, each with its state events, a cache-key lookup and a "
+                 "persisted result), plus the flow run, its artifacts and the report. Progress updates are sent from "
+                 "a background thread, step task variants are built once per process, and runs end without waiting "
+                 "for Prefect's heartbeat thread (flows/heartbeats.py: up to 1 s per run). This cost is per "
                  "task, not per frame or step, so its share falls as generation grows: tiny models at 64 px make the "
                  "direct side as small as it will ever be; one step of a real SD model takes seconds on a GPU-less "
                  "box (see /work/shared/FACTS.md).")
@@ -411,8 +416,8 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  "references the sidecar recorded (source bytes via a digest memo, model fingerprints, device and "
                  "dtype, parameters, t2vz version), and its published files' digests are unchanged. When every row "
                  "is, it rewrites the report and stops: no flow run, no task run, and neither torch, diffusers nor "
-                 f"Prefect is imported ({c_run:.2f} s call only; the whole process, {c_wall:.2f} s, is mostly the "
-                 "interpreter and pydantic). A scheduled deployment runs the flow itself: there the same check "
+                 f"Prefect is imported ({c_run:.2f} s call only; the whole process, {c_wall:.2f} s, adds the "
+                 "interpreter's start). A scheduled deployment runs the flow itself: there the same check "
                  f"skips up-to-date rows without task runs, and the flow run's own cost remains ({fc_run:.2f} s, "
                  f"{100 * fc_run / f_run:.0f}% of the first run: flow-run creation, report artifacts, Prefect's "
                  "state round trips).")
@@ -425,7 +430,9 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  "px. Decoding, control maps and encoding stream through frame stores on disk; what stays in memory "
                  "per frame is the engine's latent (step-major denoising needs every row at each step) and, in "
                  "ControlNet modes, the control map as uint8 (t2vz_core/engine/frames.py, ControlMaps; converted "
-                 f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code. With "
+                 f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code; the rest "
+                 "of the measured growth is not attributed (allocator slack, encoder buffers) and varies between "
+                 "runs. With "
                  "real models at 512x512 the maps are 768 kB per frame (188 MB for 240 frames).")
     if anchor:
         notes.append("- (9) From bench/anchor_reuse.py (engine helper): 32 frames, chunk 8, tiny models; the recipe is "
@@ -450,8 +457,8 @@ both sides of each ratio alternate within this one run.
 ## Results
 {table}
 
-- call only: the measured call (`flows.cli.main(["run", ...])` or `run_direct`) with heavy imports done before the clock
-  starts; whole process: the parent's wall time for the child, interpreter start and imports included. The Prefect
+- call only: the measured call (`flows.cli.main(["run", ...])` or `run_direct`) with heavy imports (torch, diffusers,
+  and FastAPI's encoders, which Prefect imports on its first flow call) done before the clock starts; whole process: the parent's wall time for the child, interpreter start and imports included. The Prefect
   server was started before any measurement (`prefect server start`, PREFECT_API_URL set): its start is excluded.
 - Workload for (6)/(7): 4 rows (text2video, canny, depth with a given control video, pix2pix), 8 frames each,
   64 px, 4 steps, chunk size 4, tiny random-weight models; every first run gets fresh output, work and result folders.
