@@ -366,7 +366,8 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
          f"{overhead:.2f}x", "<= 1.2x", _goal(overhead, 1.2)),
         ("(6) same, whole process (interpreter + imports + run)", f"{f_wall:.2f} s / {d_wall:.2f} s",
          f"{overhead_wall:.2f}x", "<= 1.2x", _goal(overhead_wall, 1.2)),
-        ("(6) same flow with T2VZ_MAX_WORKERS=1 (rows one at a time, like the baseline), call only",
+        ("(6) same flow with T2VZ_MAX_WORKERS=1 (one row at a time, as the baseline and a CPU's default), "
+         "call only",
          f"{s_run:.2f} s / {d_run:.2f} s", f"{s_run / d_run:.2f}x", "<= 1.2x", _goal(s_run / d_run, 1.2)),
         ("(7) re-run of the unchanged manifest / first run, call only", f"{c_run:.2f} s / {f_run:.2f} s",
          f"{100 * cached_ratio:.1f}%", "<= 5%", _goal(cached_ratio, 0.05)),
@@ -394,7 +395,7 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
 
     v = info["versions"]
     notes = []
-    bookkeeping, contention = s_run - d_run, f_run - s_run
+    bookkeeping = s_run - d_run
     notes.append(f"- (6) The flow took {f_run - d_run:.2f} s longer than the direct calls ({d_run:.2f} s for 4 rows). "
                  f"Rows one at a time (T2VZ_MAX_WORKERS=1, like the baseline), it took {bookkeeping:.2f} s longer: "
                  f"Prefect's bookkeeping, about {1000 * bookkeeping / task_runs:.0f} ms per task run ({task_runs} task "
@@ -405,12 +406,9 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  "task, not per frame or step, so its share falls as generation grows: tiny models at 64 px make the "
                  "direct side as small as it will ever be; one step of a real SD model takes seconds on a GPU-less "
                  "box (see /work/shared/FACTS.md).")
-    if contention > 0:
-        notes.append(f"- (6) Two rows at a time (the default T2VZ_MAX_WORKERS=2) cost {contention:.2f} s more than one "
-                     f"at a time: on {info['usable_cores']} CPU cores the CPU-bound steps of two rows compete for the "
-                     "same cores (torch's intra-op threads of one row, decoding/encoding of the other), so row "
-                     "concurrency does not pay on a CPU-only box; it pays for I/O and with a GPU per generation."
-                     + ("" if overhead <= 1.2 else " This is most of why the default configuration misses 1.2x."))
+    notes.append(f"- (6) Both flow rows run one row at a time: on a CPU that is the default (flows.batch.rows_at_once; "
+                 "two rows on 2 cores only fight over them), and T2VZ_MAX_WORKERS=1 asks for it. Their difference "
+                 f"({abs(f_run - s_run):.2f} s) is run-to-run variation.")
     notes.append(f"- (7) Before starting a flow, `t2vz run` checks every row (t2vz_core/freshness.py): a row is up "
                  "to date when its sidecar says its last run succeeded and its step keys, recomputed from the "
                  "references the sidecar recorded (source bytes via a digest memo, model fingerprints, device and "
@@ -430,8 +428,8 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  "px. Decoding, control maps and encoding stream through frame stores on disk; what stays in memory "
                  "per frame is the engine's latent (step-major denoising needs every row at each step) and, in "
                  "ControlNet modes, the control map as uint8 (t2vz_core/engine/frames.py, ControlMaps; converted "
-                 f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code; the rest "
-                 "of the measured growth is not attributed (allocator slack, encoder buffers) and varies between "
+                 f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code; the "
+                 "rest of the measured growth is not attributed (allocator slack, encoder buffers) and varies between "
                  "runs. With "
                  "real models at 512x512 the maps are 768 kB per frame (188 MB for 240 frames).")
     if anchor:

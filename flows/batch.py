@@ -4,9 +4,10 @@
 Both return the run report (dict, also written to OUTPUT_DIR/report.json and report.csv) and
 end Failed when a row failed (or, for a whole manifest, when a row is invalid); the report is
 written first. Rows already up to date (t2vz_core.freshness: same cells, same source and model
-bytes, same runtime, outputs untouched) get no task run; --force runs them anyway. Rows run concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS,
-default 2; one at a time on a CPU unless chosen: see rows_at_once); generation holds one job per
-device (tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global
+bytes, same runtime, outputs untouched) get no task run; --force runs them anyway. Rows run
+concurrently on a bounded ThreadPoolTaskRunner (T2VZ_MAX_WORKERS, default 2; one at a time on a
+CPU unless chosen: see rows_at_once); generation holds one job per device
+(tasks.policy.hold_device), across machines too when T2VZ_GPU_LIMIT names a Prefect global
 concurrency limit. Each row is six task runs: for thousands of rows, fan out in shards
 (flows/deploy.py) rather than one giant flow run.
 """

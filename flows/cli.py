@@ -160,7 +160,8 @@ def _report_if_all_up_to_date(manifest, args: argparse.Namespace) -> dict | None
     checks = freshness.check_rows(manifest.jobs, out, runtime, work)
     if not all(check.current for check in checks.values()):
         return None
-    return report.write_report(out, report.manifest_lines(manifest, out, current=checks), report.manifest_extra(manifest))
+    lines = report.manifest_lines(manifest, out, current=checks)
+    return report.write_report(out, lines, report.manifest_extra(manifest))
 
 
 def _print_report(result: dict) -> None:

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 
 from t2vz_core.errors import InputError, TransientError
-from t2vz_core.fingerprints import _check_revision_target, digest_memo_dir, model_fingerprint  # noqa: F401 - re-exported
+from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
+    _check_revision_target, digest_memo_dir, model_fingerprint)
 from t2vz_core.runtime import OFFLOADS, Runtime, _mps_available  # noqa: F401 - re-exported
 
 Family = Literal["sd", "sdxl", "pix2pix"]
