@@ -291,36 +291,30 @@ def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[st
 def _write_sd(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    tokenizer = _tokenizer()
-    pipe = StableDiffusionPipeline(
-        vae=_vae(1),
-        text_encoder=_text_encoder(tokenizer, 2),
-        tokenizer=tokenizer,
-        unet=_unet(_SD_SHARED, 0),
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    _sd1_pipeline(StableDiffusionPipeline, unet_seed=0).save_pretrained(folder, safe_serialization=True)
 
 
 def _write_pix2pix(folder: Path) -> None:
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
+    # 4 noisy-latent channels + 4 source-image latent channels
+    pipe = _sd1_pipeline(StableDiffusionInstructPix2PixPipeline, unet_seed=10, in_channels=8)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _sd1_pipeline(pipeline_class, unet_seed: int, **unet_config):
+    """An SD1.x-shaped pipeline (SD or InstructPix2Pix) of tiny parts; only the UNet differs."""
     tokenizer = _tokenizer()
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    return pipeline_class(
         vae=_vae(1),
         text_encoder=_text_encoder(tokenizer, 2),
         tokenizer=tokenizer,
-        # 4 noisy-latent channels + 4 source-image latent channels
-        unet=_unet(_SD_SHARED, 10, in_channels=8),
+        unet=_unet(_SD_SHARED, unet_seed, **unet_config),
         scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
 
 
 def _write_sdxl(folder: Path) -> None:
