@@ -28,7 +28,7 @@ from flows import heartbeats  # noqa: F401 - runs end without waiting for the he
 from t2vz_core import freshness, report
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, format_errors, read_manifest
-from t2vz_core.workdir import WorkDir, default_work_dir
+from t2vz_core.workdir import WorkDir, resolve_work_dir
 from tasks.config import RunConfig
 from tasks.progress import RunProgress
 from tasks.row import row_task
@@ -52,9 +52,9 @@ MARKDOWN_ROWS = 500  # the summary artifact lists this many rows; report.csv has
 # ---------------------------------------------------------------- reports (no Prefect needed)
 
 def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
-                          allowed_roots: list[str] | None = None, current: list[str] | tuple = ()) -> dict:
+                          allowed_roots: list[str] | None = None, current: dict[str, dict] | None = None) -> dict:
     """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran);
-    `current`: job_ids found up to date (not run) by the caller."""
+    `current`: the sidecars of rows the caller found up to date (not run), by job_id."""
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
     lines = report.manifest_lines(manifest, output_dir, current=current)
     return report.write_report(output_dir, lines, report.manifest_extra(manifest))
@@ -118,7 +118,7 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     out = Path(output_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.id) if flow_run.id else None
-    cfg = RunConfig(output_dir=out, work_dir=Path(work_dir).absolute() if work_dir else default_work_dir(out),
+    cfg = RunConfig(output_dir=out, work_dir=resolve_work_dir(out, work_dir),
                     device=device, dtype=dtype, offload=offload, allow_pickle=allow_pickle,
                     vae_slicing=vae_slicing, vae_tiling=vae_tiling, force=force,
                     flow_run_id=run_id,
@@ -151,16 +151,17 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, device:
     return rep
 
 
-def _partition(jobs: list[Job], cfg: RunConfig, runtime: Any, logger: Any) -> tuple[list[str], list[Job]]:
-    """(job_ids of rows already up to date, jobs to run); --force runs every row."""
+def _partition(jobs: list[Job], cfg: RunConfig, runtime: Any, logger: Any) -> tuple[dict[str, dict], list[Job]]:
+    """(sidecars of the rows already up to date by job_id, jobs to run); --force runs every row."""
     if cfg.force:
-        return [], list(jobs)
+        return {}, list(jobs)
     checks = freshness.check_rows(jobs, cfg.output_dir, runtime, WorkDir(cfg.work_dir))
-    current = [job.job_id for job in jobs if checks[job.job_id].current]
-    to_run = [job for job in jobs if not checks[job.job_id].current]
+    current = freshness.current_sidecars(checks)
+    to_run = [job for job in jobs if job.job_id not in current]
     if current:
-        logger.info("%d row(s) up to date, not run again: %s", len(current), ", ".join(current[:20])
-                    + (f" and {len(current) - 20} more" if len(current) > 20 else ""))
+        named = list(current)
+        logger.info("%d row(s) up to date, not run again: %s", len(named), ", ".join(named[:20])
+                    + (f" and {len(named) - 20} more" if len(named) > 20 else ""))
     for job in to_run:
         if checks[job.job_id].sidecar is not None:
             logger.info("%s runs again: %s", job.job_id, checks[job.job_id].reason)

@@ -150,17 +150,17 @@ def _report_if_all_up_to_date(manifest, args: argparse.Namespace) -> dict | None
     """When every row's outputs are current (t2vz_core.freshness), the report, rewritten; else None."""
     from t2vz_core import freshness, report
     from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir, default_work_dir
+    from t2vz_core.workdir import WorkDir, resolve_work_dir
 
     out = Path(args.output_dir).absolute()
     if not manifest.jobs or not out.is_dir():
         return None
-    work = WorkDir(Path(args.work_dir).absolute() if args.work_dir else default_work_dir(out))
+    work = WorkDir(resolve_work_dir(out, args.work_dir))
     runtime = Runtime(device=args.device, dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling)
     checks = freshness.check_rows(manifest.jobs, out, runtime, work)
     if not all(check.current for check in checks.values()):
         return None
-    lines = report.manifest_lines(manifest, out, current=checks)
+    lines = report.manifest_lines(manifest, out, current=freshness.current_sidecars(checks))
     return report.write_report(out, lines, report.manifest_extra(manifest))
 
 

@@ -94,16 +94,16 @@ def fan_out(
     from t2vz_core import freshness
     from t2vz_core.manifest import read_manifest
     from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir, default_work_dir
+    from t2vz_core.workdir import WorkDir, resolve_work_dir
 
     logger = get_run_logger()
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
-    current: list[str] = []
+    current: dict[str, dict] = {}
     if not force:
         out = Path(output_dir).absolute()
-        work = WorkDir(Path(work_dir).absolute() if work_dir else default_work_dir(out))
+        work = WorkDir(resolve_work_dir(out, work_dir))
         checks = freshness.check_rows(manifest.jobs, out, Runtime(device=device, dtype=dtype), work)
-        current = [job_id for job_id, check in checks.items() if check.current]
+        current = freshness.current_sidecars(checks)
     shards = shard_job_ids([job.job_id for job in manifest.jobs if job.job_id not in current], shard_size)
     stem = Path(manifest_path).stem
     parent = current_flow_run.get_id() or "adhoc"

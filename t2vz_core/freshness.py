@@ -44,6 +44,11 @@ def check_rows(jobs: list[Job], output_dir: str | os.PathLike, runtime: Runtime,
     return {job.job_id: check_row(job, output_dir, runtime, work) for job in jobs}
 
 
+def current_sidecars(checks: dict[str, Freshness]) -> dict[str, dict[str, Any]]:
+    """The sidecars of the up-to-date rows of `check_rows`, by job_id (for report.manifest_lines)."""
+    return {job_id: check.sidecar for job_id, check in checks.items() if check.current and check.sidecar}
+
+
 def check_row(job: Job, output_dir: str | os.PathLike, runtime: Runtime, work: WorkDir | None = None) -> Freshness:
     """Is the row's published output current? `work` only lends its digest memos (no frames are read)."""
     sidecar = report.read_sidecar(output_dir, job.job_id)

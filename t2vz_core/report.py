@@ -75,22 +75,22 @@ def up_to_date_row(sidecar: dict, output_dir: str | os.PathLike) -> dict:
 
 
 def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[str, dict] | None = None,
-                   current: Iterable[str] = ()) -> list[dict]:
-    """One report line per manifest row: rows run now (`ran`, their sidecars by job_id), rows found
-    up to date (`current` job_ids), else their sidecar on disk if it was written for this very
-    job, else 'missing'; invalid rows with their validation errors."""
-    ran, current = ran or {}, set(current)
+                   current: dict[str, dict] | None = None) -> list[dict]:
+    """One report line per manifest row: rows run now (`ran`), rows found up to date (`current`;
+    both map job_id -> sidecar), else their sidecar on disk if it was written for this very job,
+    else 'missing'; invalid rows with their validation errors."""
+    ran, current = ran or {}, current or {}
     lines = []
     for job in manifest.jobs:
-        sidecar = ran.get(job.job_id)
-        if sidecar is not None:
-            lines.append(row_from_sidecar(sidecar, output_dir))
+        if job.job_id in ran:
+            lines.append(row_from_sidecar(ran[job.job_id], output_dir))
+            continue
+        if job.job_id in current:
+            lines.append(up_to_date_row(current[job.job_id], output_dir))
             continue
         on_disk = read_sidecar(output_dir, job.job_id)
         if on_disk is None or on_disk.get("job") != job.cache_dict():
             lines.append(missing_row(job.row, job.job_id, job.mode))
-        elif job.job_id in current:
-            lines.append(up_to_date_row(on_disk, output_dir))
         else:
             lines.append(row_from_sidecar(on_disk, output_dir))
     for row, errors in sorted(manifest.errors_by_row().items()):

@@ -138,6 +138,11 @@ class Entry:
     hit: bool = False
 
 
+def resolve_work_dir(output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> Path:
+    """The work folder of a run: `work_dir` when given (absolute), else default_work_dir(output_dir)."""
+    return Path(work_dir).absolute() if work_dir else default_work_dir(output_dir)
+
+
 def default_work_dir(output_dir: str | os.PathLike) -> Path:
     """T2VZ_WORK_DIR when set (share it between output folders), else OUTPUT_DIR/.t2vz-work."""
     env = os.environ.get("T2VZ_WORK_DIR")
