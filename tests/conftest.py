@@ -62,3 +62,9 @@ def pickled_sd_model(tmp_path, tiny_models) -> Path:
     unet.save_pretrained(folder / "unet", safe_serialization=False)
     assert (folder / "unet" / "diffusion_pytorch_model.bin").exists()
     return folder
+
+
+@pytest.fixture
+def no_env_allowed_roots(monkeypatch):
+    """Sources confined by the manifest's folder alone: no T2VZ_ALLOWED_ROOTS from the environment."""
+    monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)

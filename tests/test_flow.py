@@ -149,25 +149,12 @@ def test_run_publishes_table_progress_and_markdown_artifacts(project):
     assert (project["out"] / "canny.webm").as_uri() in by_type["markdown"].data
 
 
-def task_run_names(flow_run_id, settle_s: float = 1.0, timeout_s: float = 15.0) -> set[str]:
-    """Names of a flow run's task runs. The server records task run states from events, a moment
-    after the flow returns: read until the set has not changed for `settle_s`."""
-    import time
+def task_runs_of(state) -> dict[str, dict]:
+    """A flow run's task runs by name, once the server has recorded them (reliability_support.task_runs)."""
+    from prefect.settings import PREFECT_API_URL
+    from reliability_support import task_runs
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline, seen, stable_since = time.monotonic() + timeout_s, None, time.monotonic()
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200)
-            names = {r.name for r in runs}
-            if names != seen:
-                seen, stable_since = names, time.monotonic()
-            if time.monotonic() - stable_since >= settle_s or time.monotonic() > deadline:
-                return seen
-            time.sleep(0.2)
+    return task_runs(PREFECT_API_URL.value(), str(state.state_details.flow_run_id))
 
 
 def test_unchanged_rerun_runs_only_the_failed_row_and_loads_no_model(project):
@@ -184,7 +171,7 @@ def test_unchanged_rerun_runs_only_the_failed_row_and_loads_no_model(project):
         assert (out / f"{job_id}.json").read_bytes() == sidecars_before[job_id]  # the record of the run that made it
     assert by_id["broken"]["status"] == "failed" and state.is_failed()  # a failed row is tried again
     assert rep["counts"]["ok"] == 5
-    assert task_run_names(state.state_details.flow_run_id) == {"row-broken", "decode-broken"}
+    assert set(task_runs_of(state)) == {"row-broken", "decode-broken"}
 
 
 def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
@@ -267,29 +254,10 @@ def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project
     assert sidecars["oom"]["job"]["chunk_size"] == 4
     # text2video keeps its chunk size (its frames depend on it); on a CPU nothing can be offloaded.
     assert sidecars["oom-t2v"]["resolved"]["effective_chunk_size"] == 4
-    assert attempt_counts(state.state_details.flow_run_id, ["publish-fatal", "publish-io", "generate-oom",
-                                                           "generate-oom-t2v"]) == \
-        {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2, "generate-oom-t2v": 2}
-
-
-def attempt_counts(flow_run_id, names: list[str], timeout_s: float = 15.0) -> dict[str, int]:
-    """run_count of the named task runs once the server has recorded their final states (it does so
-    from events, a moment after the flow returns)."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=names)), limit=50)
-            done = {r.name: r.run_count for r in runs if r.state is not None and r.state.is_final()}
-            if len(done) == len(names) or time.monotonic() > deadline:
-                return done
-            time.sleep(0.2)
+    runs = task_runs_of(state)
+    attempts = {name: runs[name]["run_count"] for name in ("publish-fatal", "publish-io", "generate-oom",
+                                                           "generate-oom-t2v")}
+    assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2, "generate-oom-t2v": 2}, attempts
 
 
 def test_out_of_memory_policy_keeps_pixels():

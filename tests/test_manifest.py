@@ -28,9 +28,7 @@ from t2vz_core.manifest import (
 from t2vz_core.media.plan import DecodeSpec
 
 
-@pytest.fixture(autouse=True)
-def _no_env_roots(monkeypatch):
-    monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ OK1 = {"job_id": "ok1", "mode": "canny", "source": "clips/a.mp4", "prompt": "a c
 OK2 = {"job_id": "ok2", "mode": "text2video", "prompt": "a dog running"}
 
 
-@pytest.fixture(autouse=True)
-def _no_env_roots(monkeypatch):
-    monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
 
 @pytest.fixture

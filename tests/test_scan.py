@@ -16,9 +16,7 @@ from t2vz_core.manifest import read_manifest
 from t2vz_core.scan import find_videos, job_id_for, scan_library
 
 
-@pytest.fixture(autouse=True)
-def _no_env_roots(monkeypatch):
-    monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
 
 @pytest.fixture
