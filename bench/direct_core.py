@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t2vz_core import steps
+from t2vz_core import row_steps as steps
 from t2vz_core.manifest import read_manifest
 from t2vz_core.models import Runtime
 from t2vz_core.workdir import WorkDir

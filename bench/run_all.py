@@ -61,7 +61,7 @@ def vm_hwm_mb() -> float:
 def _heavy_imports() -> None:
     import torch  # noqa: F401
 
-    from t2vz_core import steps
+    from t2vz_core import row_steps as steps
     import t2vz_core.control  # noqa: F401
     import t2vz_core.media  # noqa: F401
 
@@ -427,7 +427,7 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, {per_frame_kb:.0f} kB per extra frame at {w}x{h} "
                  "px. Decoding, control maps and encoding stream through frame stores on disk; what stays in memory "
                  "per frame is the engine's latent (step-major denoising needs every row at each step) and, in "
-                 "ControlNet modes, the control map as uint8 (t2vz_core/engine/frames.py, ControlMaps; converted "
+                 "ControlNet modes, the control map as uint8 (t2vz_core/engine/guided.py, ControlMaps; converted "
                  f"to the ControlNet's dtype one chunk at a time): {expected_kb:.0f} kB per frame by the code; the "
                  "rest of the measured growth is not attributed (allocator slack, encoder buffers) and varies between "
                  "runs. With "

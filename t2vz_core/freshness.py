@@ -3,7 +3,7 @@
 A row is up to date when its last run succeeded and nothing it depends on has changed since:
 its cells, the bytes of its source and models, the device and dtype it runs with, t2vz's
 version, and the files it published. The check recomputes the row's step keys
-(t2vz_core.steps) from the references its sidecar recorded, so it agrees with the work
+(t2vz_core.row_steps) from the references its sidecar recorded, so it agrees with the work
 folder's cache by construction; it reads no frames and loads no model, and it does not need the
 work folder at all (deleting that to reclaim disk space does not make finished rows run again),
 and an output folder moved with its sidecars stays up to date.
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from t2vz_core import report, steps
+from t2vz_core import report
+from t2vz_core import row_steps as steps
 from t2vz_core.manifest import Job
 from t2vz_core.paths import output_path
 from t2vz_core.runtime import Runtime

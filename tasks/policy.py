@@ -29,7 +29,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _step_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
-    # The step key already covers the content of every real input (see t2vz_core.steps); the
+    # The step key already covers the content of every real input (see t2vz_core.row_steps); the
     # work-folder tag keeps records of one work folder from answering for another.
     return f"t2vz-{ctx.task.name}-{inputs['key']}-{inputs['cfg'].work_tag}"
 

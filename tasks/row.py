@@ -1,7 +1,7 @@
 """One manifest row as a Prefect task: decode -> control -> generate -> encode -> publish.
 
 The row task never raises: a failing step ends its row (the error goes to the sidecar and the
-report) while other rows go on. Each step is its own cached, retried task run (tasks.steps).
+report) while other rows go on. Each step is its own cached, retried task run (tasks.step_tasks).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from typing import Any, Callable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from t2vz_core import report, steps
+from t2vz_core import report
+from t2vz_core import row_steps as steps
 from t2vz_core.errors import T2VZError
 from t2vz_core.manifest import Job
 from t2vz_core.workdir import WorkDir
 from tasks.config import RunConfig
 from tasks.policy import failure_of
 from tasks.progress import RunProgress
-from tasks.steps import control_task, decode_task, encode_task, generate_task, publish_task
+from tasks.step_tasks import control_task, decode_task, encode_task, generate_task, publish_task
 
 Ref = dict[str, Any]
 

@@ -9,7 +9,7 @@ import torch
 
 import importlib
 from t2vz_core.engine import GenerationRequest, generate
-from t2vz_core.engine.frames import ControlMaps, prepare_control
+from t2vz_core.engine.guided import ControlMaps, prepare_control
 from t2vz_core.models import Runtime, load_pipeline
 
 SIZE = 64

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from flows.cli import build_parser
 from t2vz_core.models import Runtime
-from t2vz_core.steps import runtime_signature
+from t2vz_core.row_steps import runtime_signature
 from tasks.config import RunConfig
 
 

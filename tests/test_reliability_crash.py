@@ -130,7 +130,7 @@ def test_sigkill_mid_generation_then_rerun_resumes_and_loses_nothing(tiny_models
     assert not list((out / ".t2vz-work" / ".partial" / "generate").glob("*/*"))
 
     # ---- the resumed frames equal an uninterrupted generation
-    from t2vz_core import steps
+    from t2vz_core import row_steps as steps
     from t2vz_core.manifest import read_manifest
     from t2vz_core.media import FrameStore
     from t2vz_core.models import Runtime

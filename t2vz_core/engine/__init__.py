@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import CrossFrameAttnProcessor, cross_frame_attention
-from .decode import FrameSink
+from .vae_decode import FrameSink
 from .generate import decode_spans, generate
 from .request import CONTROL_MODES, MODES, GenerationRequest
 

@@ -16,7 +16,7 @@ from .attention import AnchorKV, cross_frame_attention
 from .conditioning import Branches
 
 if TYPE_CHECKING:
-    from .frames import ControlMaps
+    from .guided import ControlMaps
 
 
 class Denoiser:

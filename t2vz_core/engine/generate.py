@@ -12,9 +12,9 @@ from t2vz_core.errors import InputError
 
 from .checkpoint import Checkpoint, fingerprint
 from .conditioning import encode_branches
-from .decode import decode_latents, sink_has, to_uint8
+from .vae_decode import decode_latents, sink_has, to_uint8
 from .denoiser import Denoiser
-from .frames import check_conditioning, denoise_frames, frames_units, prepare_control, prepare_source_latents
+from .guided import check_conditioning, denoise_frames, frames_units, prepare_control, prepare_source_latents
 from .loop import Progress
 from .pipes import check_pipe_fits, inspect_pipe
 from .request import GenerationRequest

@@ -9,7 +9,7 @@
 
 from t2vz_core.media.decode import BACKENDS, DecodeTimeout, choose_backend, iter_frames
 from t2vz_core.media.encode import FORMATS, encode_video, iter_chunks, write_png_sequence
-from t2vz_core.media.frames import Geometry
+from t2vz_core.media.geometry import Geometry
 from t2vz_core.media.plan import DecodePlan, DecodeSpec, plan_decode
 from t2vz_core.media.probe import VideoInfo, probe
 from t2vz_core.media.rates import fraction_text, to_fraction

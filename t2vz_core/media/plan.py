@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from t2vz_core.errors import InputError
-from t2vz_core.media.frames import Geometry
+from t2vz_core.media.geometry import Geometry
 from t2vz_core.media.probe import VideoInfo
 from t2vz_core.media.rates import to_fraction
 

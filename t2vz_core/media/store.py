@@ -33,7 +33,7 @@ import numpy as np
 
 from t2vz_core.errors import InputError, MediaError, TransientError
 from t2vz_core.media.atomic import atomic_path, atomic_write_bytes, fsync_dir, replace_dir
-from t2vz_core.media.frames import as_chunk
+from t2vz_core.media.geometry import as_chunk
 from t2vz_core.media.rates import fraction_text, to_fraction
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
-"""Prefect tasks around the pure steps of t2vz_core.steps.
+"""Prefect tasks around the pure steps of t2vz_core.row_steps.
 
 Every task:
 - is cached by its step key (content of its real inputs, parameters, model fingerprints,
-  t2vz_core version: see t2vz_core.steps) with the result persisted; results are small
+  t2vz_core version: see t2vz_core.row_steps) with the result persisted; results are small
   references into the work folder, never frames;
 - retries only transient errors (t2vz_core.errors.is_transient); generate retries an
   out-of-memory error with a halved chunk size.
@@ -16,7 +16,7 @@ from typing import Any, Callable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from t2vz_core import steps
+from t2vz_core import row_steps as steps
 from t2vz_core.manifest import Job
 from t2vz_core.workdir import WorkDir
 from tasks import faults, policy
