@@ -113,11 +113,18 @@ def ref_exists(ref: Ref | None) -> bool:
 
 # ---------------------------------------------------------------- decode
 
+# How decoded pixels are made (t2vz_core/media/decode.py). 2: decord and PyAV both decode at
+# the source size and media.geometry resizes, so the backend that ran does not matter; in
+# version 1 decord scaled by itself (up to 51/255 apart), so those entries are not reused.
+DECODED_PIXELS = 2
+
+
 def decode_key(job: Job, work: WorkDir | None = None) -> str:
     if job.source is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
     digest = file_digest(job.source, work.digest_memo if work else None)
-    return make_key("decode", {"source_sha256": digest, "spec": job.decode_spec_kwargs()})
+    return make_key("decode", {"source_sha256": digest, "spec": job.decode_spec_kwargs(),
+                               "pixels": DECODED_PIXELS})
 
 
 def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Ref:

@@ -1,10 +1,16 @@
 """Child process that reads frames with decord and streams them to the parent over a pipe.
 
 Run as `python -m t2vz_core.media._decord_worker`; the parent (decode.py) writes one JSON
-request line on stdin: path, indices, chunk_size, and optionally size [w, h] (decord
-scales), threads, segment (frames read per decord reader, default 128). Why a process: decord's get_batch can hang while holding the GIL
-(dmlc/decord#373), which no thread can interrupt; a process can be killed. It also bounds
-decord's memory growth on long files (#208) to one job.
+request line on stdin: path, indices, chunk_size, geometry (Geometry.to_dict() of the
+plan), decoded_shape [h, w] (the size decord must deliver), unrotate (clockwise degrees
+decord itself turned the frames), threads, segment (frames read per decord reader, default
+128). Why a process: decord's get_batch can hang while holding the GIL (dmlc/decord#373),
+which no thread can interrupt; a process can be killed. It also bounds decord's memory
+growth on long files (#208) to one job.
+
+decord decodes at the source size and the plan's Geometry (the same function PyAV's frames
+go through) resizes, turns, crops and pads each frame here, so both backends give the same
+pixels and only output-size frames are held and piped.
 
 Messages on stdout: 4-byte little-endian header length, a JSON header, then `nbytes` raw
 bytes when the header says so. Headers: {"type": "info", "frame_count": n},
@@ -14,10 +20,12 @@ bytes when the header says so. Headers: {"type": "info", "frame_count": n},
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import struct
 import sys
+import threading
 
 
 def send(out, header: dict, payload: bytes | memoryview | None = None) -> None:
@@ -56,12 +64,27 @@ def main() -> int:
     os.dup2(2, 1)
     request = json.loads(sys.stdin.readline())
     try:
+        from t2vz_core.media.geometry import Geometry
+
+        geometry = Geometry.from_dict(request["geometry"])
+        if geometry.resize is not None:
+            # cv2 (the resize) takes ~0.15 s to import: overlap that with opening the file
+            threading.Thread(target=importlib.import_module, args=("cv2",), daemon=True).start()
         import decord
         import numpy as np
 
-        size = request.get("size")  # let decord scale while decoding (see decode.py)
-        options = {"ctx": decord.cpu(0), "num_threads": request.get("threads", 0),
-                   **({"width": size[0], "height": size[1]} if size else {})}
+        decoded_shape = (*request["decoded_shape"], 3)
+        turns = request.get("unrotate", 0) // 90
+
+        def to_output(image: np.ndarray) -> np.ndarray:
+            if image.shape != decoded_shape:
+                raise ValueError(f"decord returned frames of shape {image.shape}, "
+                                 f"expected {decoded_shape}")
+            if turns:  # decord turned it upright: back to the coded orientation, exactly
+                image = np.rot90(image, k=turns)
+            return geometry.apply(image)
+
+        options = {"ctx": decord.cpu(0), "num_threads": request.get("threads", 0)}
         wanted = request["indices"]
         chunk = request["chunk_size"]
         segment = max(chunk, request.get("segment", 128) // chunk * chunk)
@@ -76,7 +99,7 @@ def main() -> int:
             # (slow) parent drains the pipe: an idle decord reader keeps decoding ahead
             # into an unbounded queue (measured: +1.7 GB in 3 s at 512x512).
             # vr[i] in order also beats get_batch (700 vs 370 frames/s measured).
-            decoded = {i: reader[i].asnumpy() for i in unique}
+            decoded = {i: to_output(reader[i].asnumpy()) for i in unique}
             del reader
             reader = None
             release_freed_memory()
