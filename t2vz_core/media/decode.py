@@ -66,12 +66,15 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_TIMEOUT = 120.0
 # Frames the worker reads per decord reader before dropping it (see _decord_worker.py):
-# bounds the worker's memory to about this many decoded frames; each new reader re-reads
-# the file's index (~30 ms for a 15 MB file).
+# bounds the worker's memory to about this many output frames; each new reader re-reads
+# the file's index (~30 ms for a 15 MB file) and decodes from the keyframe before its first.
 DECORD_SEGMENT = int(os.environ.get("T2VZ_DECORD_SEGMENT", 128))
 # decord's own decoding threads: 1 holds less memory (measured 317 vs 481 MB peak) and
 # costs little here, where decoding is not the bottleneck.
 DECORD_THREADS = int(os.environ.get("T2VZ_DECORD_THREADS", 1))
+# decord decodes ahead while the worker resizes a segment's frames: a segment ends early
+# once that read-ahead holds this much (MB); each early end costs a re-seek.
+DECORD_RUNAHEAD_MB = int(os.environ.get("T2VZ_DECORD_RUNAHEAD_MB", 128))
 _DECORD_AVOID_CODECS = {"vp8", "vp9", "gif"}  # gif: decord cannot measure it
 # Decoded pixel formats whose RGB conversion by decord (its bundled FFmpeg 4.1 swscale) was
 # measured identical to PyAV's (tests/test_decoders_agree.py), with the chroma subsampling
@@ -99,7 +102,7 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
 
     `stats`, when given, is filled with what happened: "backend" (the one that delivered
     the last frames), "fallback" (why decord was abandoned, or None) and, for decord,
-    "worker_peak_rss_mb"."""
+    "worker_peak_rss_mb" and "worker_readers" (decord readers opened: one per segment)."""
     if backend not in BACKENDS:
         raise InputError(f"backend: {backend!r} must be one of {', '.join(BACKENDS)}")
     if backend == "decord" and not decord_installed():
@@ -253,7 +256,7 @@ def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
     # the worker applies the plan's Geometry, as _iter_pyav does: the same pixels.
     decoded = (info.height, info.width) if info.rotation else (info.coded_height, info.coded_width)
     request = {"path": str(path), "indices": list(plan.indices), "chunk_size": chunk_size,
-               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS,
+               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS, "runahead_mb": DECORD_RUNAHEAD_MB,
                "geometry": plan.geometry.to_dict(), "decoded_shape": list(decoded),
                "unrotate": info.rotation}
     expect = (plan.height, plan.width)
@@ -277,6 +280,7 @@ def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
                     peak = header.get("peak_rss_mb")
                     if peak is not None:
                         stats["worker_peak_rss_mb"] = max(peak, stats.get("worker_peak_rss_mb") or 0)
+                    stats["worker_readers"] = header.get("readers")
                     return
                 if header["type"] != "chunk":
                     raise _DecordUnusable(reader.describe(header))
