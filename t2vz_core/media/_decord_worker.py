@@ -4,9 +4,11 @@ Run as `python -m t2vz_core.media._decord_worker`; the parent (decode.py) writes
 request line on stdin: path, indices, chunk_size, geometry (Geometry.to_dict() of the
 plan), decoded_shape [h, w] (the size decord must deliver), unrotate (clockwise degrees
 decord itself turned the frames), threads, segment (frames read per decord reader, default
-128), runahead_mb (end a segment early when decord's read-ahead grows past this). Why a process: decord's get_batch can hang while holding the GIL (dmlc/decord#373),
-which no thread can interrupt; a process can be killed. It also bounds decord's memory
-growth on long files (#208) to one job.
+128), runahead_mb (end a segment early when decord's read-ahead grows past this).
+
+Why a process: decord's get_batch can hang while holding the GIL (dmlc/decord#373), which no
+thread can interrupt; a process can be killed. It also bounds decord's memory growth on
+long files (#208) to one job.
 
 decord decodes at the source size and the plan's Geometry (the same function PyAV's frames
 go through) resizes, turns, crops and pads each frame here, so both backends give the same
