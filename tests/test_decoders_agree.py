@@ -281,9 +281,10 @@ print(json.dumps({{"installed": decord_installed(), "count": len(store), "size":
 
 
 def test_the_decode_cache_entry_is_the_same_whichever_backend_ran(clips, tmp_path, monkeypatch):
-    """decode_step's entry (frames, meta.json, entry.json) and key: decord, no decord, fallback."""
-    from t2vz_core import row_steps as steps
+    """The decode step's entry (frames, meta.json, entry.json) and key: decord, no decord, fallback."""
     from t2vz_core.manifest import read_manifest
+    from t2vz_core.pipeline import RowContext, get_step
+    from t2vz_core.runtime import Runtime
     from t2vz_core.workdir import WorkDir
 
     manifest = tmp_path / "jobs.csv"
@@ -300,10 +301,12 @@ def test_the_decode_cache_entry_is_the_same_whichever_backend_ran(clips, tmp_pat
 
     def run(label: str):
         used.clear()
-        work = WorkDir(tmp_path / label)
-        key = steps.decode_key(job, work)
-        ref = steps.decode_step(job, work, key)
-        return key, Path(ref["path"]), list(used)
+        step = get_step("decode")
+        ctx = RowContext(job=job, work=WorkDir(tmp_path / label), runtime=Runtime("cpu"), output_dir=tmp_path / "out")
+        key = step.key(ctx)
+        result = step.build(ctx, key)
+        assert result.key == key and not result.hit
+        return key, Path(result.path), list(used)
 
     runs = {"decord": run("decord")}
     with monkeypatch.context() as m:
