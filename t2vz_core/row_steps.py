@@ -111,12 +111,18 @@ def decode_spec(job: Job) -> DecodeSpec:
     return DecodeSpec(**decode_spec_kwargs(job))
 
 
+# How decoded pixels are made (t2vz_core/media/decode.py). 2: decord and PyAV both decode at
+# the source size and media.geometry resizes, so the backend that ran does not matter; in
+# version 1 decord scaled by itself (up to 51/255 apart), so those entries are not reused.
+DECODED_PIXELS = 2
+
+
 def decode_key(ctx: RowContext) -> str:
     job = ctx.job
     if job.source is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
     digest = file_digest(job.source, ctx.work.digest_memo if ctx.work else None)
-    return make_key("decode", {"source_sha256": digest, "spec": decode_spec_kwargs(job)})
+    return make_key("decode", {"source_sha256": digest, "spec": decode_spec_kwargs(job), "pixels": DECODED_PIXELS})
 
 
 def decode_build(ctx: RowContext, key: str) -> DecodeResult:
