@@ -21,6 +21,8 @@ OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
 _DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# SDPA kernel choices for the cross-frame attention (t2vz_core.engine.fast_paths).
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "flash", "efficient", "cudnn", "math")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,20 @@ class Runtime:
       used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
     vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
     allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
+
+    Fast paths, applied by t2vz_core.engine.fast_paths when a pipeline is loaded and measured by
+    bench/gpu.py; on by default only where they are known to win, no-ops where they do not apply:
+    compile: torch.compile the UNet and ControlNet (CUDA/CPU; not with sequential offload). The
+      first chunks of each shape pay the compile (about a minute on a GPU), so it pays off on long
+      batches only: off by default until GPU_RESULTS.md shows the win.
+    channels_last: UNet, ControlNet and VAE in NHWC memory format (tensor-core convolutions on
+      GPUs; usually slower on CPUs). Off by default until measured.
+    tf32: TF32 for the fp32 matmuls/convolutions on CUDA GPUs of compute capability 8.0 or later
+      (dtype fp32, and SDXL's VAE upcast): about the precision of fp16, several times the speed.
+      No effect on fp16/bf16 work, on older GPUs, on CPU and MPS.
+    attention_backend: SDPA kernels the cross-frame and other attention may use: "auto" (torch
+      picks), "flash", "efficient" (memory-efficient), "cudnn", "math". A kernel that cannot run
+      the call raises (it is not silently replaced by another).
     """
 
     device: str = "auto"
@@ -44,6 +60,10 @@ class Runtime:
     vae_slicing: bool = False
     vae_tiling: bool = False
     allow_pickle: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = True
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         device = str(self.device).strip().lower()
@@ -59,6 +79,13 @@ class Runtime:
         object.__setattr__(self, "device", device)
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "offload", offload)
+        backend = str(self.attention_backend).strip().lower()
+        if backend not in ATTENTION_BACKENDS:
+            raise InputError(f"attention_backend {self.attention_backend!r}: expected {', '.join(ATTENTION_BACKENDS)}")
+        object.__setattr__(self, "attention_backend", backend)
+        for name in ("compile", "channels_last", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name}={getattr(self, name)!r}: expected true or false")
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
         """The concrete (device, dtype); InputError when this machine cannot honour the request."""
