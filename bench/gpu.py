@@ -67,8 +67,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-# The profiler's tracing library logs "profiler_start" lines and a GPU-count error on CPU-only machines.
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 CONFIGS = BENCH / "configs"
@@ -120,6 +118,8 @@ class Settings:
     compile_mode: str
     precisions: tuple[str, ...]
     peak_tflops: float | None = None
+    check_size: int | None = None  # finite/precision frame size (None: size, SDXL sdxl_size)
+    check_modes: tuple[str, ...] = ("canny", "pix2pix", "text2video")
 
     @classmethod
     def make(cls, smoke: bool, peak_tflops: float | None) -> Settings:
@@ -127,7 +127,9 @@ class Settings:
             return cls(True, "cpu", "fp32", CONFIGS / "smoke", size=64, size_large=96, sdxl_size=64, steps=2, t0=0, t1=1,
                        frames=3, chunks=(2,), sdxl_frames=3, sdxl_chunks=(2,), warmup_steps=0, check_steps=2,
                        check_frames=2, e2e_frames=3, e2e_steps=2, max_chunk_cap=4, compile_backend="eager",
-                       compile_mode="pix2pix", precisions=("bf16",), peak_tflops=peak_tflops)
+                       compile_mode="pix2pix", precisions=("bf16",), peak_tflops=peak_tflops,
+                       # bf16 convolutions have no fast CPU kernel (aten's slow_conv2d): one mode, 16 px
+                       check_size=16, check_modes=("canny",))
         return cls(False, "cuda", "fp16", CONFIGS, size=512, size_large=768, sdxl_size=1024, steps=50, t0=44, t1=47,
                    frames=24, chunks=(8, 16, 24), sdxl_frames=16, sdxl_chunks=(8,), warmup_steps=2, check_steps=4,
                    check_frames=3, e2e_frames=16, e2e_steps=50, max_chunk_cap=512, compile_backend="inductor",
@@ -817,8 +819,8 @@ class Bench:
             "(t2vz_core.engine.fast_paths.apply, then undo).",
             "Cross-frame attention: one CrossFrameAttnProcessor call of the first down block at the real shape "
             f"(query ({chunk}*S) rows per guidance branch against the anchor's S), timed under "
-            "torch.nn.attention.sdpa_kernel restricted to each backend; 'auto_kernels' lists the kernels the "
-            "profiler saw when torch chose (CUDA kernel names, or aten ops on the CPU).",
+            "torch.nn.attention.sdpa_kernel restricted to each backend; 'auto_picks' is the backend torch "
+            "chooses for that call's exact arguments (torch._fused_sdp_choice).",
             "TF32 changes fp32 work only (the fp16 default is unaffected): measured in fp32, "
             f"{s.check_steps} steps, tf32 on vs off.",
             "VAE: the engine decodes one chunk of frames per VAE call (generate.decode_spans); vae_slicing "
@@ -833,10 +835,11 @@ class Bench:
         rows = []
         for name in s.precisions:
             dtype = torch_dtype(name)
-            families = [("SD1.5", self.sd if self.sd.dtype == dtype else self.sd.cast(dtype), s.size,
-                         ("canny", "pix2pix", "text2video"))]
+            families = [("SD1.5", self.sd if self.sd.dtype == dtype else self.sd.cast(dtype), s.check_size or s.size,
+                         s.check_modes)]
             sdxl = SDXL(s, dtype)
-            families.append(("SDXL", sdxl, s.sdxl_size, ("canny", "text2video")))
+            families.append(("SDXL", sdxl, s.check_size or s.sdxl_size,
+                             tuple(m for m in s.check_modes if m != "pix2pix")))
             for family_name, family, size, modes in families:
                 for mode in modes:
                     out = run_t2vz(s, t2vz_pipe(family, mode), mode, s.check_frames, 2, s.check_steps, size,
@@ -854,7 +857,8 @@ class Bench:
                  "Random weights show that every dtype path runs and stays finite; the fp16 overflow of the "
                  "trained SDXL VAE (Text2Video-Zero issue 80) needs trained weights, hence the upcast."]
         if s.smoke:
-            notes.append("fp16 is not run on the CPU (Runtime refuses fp16 on cpu).")
+            notes.append("CPU smoke: fp16 is not run (Runtime refuses fp16 on cpu); bf16 only for canny at 16 px "
+                         "(this CPU's bf16 convolutions take aten's slow reference kernel).")
         return {"rows": rows, "all_finite": all(r["finite"] for r in rows), "notes": notes}
 
     # ------------------------------------------------------------ fp16 / bf16 against fp32
@@ -866,10 +870,11 @@ class Bench:
 
         s = self.s
         fast_paths.set_tf32(torch.device(s.device), False)  # the reference is plain fp32
+        size = s.check_size or s.size
         ref_family = self.sd.cast(torch.float32) if self.sd.dtype != torch.float32 else self.sd
-        refs = {mode: run_t2vz(s, t2vz_pipe(ref_family, mode), mode, s.check_frames, 2, s.check_steps, s.size,
-                               conditioning(mode, s.check_frames, s.size), output_dtype=np.float32)
-                for mode in ("canny", "pix2pix", "text2video")}
+        refs = {mode: run_t2vz(s, t2vz_pipe(ref_family, mode), mode, s.check_frames, 2, s.check_steps, size,
+                               conditioning(mode, s.check_frames, size), output_dtype=np.float32)
+                for mode in s.check_modes}
         if ref_family is not self.sd:
             del ref_family
         free_memory(s.device)
@@ -877,8 +882,8 @@ class Bench:
         for name in s.precisions:
             family = self.sd if self.sd.dtype == torch_dtype(name) else self.sd.cast(torch_dtype(name))
             for mode, ref in refs.items():
-                out = run_t2vz(s, t2vz_pipe(family, mode), mode, s.check_frames, 2, s.check_steps, s.size,
-                               conditioning(mode, s.check_frames, s.size), output_dtype=np.float32)
+                out = run_t2vz(s, t2vz_pipe(family, mode), mode, s.check_frames, 2, s.check_steps, size,
+                               conditioning(mode, s.check_frames, size), output_dtype=np.float32)
                 diff = np.abs(out.astype(np.float64) - ref)
                 rows.append({"dtype": name, "mode": mode, "mean_abs": round(float(diff.mean()), 5),
                              "max_abs": round(float(diff.max()), 4), "tolerance": round(TOLERANCE[name], 5),
@@ -1269,29 +1274,21 @@ def cross_frame_attention_kernels(s: Settings, sd: SD15, frames: int) -> dict:
             result["backends"][name] = {"ms": round(ms, 3), "vs_auto": round(auto_ms / ms, 3)}
         except RuntimeError as exc:
             result["backends"][name] = {"error": f"cannot run this call: {str(exc).splitlines()[0][:160]}"}
-    result["auto_kernels"] = profiled_attention_kernels(s.device, call)
+    result["auto_picks"] = sdpa_choice(attn, state, frames, tokens)
     return result
 
 
-def profiled_attention_kernels(device: str, call) -> list[str]:
+def sdpa_choice(attn, state, frames: int, tokens: int) -> str:
+    """The SDPA backend torch picks (torch._fused_sdp_choice) for the cross-frame call's exact
+    arguments: the recorded anchor K/V, a query of the same dtype and layout, no mask, no dropout."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.nn.attention import SDPBackend
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        call()
-        synchronize(device)
-    names = set()
-    for event in prof.events():
-        name = event.name
-        low = name.lower()
-        if device == "cuda" and getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            if any(k in low for k in ("flash", "fmha", "attention", "cudnn", "mha", "sdpa", "softmax")):
-                names.add(name[:120])
-        elif low.startswith("aten::_scaled_dot_product") or low.startswith("aten::_flash") or \
-                low.startswith("aten::_efficient"):
-            names.add(name)
-    return sorted(names)
+    key, value = state.kv["probe"]
+    groups, heads, _, head_dim = key.shape
+    query = torch.empty(groups, frames * tokens, heads, head_dim, device=key.device, dtype=key.dtype).transpose(1, 2)
+    index = torch._fused_sdp_choice(query, key, value, None, 0.0, False, scale=attn.scale)
+    return next((name for name, b in SDPBackend.__members__.items() if int(b) == int(index)), str(index))
 
 
 def vae_decode_speed(s: Settings, sd: SD15, frames: int) -> dict:
@@ -1346,7 +1343,8 @@ def sdxl_vae_raw(s: Settings, sdxl: SDXL, dtype_name: str) -> dict:
     import torch
 
     vsf = 2 ** (len(sdxl.vae.config.block_out_channels) - 1)
-    latents = torch.randn(1, 4, s.sdxl_size // vsf, s.sdxl_size // vsf, device=s.device, dtype=sdxl.dtype,
+    size = s.check_size or s.sdxl_size
+    latents = torch.randn(1, 4, size // vsf, size // vsf, device=s.device, dtype=sdxl.dtype,
                           generator=torch.Generator(s.device).manual_seed(0))
     with torch.no_grad():
         image = sdxl.vae.decode(latents / sdxl.vae.config.scaling_factor, return_dict=False)[0].float().cpu().numpy()
