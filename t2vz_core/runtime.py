@@ -9,8 +9,9 @@ from __future__ import annotations
 import glob
 import re
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from t2vz_core.errors import InputError
 
@@ -21,12 +22,11 @@ OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
 _DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-# SDPA kernel choices for the cross-frame attention (t2vz_core.engine.fast_paths).
+# SDPA kernel choices for the attention of the UNet and ControlNet (t2vz_core.engine.fast_paths).
 ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "flash", "efficient", "cudnn", "math")
 
 
-@dataclass(frozen=True)
-class Runtime:
+class Runtime(BaseModel):
     """Where and how pipelines run. `resolve()` turns "auto" into a concrete device and dtype.
 
     device: "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps".
@@ -41,51 +41,90 @@ class Runtime:
 
     Fast paths, applied by t2vz_core.engine.fast_paths when a pipeline is loaded and measured by
     bench/gpu.py; on by default only where they are known to win, no-ops where they do not apply:
-    compile: torch.compile the UNet and ControlNet (CUDA/CPU; not with sequential offload). The
-      first chunks of each shape pay the compile (about a minute on a GPU), so it pays off on long
-      batches only: off by default until GPU_RESULTS.md shows the win.
+    compile: torch.compile the UNet and ControlNet (not with offload). The first chunks of each
+      shape pay the compile (minutes on a GPU), so it pays off on long runs only: off by default
+      until bench/GPU_RESULTS.md shows the win.
     channels_last: UNet, ControlNet and VAE in NHWC memory format (tensor-core convolutions on
       GPUs; usually slower on CPUs). Off by default until measured.
     tf32: TF32 for the fp32 matmuls/convolutions on CUDA GPUs of compute capability 8.0 or later
       (dtype fp32, and SDXL's VAE upcast): about the precision of fp16, several times the speed.
       No effect on fp16/bf16 work, on older GPUs, on CPU and MPS.
-    attention_backend: SDPA kernels the cross-frame and other attention may use: "auto" (torch
-      picks), "flash", "efficient" (memory-efficient), "cudnn", "math". A kernel that cannot run
-      the call raises (it is not silently replaced by another).
+    attention_backend: SDPA kernels the UNet's and ControlNet's attention (the cross-frame one
+      included) may use: "auto" (torch picks), "flash", "efficient" (memory-efficient), "cudnn",
+      "math". A kernel that cannot run the call raises (it is not silently replaced by another).
+
+    `Runtime("cuda", "fp16", offload="model")`: device and dtype may be given by position. A bad
+    value raises InputError (a ValidationError only through `model_validate`).
+    Every field is a `t2vz run` / `t2vz serve` option too (t2vz_core.options.RunOptions extends this).
     """
 
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "none"
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    allow_pickle: bool = False
-    compile: bool = False
-    channels_last: bool = False
-    tf32: bool = True
-    attention_backend: str = "auto"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        device = str(self.device).strip().lower()
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: str = Field("auto", description="auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16",
+                       json_schema_extra={"choices": ["auto", "fp32", "fp16", "bf16"]})
+    offload: str = Field("none", description="move weights to the GPU only while used (less GPU memory, slower)",
+                         json_schema_extra={"choices": list(OFFLOADS)})
+    allow_pickle: bool = Field(False, description="also load .bin/.ckpt pickle weights, which can run code when "
+                                                  "loaded: only for models you trust (default: safetensors only)")
+    vae_slicing: bool = Field(False, description="decode one frame at a time through the VAE (less GPU memory "
+                                                 "for large frames)")
+    vae_tiling: bool = Field(False, description="decode large frames in overlapping tiles (least memory; pixels "
+                                                "change slightly)")
+    compile: bool = Field(False, description="torch.compile the UNet and ControlNet (the first chunks of each "
+                                             "shape compile for minutes on a GPU; not with offload)")
+    channels_last: bool = Field(False, description="UNet, ControlNet and VAE in channels-last memory format "
+                                                   "(tensor-core convolutions on GPUs)")
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls/convolutions on CUDA GPUs of compute capability "
+                                         ">= 8.0 (--no-tf32: full fp32); no effect on fp16/bf16")
+    attention_backend: str = Field("auto", description="SDPA kernels the UNet/ControlNet attention may use "
+                                                       "(auto: torch picks)",
+                                   json_schema_extra={"choices": list(ATTENTION_BACKENDS)})
+
+    def __init__(self, *args: str, **data: Any) -> None:
+        for name, value in zip(("device", "dtype"), args, strict=False):
+            data[name] = value
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # our own message, as InputError, to callers in Python
+            raise _input_error(exc) from None
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> str:
+        device = str(value).strip().lower()
         if not _DEVICE_PATTERN.fullmatch(device):
-            raise InputError(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
-        dtype = str(self.dtype).strip().lower()
+            raise InputError(f"device {value!r}: expected auto, cpu, cuda, cuda:N or mps")
+        return device
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: Any) -> str:
+        dtype = str(value).strip().lower()
         dtype = _DTYPE_ALIASES.get(dtype, dtype)
         if dtype != "auto" and dtype not in _DTYPE_NAMES:
-            raise InputError(f"dtype {self.dtype!r}: expected auto, fp32, fp16 or bf16")
-        offload = str(self.offload).strip().lower()
+            raise InputError(f"dtype {value!r}: expected auto, fp32, fp16 or bf16")
+        return dtype
+
+    @field_validator("offload", mode="before")
+    @classmethod
+    def _offload(cls, value: Any) -> str:
+        offload = str(value).strip().lower()
         if offload not in OFFLOADS:
-            raise InputError(f"offload {self.offload!r}: expected none, model or sequential")
-        object.__setattr__(self, "device", device)
-        object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "offload", offload)
-        backend = str(self.attention_backend).strip().lower()
+            raise InputError(f"offload {value!r}: expected none, model or sequential")
+        return offload
+
+    @field_validator("attention_backend", mode="before")
+    @classmethod
+    def _attention_backend(cls, value: Any) -> str:
+        backend = str(value).strip().lower()
         if backend not in ATTENTION_BACKENDS:
-            raise InputError(f"attention_backend {self.attention_backend!r}: expected {', '.join(ATTENTION_BACKENDS)}")
-        object.__setattr__(self, "attention_backend", backend)
-        for name in ("compile", "channels_last", "tf32"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name}={getattr(self, name)!r}: expected true or false")
+            raise InputError(f"attention_backend {value!r}: expected {', '.join(ATTENTION_BACKENDS)}")
+        return backend
+
+    def runtime(self) -> Runtime:
+        """Just the runtime fields (for a subclass such as RunOptions)."""
+        return Runtime(**{name: getattr(self, name) for name in Runtime.model_fields})
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
         """The concrete (device, dtype); InputError when this machine cannot honour the request."""
@@ -121,6 +160,15 @@ class Runtime:
         if self.dtype == "auto":
             return "float32" if device_type == "cpu" else "float16"
         return _DTYPE_NAMES[self.dtype]
+
+
+def _input_error(exc: ValidationError) -> InputError:
+    """The InputError a field validator raised (pydantic wraps it), else the validation message."""
+    for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, InputError):
+            return cause
+    return InputError(str(exc))
 
 
 def _resolve_device(name: str) -> torch.device:
