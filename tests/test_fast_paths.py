@@ -117,3 +117,17 @@ def test_model_cache_applies_fast_paths_and_keys_on_them(tiny_models):
     assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     again = models.load_pipeline("sd", tiny_models / "sd", runtime=Runtime(device="cpu", channels_last=True))
     assert again is fast and models.cache_stats()["hits"] == 1
+
+
+def test_fast_path_flags_reach_the_runtime_of_a_run():
+    from flows.cli import build_parser, run_options
+    from t2vz_core.options import RunOptions
+
+    args = build_parser().parse_args(["run", "m.csv", "-o", "out", "--compile", "--channels-last", "--no-tf32",
+                                      "--attention-backend", "efficient"])
+    runtime = run_options(args).runtime()
+    assert (runtime.compile, runtime.channels_last, runtime.tf32, runtime.attention_backend) == \
+        (True, True, False, "efficient")
+    plain = run_options(build_parser().parse_args(["run", "m.csv", "-o", "out"]))
+    assert plain == RunOptions() and plain.runtime() == Runtime()
+    assert fast_paths.cache_key(runtime) != fast_paths.cache_key(plain.runtime())
