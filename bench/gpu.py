@@ -1046,7 +1046,7 @@ class Bench:
         out = self.tmp / "oom-out"
         result = self.wait_child(self.cli_child(manifest, out, {**spec, "workers": 1}), out)
         row = (result["report"].get("rows") or [{}])[0]
-        sidecar = read_sidecar(row)
+        sidecar = read_sidecar(out, row)
         effective = (sidecar.get("resolved") or {}).get("effective_chunk_size")
         ooms = result["summary"].get("ooms", {})
         ok = row.get("status") == "ok" and effective == small and sum(ooms.values()) >= 1
@@ -1507,10 +1507,10 @@ def write_video(path: Path, frames, fps: int) -> Path:
     return path
 
 
-def read_sidecar(row: dict) -> dict:
-    path = row.get("sidecar")
+def read_sidecar(out: Path, row: dict) -> dict:
+    """A row's sidecar (OUTPUT_DIR/<job_id>.json) as plain JSON; {} when missing."""
     try:
-        return json.loads(Path(path).read_text()) if path else {}
+        return json.loads((Path(out) / f"{row.get('job_id')}.json").read_text())
     except (OSError, ValueError):
         return {}
 
@@ -1557,6 +1557,17 @@ def child(spec: dict, cli_args: list[str]) -> int:
                                              "thread": threading.current_thread().name}) + "\n")
 
     policy.hold_device = recording_hold
+    # A successful retry forgets its key's OOM count (policy.forget_out_of_memory): count them here.
+    ooms: dict[str, int] = {}
+    real_note = policy.note_out_of_memory
+
+    def counting_note(key, exc):
+        seen = real_note(key, exc)
+        if seen:
+            ooms[key] = ooms.get(key, 0) + 1
+        return seen
+
+    policy.note_out_of_memory = counting_note
     started = time.perf_counter()
     rc = cli.main(cli_args)
     run_s = time.perf_counter() - started
@@ -1564,12 +1575,11 @@ def child(spec: dict, cli_args: list[str]) -> int:
     rows, cpu_s = [], 0.0
     report = out / "report.json"
     for line in (json.loads(report.read_text()).get("rows", []) if report.exists() else []):
-        sidecar = read_sidecar(line)
+        sidecar = read_sidecar(out, line)
         steps = sidecar.get("steps") or {}
         cpu_s += sum(float((steps.get(k) or {}).get("seconds") or 0) for k in ("decode", "control", "encode", "publish"))
         rows.append({"job_id": line.get("job_id"), "status": line.get("status"),
                      "frames": (sidecar.get("resolved") or {}).get("frames")})
-    ooms = dict(getattr(policy, "_oom_seen", {}))
     Path(spec["summary"]).write_text(json.dumps({"rc": rc, "run_s": run_s, "rows": rows, "cpu_step_seconds": cpu_s,
                                                  "ooms": ooms}))
     return rc

@@ -97,7 +97,12 @@ def set_tf32(device: torch.device, enabled: bool) -> bool | None:
     where it does not apply (CPU, MPS, older GPUs). Uses torch's fp32_precision API (mixing it
     with the legacy allow_tf32 flags makes torch raise); only the CUDA backends are touched, so
     CPU (oneDNN) precision stays as it is."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+    if device.type != "cuda":
+        return None
+    try:
+        if torch.cuda.get_device_capability(device) < (8, 0):
+            return None
+    except (RuntimeError, AssertionError):  # no usable CUDA after all (a driverless machine)
         return None
     precision = "tf32" if enabled else "ieee"
     torch.backends.cuda.matmul.fp32_precision = precision
