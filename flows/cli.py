@@ -95,7 +95,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         flag = extra.get("flag", "--" + name.replace("_", "-"))
         kind = _flag_kind(field.annotation)
         kwargs: dict = {"dest": name, "help": field.description}
-        if kind is bool:
+        if kind is bool and field.default is True:  # on by default: the flag turns it off
+            flag = extra.get("flag", "--no-" + name.replace("_", "-"))
+            kwargs.update(action="store_false", default=None)
+        elif kind is bool:
             kwargs.update(action="store_true", default=None)
         elif kind is list:
             kwargs.update(action="append", metavar=extra.get("metavar"))

@@ -1,7 +1,7 @@
 """Loading diffusers pipelines once per process.
 
 - `Runtime` (t2vz_core.runtime, re-exported): where and how to run (device, dtype, CPU offload,
-  VAE slicing/tiling, pickle policy).
+  VAE slicing/tiling, pickle policy, fast paths: applied by t2vz_core.engine.fast_paths).
 - `load_pipeline(family, model_id, controlnet_id, runtime)`: the pipeline for a job, from a per-process
   `ModelCache`. A base model is loaded once; its ControlNet variants reuse its components through
   `from_pipe`, so pose and canny jobs on one base share a single UNet.
@@ -86,9 +86,11 @@ class ModelCache:
             raise InputError(f"model family {family!r}: expected one of {', '.join(FAMILIES)}")
         if controlnet_id is not None and family == "pix2pix":
             raise InputError("pix2pix takes no ControlNet: use family sd or sdxl with a ControlNet")
+        from t2vz_core.engine import fast_paths
+
         device, dtype = runtime.resolve()
         base_key = (family, _cache_id(model_id), revision, str(dtype), str(device), runtime.offload,
-                    runtime.allow_pickle)
+                    runtime.allow_pickle, fast_paths.cache_key(runtime))
         with self._lock:
             resident = self._resident.get(base_key)
             if resident is None:
@@ -106,6 +108,8 @@ class ModelCache:
                         family, resident.pipe, controlnet_id, device, dtype, runtime
                     )
                 pipe = resident.variants[variant_key]
+            # Before the offload hooks, which wrap forward again (and restore ours when removed).
+            fast_paths.apply(pipe, runtime, device)
             _activate_offload(resident, pipe, runtime.offload, device)
             # The VAE is shared by the variants: set the options on every request.
             _set_vae_options(pipe.vae, runtime)
