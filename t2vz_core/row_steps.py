@@ -190,7 +190,8 @@ def runtime_signature(runtime: Any) -> dict[str, str]:
     return signature
 
 
-def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:
+def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None,
+                 model_config: str | None = None) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
     memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
@@ -200,9 +201,10 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
+    from t2vz_core.model_sources import is_single_file, single_file_family
     from t2vz_core.models import detect_family
 
-    family = detect_family(model, revision)
+    family = single_file_family(model, model_config) if is_single_file(model) else detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         write_json_atomic(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
@@ -213,14 +215,15 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
 
     `recorded`: an earlier result for this job (a sidecar's); its family is reused when the model's
     fingerprint is unchanged (the family is a function of the model's files)."""
-    from t2vz_core.fingerprints import model_fingerprint
+    from t2vz_core import model_sources
 
     # The row's revision is the base model's (the ControlNet loads its default revision).
-    fingerprint = model_fingerprint(job.model, job.revision)
+    # model / controlnet may also be single checkpoint files (fingerprinted by their bytes).
+    fingerprint = model_sources.weights_fingerprint(job.model, job.revision)
     if recorded and recorded.get("model_fingerprint") == fingerprint and recorded.get("family"):
         family = recorded["family"]
     else:
-        family = model_family(job.model, fingerprint, work, job.revision)
+        family = model_family(job.model, fingerprint, work, job.revision, job.base_model_config)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
@@ -228,7 +231,8 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
         "revision": job.revision,
         "model_fingerprint": fingerprint,
         "controlnet": controlnet,
-        "controlnet_fingerprint": model_fingerprint(controlnet) if controlnet else None,
+        "controlnet_fingerprint": model_sources.weights_fingerprint(controlnet) if controlnet else None,
+        **model_sources.resolve_sources(job),  # LoRAs, VAE, scheduler, configs: only those the row sets
     }
 
 
@@ -245,13 +249,19 @@ def generate_key(job: Job, cond_ref: Ref | None, runtime: Any, models: dict[str,
         # The engine's output does not depend on the chunk size in these modes (anchor reuse):
         # a smaller chunk after an out-of-memory error, or another GPU's, reuses the same entry.
         params.pop("chunk_size", None)
-    return make_key("generate", {
+    from t2vz_core.model_sources import key_parts
+
+    payload = {
         "conditioning": cond_ref["key"] if cond_ref else None,
         "params": params,
         "size": [width, height],
         "models": {k: models[k] for k in ("family", "model_fingerprint", "controlnet_fingerprint")},
         "runtime": runtime_signature(runtime),
-    })
+    }
+    sources = key_parts(models)
+    if sources:  # absent for rows without LoRA/VAE/scheduler/config cells, so their keys stay valid
+        payload["sources"] = sources
+    return make_key("generate", payload)
 
 
 def generate_step(
@@ -275,6 +285,7 @@ def generate_step(
     """
     from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.media import FrameStore
+    from t2vz_core.model_sources import ModelSources, build_scheduler
     from t2vz_core.models import load_pipeline
 
     width, height = frame_size(job, cond_ref)
@@ -291,7 +302,7 @@ def generate_step(
         warm_imports()
         with hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
-                                 revision=models.get("revision"))
+                                 revision=models.get("revision"), sources=ModelSources.of(job))
             conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).
@@ -300,7 +311,8 @@ def generate_step(
                 meta["chunk_size"] = request.chunk_size
             writer = FrameStore.writer(folder / FRAMES, fps=fps, meta=meta)
             generate(pipe, request, conditioning=conditioning, output=writer,
-                     checkpoint_path=folder / "checkpoint", on_progress=on_progress)
+                     checkpoint_path=folder / "checkpoint", on_progress=on_progress,
+                     scheduler=build_scheduler(job.scheduler, pipe.scheduler))
             writer.close()
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / FRAMES))
