@@ -11,7 +11,8 @@
 - `cache_stats()` / `reset_cache()`: what the cache did (tests and benches assert "no reload").
 
 A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
-`from_pretrained` call. Weights are read from safetensors only unless `allow_pickle=True`
+`from_pretrained` call. It may also be one original-layout checkpoint file, and a row may add
+LoRAs, a replacement VAE and single-file configs: see t2vz_core.model_sources (`sources=`). Weights are read from safetensors only unless `allow_pickle=True`
 (pickle files can run code when loaded); remote code is never trusted.
 """
 

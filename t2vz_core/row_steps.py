@@ -13,6 +13,8 @@ its input entry plus its own parameters, so a change anywhere re-runs exactly wh
 - generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
             + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
             fingerprints (weights' bytes or hub revision) + device type and dtype
+            + when the row names them: LoRA bytes and scales, VAE, scheduler, single-file configs
+            (t2vz_core.model_sources)
 - encode:   generate key + output formats + fps + the source's bytes when its audio is kept
 
 Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
@@ -80,9 +82,12 @@ def warm_imports() -> None:
             return
         import diffusers
 
+        from t2vz_core.model_sources import SCHEDULERS
+
         for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
                      "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
-                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
+                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline",
+                     "AutoencoderKL", *(class_name for class_name, _ in SCHEDULERS.values())):
             getattr(diffusers, name)
         import t2vz_core.engine  # noqa: F401
 

@@ -10,7 +10,10 @@
   the pipeline's `save_lora_weights` (diffusers layout).
 - `kohya_copy(lora_file, path)`: the same weights under kohya-ss names (`lora_unet_..._to_q.lora_down.weight`,
   `.lora_up.weight`, `.alpha`; text encoder `lora_te_text_model_...`).
+- `write_original_sdxl_checkpoint(folder, path)`: the same for an SDXL base (SGM layout: two
+  `conditioner.embedders`, the second in OpenCLIP naming with fused q/k/v).
 - `write_original_controlnet(folder, path)`: a ControlNet folder as one file in the original layout.
+- `make_sdxl_lora(folder, out_dir, seed)`: a LoRA on the tiny SDXL UNet and both text encoders.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ _RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_l
                  "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             # ControlNet-only top modules
-             "controlnet_mid_block": "middle_block_out.0"}
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL
+             "controlnet_mid_block": "middle_block_out.0"}  # ControlNet
 
 
 def _resnet(name: str) -> str:
@@ -156,6 +159,58 @@ def write_original_checkpoint(folder: Path, path: Path) -> Path:
     return path
 
 
+_OPEN_CLIP_LAYER_PARTS = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                          ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj"))
+
+
+def _open_clip_to_original(weights: dict[str, torch.Tensor]) -> dict:
+    """SDXL's second text encoder (CLIPTextModelWithProjection) in OpenCLIP naming, q/k/v fused."""
+    out, fused = {}, {}
+    for key, tensor in weights.items():
+        key = key.removeprefix("text_model.")
+        match = re.match(r"^encoder\.layers\.(\d+)\.(.+)$", key)
+        if match is None:
+            top = {"embeddings.position_embedding.weight": "positional_embedding",
+                   "embeddings.token_embedding.weight": "token_embedding.weight",
+                   "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
+                   "text_projection.weight": "text_projection"}[key]
+            out[top] = tensor.T if top == "text_projection" else tensor  # OpenCLIP multiplies x @ proj
+            continue
+        layer, rest = match.groups()
+        qkv = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+        if qkv:
+            fused.setdefault((layer, qkv[2]), {})[qkv[1]] = tensor
+            continue
+        for ours, theirs in _OPEN_CLIP_LAYER_PARTS:
+            rest = rest.replace(ours, theirs)
+        out[f"transformer.resblocks.{layer}.{rest}"] = tensor
+    for (layer, leaf), parts in fused.items():
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{leaf}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def write_original_sdxl_checkpoint(folder: Path, path: Path) -> Path:
+    """An SDXL base diffusers folder as one original-layout (SGM) .safetensors file."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    state = {}
+    for key, tensor in _unet_to_original(_load_folder_weights(folder / "unet"), unet_config).items():
+        state[f"model.diffusion_model.{key}"] = tensor
+    for key, tensor in _vae_to_original(_load_folder_weights(folder / "vae"), vae_config).items():
+        state[f"first_stage_model.{key}"] = tensor
+    for key, tensor in _load_folder_weights(folder / "text_encoder").items():
+        key = key if key.startswith("text_model.") else f"text_model.{key}"
+        state[f"conditioner.embedders.0.transformer.{key}"] = tensor
+    for key, tensor in _open_clip_to_original(_load_folder_weights(folder / "text_encoder_2")).items():
+        state[f"conditioner.embedders.1.model.{key}"] = tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 def write_original_controlnet(folder: Path, path: Path) -> Path:
     """A ControlNetModel folder as one original-layout .safetensors file (ControlNet v1.1 naming)."""
     from safetensors.torch import save_file
@@ -232,3 +287,23 @@ def kohya_copy(lora_file: Path, path: Path, rank: int = LORA_RANK) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def make_sdxl_lora(folder: Path, out_dir: Path, seed: int = 0, rank: int = LORA_RANK) -> Path:
+    """A LoRA for the tiny SDXL model (UNet attention + both text encoders), saved in diffusers layout."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=UNET_TARGETS))
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=TEXT_TARGETS))
+    StableDiffusionXLPipeline.save_lora_weights(
+        out_dir,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder)),
+        text_encoder_2_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder_2)),
+    )
+    return Path(out_dir) / "pytorch_lora_weights.safetensors"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from own_models_support import write_original_checkpoint
+from own_models_support import write_original_checkpoint, write_original_sdxl_checkpoint
 from t2vz_core import row_steps
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, read_manifest
@@ -45,7 +45,8 @@ def files(tiny_models, tmp_path_factory) -> dict[str, Path]:
     (root / "clip.mp4").write_bytes(b"x")
     return {"root": root, "lora": lora, "odd": odd, "two": two,
             "sd_file": write_original_checkpoint(tiny_models / "sd", root / "dreambooth.safetensors"),
-            "p2p_file": write_original_checkpoint(tiny_models / "pix2pix", root / "ip2p.safetensors")}
+            "p2p_file": write_original_checkpoint(tiny_models / "pix2pix", root / "ip2p.safetensors"),
+            "xl_file": write_original_sdxl_checkpoint(tiny_models / "sdxl", root / "xl.safetensors")}
 
 
 def job(**cells) -> Job:
@@ -142,6 +143,7 @@ def test_sidecar_dict_names_the_cells_as_columns(files, tiny_models):
 def test_single_file_family_from_the_header(files, tiny_models):
     assert single_file_family(str(files["sd_file"])) == "sd"
     assert single_file_family(str(files["p2p_file"])) == "pix2pix"
+    assert single_file_family(str(files["xl_file"])) == "sdxl"
     assert single_file_family(str(files["sd_file"]), str(tiny_models / "sd")) == "sd"
     with pytest.raises(InputError, match="is a sd checkpoint, but model_config"):
         single_file_family(str(files["sd_file"]), str(tiny_models / "pix2pix"))

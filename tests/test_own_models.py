@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from own_models_support import kohya_copy, make_lora, write_original_checkpoint, write_original_controlnet
+from own_models_support import (
+    kohya_copy,
+    make_lora,
+    make_sdxl_lora,
+    write_original_checkpoint,
+    write_original_controlnet,
+)
 from t2vz_core import models
 from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.errors import InputError
@@ -126,6 +132,34 @@ def test_lora_leaves_no_trace_and_is_reused_by_rows_with_the_same_set(tiny_model
     assert clean.get_list_adapters() == {}
     assert np.array_equal(canny(clean, maps), before)
     assert models.cache_stats()["pipeline_loads"] == 1
+
+
+def test_sdxl_lora_matches_diffusers_sdxl_controlnet_pipeline(tiny_models, tmp_path):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lora = make_sdxl_lora(tiny_models / "sdxl", tmp_path / "xl-lora", seed=2).parent
+    maps, n, scale = frames(seed=8, count=3, sparse=True), 3, 0.9
+    fields = dict(mode="canny", prompt="a cat", num_inference_steps=3, guidance_scale=5.0, seed=2)
+    request = GenerationRequest(width=SIZE, height=SIZE, **fields)
+    controlnet = tiny_models / "controlnet-sdxl-canny"
+    plain = generate(load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU), request, maps,
+                     output_dtype=np.float32)
+    ours = generate(load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU,
+                                  sources=ModelSources(loras=((str(lora), scale),))),
+                    request, maps, output_dtype=np.float32)
+    reference = StableDiffusionXLControlNetPipeline.from_pretrained(
+        tiny_models / "sdxl", controlnet=ControlNetModel.from_pretrained(controlnet))
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(lora, adapter_name="xl")
+    reference.set_adapters(["xl"], adapter_weights=[scale])
+    with reference_cross_frame(2, reference.unet, reference.controlnet):
+        expected = reference(prompt=["a cat"] * n, image=pil(maps), latents=shared_latents(2).repeat(n, 1, 1, 1),
+                             num_inference_steps=3, guidance_scale=5.0, height=SIZE, width=SIZE,
+                             output_type="np").images
+    assert maxdiff(ours, expected) <= ORACLE_TOL
+    assert maxdiff(ours, plain) > 0.02
 
 
 def test_lora_of_another_architecture_is_a_clear_error(tiny_models, own):
