@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from t2vz_core.manifest.job import Job
     from t2vz_core.runtime import Runtime
 
+# The manifest columns of this module (t2vz_core.manifest.columns lists them too).
+OWN_MODEL_COLUMNS = ("lora", "scheduler", "vae", "model_config", "controlnet_config")
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt",)  # behind --allow-pickle: unpickling can run code
 SINGLE_FILE_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES

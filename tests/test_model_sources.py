@@ -156,8 +156,10 @@ def test_single_file_family_from_the_header(files, tiny_models):
 
 
 def generate_key(job_: Job) -> str:
-    models = row_steps.resolve_models(job_)
-    return row_steps.generate_key(job_, None, Runtime(device="cpu"), models)
+    from t2vz_core.pipeline import RowContext, get_step
+
+    ctx = RowContext(job=job_, work=None, runtime=Runtime(device="cpu"), output_dir=Path("."))
+    return get_step("generate").key(ctx)  # the declared generate step's key function
 
 
 def test_generate_key_covers_every_cell_and_the_lora_bytes(files, tiny_models, tmp_path):

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Default grid_sample:UserWarning"
 
 CPU = Runtime(device="cpu", dtype="fp32")
 N_FRAMES = 3
-CANNY = dict(mode="canny", prompt="a man dancing", negative_prompt="blurry", num_inference_steps=3, guidance_scale=7.5,
+CANNY = dict(mode="canny", prompt="a man dancing", negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.5,
              controlnet_conditioning_scale=0.8, seed=5)
 SAME = 1e-6  # two routes to the same weights: float noise at most
 
@@ -102,7 +102,7 @@ def test_lora_matches_diffusers_controlnet_pipeline_with_cross_frame_attention(t
 
 
 def test_kohya_copy_scales_and_stacking(tiny_models, own):
-    maps = frames(seed=2, count=N_FRAMES, sparse=True)
+    maps = frames(seed=2, count=2, sparse=True)
     diffusers_layout = cached_canny(tiny_models, maps, ModelSources(loras=((str(own["lora"]), 0.7),)))
     kohya_layout = cached_canny(tiny_models, maps, ModelSources(loras=((str(own["kohya"]), 0.7),)))
     assert maxdiff(kohya_layout, diffusers_layout) <= SAME
@@ -114,7 +114,7 @@ def test_kohya_copy_scales_and_stacking(tiny_models, own):
 
 
 def test_lora_leaves_no_trace_and_is_reused_by_rows_with_the_same_set(tiny_models, own):
-    maps = frames(seed=3, count=N_FRAMES, sparse=True)
+    maps = frames(seed=3, count=2, sparse=True)
     before = cached_canny(tiny_models, maps)
     styled = ModelSources(loras=((str(own["lora"]), 1.0),))
     pipe = load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", CPU, sources=styled)

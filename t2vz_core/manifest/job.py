@@ -46,7 +46,13 @@ from t2vz_core.manifest.defaults import (
     default_t0_t1,
 )
 from t2vz_core.manifest.rules import RowProblems, cross_column_problems
-from t2vz_core.model_sources import LoraWeight, check_scheduler, check_weights_ref, parse_lora_cell
+from t2vz_core.model_sources import (
+    OWN_MODEL_COLUMNS,
+    LoraWeight,
+    check_scheduler,
+    check_weights_ref,
+    parse_lora_cell,
+)
 from t2vz_core.paths import (
     RealRoots,
     check_job_id,
@@ -300,6 +306,11 @@ class Job(BaseModel):
         """Every parameter as JSON-able values (for cache keys and the sidecar).
 
         Leaves out `row` (position in the file) and `refresh` (an instruction, not a parameter:
-        toggling it must not move the cache key).
+        toggling it must not move the cache key), and the own-model cells when empty, so rows that do
+        not use them keep the dicts (and up-to-date sidecars) they had before those cells existed.
         """
-        return self.model_dump(mode="json", exclude={"row", "refresh"}, by_alias=True)
+        data = self.model_dump(mode="json", exclude={"row", "refresh"}, by_alias=True)
+        for column in OWN_MODEL_COLUMNS:
+            if not data.get(column):
+                data.pop(column, None)
+        return data
