@@ -11,9 +11,10 @@
 - `cache_stats()` / `reset_cache()`: what the cache did (tests and benches assert "no reload").
 
 A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
-`from_pretrained` call. It may also be one original-layout checkpoint file, and a row may add
-LoRAs, a replacement VAE and single-file configs: see t2vz_core.model_sources (`sources=`). Weights are read from safetensors only unless `allow_pickle=True`
-(pickle files can run code when loaded); remote code is never trusted.
+`from_pretrained` call. Weights are read from safetensors only unless `allow_pickle=True`
+(pickle files can run code when loaded); remote code is never trusted. A model may also be one
+original-layout checkpoint file, and a row may add LoRAs, a replacement VAE and single-file
+configs: see t2vz_core.model_sources (the `sources=` argument).
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ import torch
 from t2vz_core.errors import InputError, TransientError
 from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
     _check_revision_target, digest_memo_dir, model_fingerprint)
-from t2vz_core.model_sources import (LoraState, ModelSources, is_single_file, load_single_file_controlnet,
-                                     load_single_file_pipeline, load_vae, single_file_family, sync_loras)
+from t2vz_core.model_sources import (
+    LoraState,
+    ModelSources,
+    is_single_file,
+    load_single_file_controlnet,
+    load_single_file_pipeline,
+    load_vae,
+    single_file_family,
+    sync_loras,
+)
 from t2vz_core.runtime import OFFLOADS, Runtime, _mps_available  # noqa: F401 - re-exported
 
 Family = Literal["sd", "sdxl", "pix2pix"]

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from own_models_support import write_original_checkpoint, write_original_sdxl_checkpoint
+
 from t2vz_core import row_steps
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, read_manifest

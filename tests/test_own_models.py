@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from own_models_support import (
     kohya_copy,
     make_lora,
@@ -24,12 +23,13 @@ from own_models_support import (
     write_original_checkpoint,
     write_original_controlnet,
 )
+from test_engine_oracles import ORACLE_TOL, SIZE, frames, maxdiff, pil, reference_cross_frame, shared_latents
+
 from t2vz_core import models
 from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.errors import InputError
 from t2vz_core.model_sources import SCHEDULERS, TEXT2VIDEO_SCHEDULERS, ModelSources, build_scheduler
 from t2vz_core.models import Runtime, load_pipeline
-from test_engine_oracles import ORACLE_TOL, SIZE, frames, maxdiff, pil, reference_cross_frame, shared_latents
 
 pytestmark = pytest.mark.filterwarnings("ignore:Default grid_sample:UserWarning")
 
@@ -176,7 +176,8 @@ def test_lora_of_another_architecture_is_a_clear_error(tiny_models, own):
 def test_single_file_model_and_controlnet_give_the_folders_frames(tiny_models, own):
     maps = frames(seed=4, count=N_FRAMES, sparse=True)
     from_folders = cached_canny(tiny_models, maps)
-    sources = ModelSources(model_config=str(tiny_models / "sd"), controlnet_config=str(tiny_models / "controlnet-canny"))
+    sources = ModelSources(model_config=str(tiny_models / "sd"),
+                           controlnet_config=str(tiny_models / "controlnet-canny"))
     from_files = cached_canny(tiny_models, maps, sources, model=own["sd_file"], controlnet=own["canny_file"])
     assert maxdiff(from_files, from_folders) == 0.0
 
@@ -204,7 +205,8 @@ def test_single_file_without_configs_offline_says_what_is_missing(tiny_models, o
     with pytest.raises(InputError, match="controlnet_config column"):
         load_pipeline("sd", tiny_models / "sd", own["canny_file"], runtime=CPU)
     with pytest.raises(InputError, match="is a sd checkpoint, but model_config .* is a pix2pix model"):
-        load_pipeline("sd", own["sd_file"], runtime=CPU, sources=ModelSources(model_config=str(tiny_models / "pix2pix")))
+        load_pipeline("sd", own["sd_file"], runtime=CPU,
+                      sources=ModelSources(model_config=str(tiny_models / "pix2pix")))
 
 
 def test_ckpt_stays_behind_allow_pickle(tiny_models, own, tmp_path):

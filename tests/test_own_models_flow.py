@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import pytest
-
 from own_models_support import make_lora, write_original_checkpoint
 from test_cli import t2vz, write_csv
 from test_flow import DEMO_MEDIA
