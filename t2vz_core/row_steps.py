@@ -13,6 +13,8 @@ its input entry plus its own parameters, so a change anywhere re-runs exactly wh
 - generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
             + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
             fingerprints (weights' bytes or hub revision) + device type and dtype
+            + when the row names them: LoRA bytes and scales, VAE, scheduler, single-file configs
+            (t2vz_core.model_sources)
 - encode:   generate key + output formats + fps + the source's bytes when its audio is kept
 
 Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
@@ -80,9 +82,12 @@ def warm_imports() -> None:
             return
         import diffusers
 
+        from t2vz_core.model_sources import SCHEDULERS
+
         for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
                      "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
-                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
+                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline",
+                     "AutoencoderKL", *(class_name for class_name, _ in SCHEDULERS.values())):
             getattr(diffusers, name)
         import t2vz_core.engine  # noqa: F401
 
@@ -216,7 +221,8 @@ def runtime_signature(runtime: Runtime) -> dict[str, str]:
     return signature
 
 
-def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:
+def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None,
+                 model_config: str | None = None) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
     memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
@@ -226,9 +232,10 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
+    from t2vz_core.model_sources import is_single_file, single_file_family
     from t2vz_core.models import detect_family
 
-    family = detect_family(model, revision)
+    family = single_file_family(model, model_config) if is_single_file(model) else detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         atomic_write_json(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
@@ -239,14 +246,15 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
 
     `recorded`: an earlier result for this job (a sidecar's); its family is reused when the model's
     fingerprint is unchanged (the family is a function of the model's files)."""
-    from t2vz_core.fingerprints import model_fingerprint
+    from t2vz_core import model_sources
 
     # The row's revision is the base model's (the ControlNet loads its default revision).
-    fingerprint = model_fingerprint(job.model, job.revision)
+    # model / controlnet may also be single checkpoint files (fingerprinted by their bytes).
+    fingerprint = model_sources.weights_fingerprint(job.model, job.revision)
     if recorded and recorded.get("model_fingerprint") == fingerprint and recorded.get("family"):
         family = recorded["family"]
     else:
-        family = model_family(job.model, fingerprint, work, job.revision)
+        family = model_family(job.model, fingerprint, work, job.revision, job.base_model_config)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
@@ -254,7 +262,8 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
         "revision": job.revision,
         "model_fingerprint": fingerprint,
         "controlnet": controlnet,
-        "controlnet_fingerprint": model_fingerprint(controlnet) if controlnet else None,
+        "controlnet_fingerprint": model_sources.weights_fingerprint(controlnet) if controlnet else None,
+        **model_sources.resolve_sources(job),  # LoRAs, VAE, scheduler, configs: only those the row sets
     }
 
 
@@ -321,14 +330,20 @@ def generate_key(ctx: RowContext) -> str:
         # The engine's output does not depend on the chunk size in these modes (anchor reuse):
         # a smaller chunk after an out-of-memory error, or another GPU's, reuses the same entry.
         params.pop("chunk_size", None)
+    from t2vz_core.model_sources import key_parts
+
     models = ctx.models
-    return make_key("generate", {
+    payload = {
         "conditioning": conditioning.key if conditioning else None,
         "params": params,
         "size": [width, height],
         "models": {k: models[k] for k in ("family", "model_fingerprint", "controlnet_fingerprint")},
         "runtime": runtime_signature(ctx.runtime),
-    })
+    }
+    sources = key_parts(models)
+    if sources:  # LoRAs, VAE, scheduler, configs; absent for rows without those cells, so their keys stay valid
+        payload["sources"] = sources
+    return make_key("generate", payload)
 
 
 def generate_build(ctx: RowContext, key: str) -> GenerateResult:
@@ -340,6 +355,7 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
     """
     from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.media import FrameStore
+    from t2vz_core.model_sources import ModelSources, build_scheduler
     from t2vz_core.models import load_pipeline
 
     job, conditioning, runtime, models = ctx.job, ctx.conditioning, ctx.runtime, ctx.models
@@ -357,7 +373,7 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
         warm_imports()
         with ctx.hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
-                                 revision=models.get("revision"))
+                                 revision=models.get("revision"), sources=ModelSources.of(job))
             source = FrameStore(conditioning.frames) if conditioning else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).
@@ -366,7 +382,8 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
                 meta["chunk_size"] = request.chunk_size
             with FrameStore.writer(folder / "frames", fps=fps, meta=meta) as writer:
                 generate(pipe, request, conditioning=source, output=writer,
-                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress)
+                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress,
+                         scheduler=build_scheduler(job.scheduler, pipe.scheduler))
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / "frames"))
         return {"count": count, "fps": fps, "width": width, "height": height,

@@ -29,15 +29,17 @@ FORMAT = 1
 log = logging.getLogger(__name__)
 
 
-def fingerprint(request: GenerationRequest, pipe, conditioning_digest: str) -> str:
-    """Stable id of everything that determines the denoising trajectory."""
+def fingerprint(request: GenerationRequest, pipe, conditioning_digest: str, scheduler=None) -> str:
+    """Stable id of everything that determines the denoising trajectory (`scheduler`: the one used,
+    when not the pipeline's own)."""
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
     parts = {
         "format": FORMAT,
         "request": request.as_dict(),
         "pipeline": type(pipe).__name__,
         "model": str(getattr(pipe, "name_or_path", "")),
         "dtype": str(pipe.unet.dtype),
-        "scheduler": [type(pipe.scheduler).__name__, _jsonable(dict(pipe.scheduler.config))],
+        "scheduler": [type(scheduler).__name__, _jsonable(dict(scheduler.config))],
         "weights": _weights_digest(pipe),
         "conditioning": conditioning_digest,
     }

@@ -38,6 +38,7 @@ def generate(
     on_progress: Callable[[int, int, str], None] | None = None,
     *,
     output_dtype=np.uint8,
+    scheduler=None,
 ) -> np.ndarray | None:
     """Generate one video with Text2Video-Zero on a loaded diffusers pipeline.
 
@@ -52,6 +53,8 @@ def generate(
     checkpoint_path: file for resumable denoising state (saved after every step, removed when
     the video is complete); a checkpoint of another request/model/conditioning is ignored.
     on_progress(done, total, message): once per UNet chunk and per decoded chunk.
+    scheduler: a diffusers scheduler to denoise with instead of `pipe.scheduler` (a copy is used;
+    the pipeline, which other rows share, is left untouched).
 
     While it runs, the UNet's (and ControlNet's) self-attention processors are swapped for
     cross-frame ones and restored afterwards (on error too); pipelines that share a UNet (a
@@ -64,7 +67,7 @@ def generate(
         raise InputError(f"output_dtype must be uint8 or float32, got {output_dtype}")
     info = inspect_pipe(pipe)
     check_pipe_fits(request, info, pipe)
-    scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own scheduler is left untouched
+    scheduler = copy.deepcopy(scheduler if scheduler is not None else pipe.scheduler)  # the given one stays untouched
     scheduler.set_timesteps(request.num_inference_steps, device=info.device)
     request.validate(scheduler_steps=len(scheduler.timesteps))
 
@@ -81,7 +84,7 @@ def generate(
         return None  # a finished earlier run wrote everything
 
     progress = Progress(units + len(spans), on_progress)
-    checkpoint = Checkpoint(checkpoint_path, fingerprint(request, pipe, digest))
+    checkpoint = Checkpoint(checkpoint_path, fingerprint(request, pipe, digest, scheduler))
     try:
         with torch.no_grad():
             latents, output_rows = _denoise(pipe, info, request, conditioning, count, scheduler, checkpoint, progress)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from t2vz_core.manifest.cells import (
     FLOAT_FIELDS,
@@ -46,6 +46,13 @@ from t2vz_core.manifest.defaults import (
     default_t0_t1,
 )
 from t2vz_core.manifest.rules import RowProblems, cross_column_problems
+from t2vz_core.model_sources import (
+    OWN_MODEL_COLUMNS,
+    LoraWeight,
+    check_scheduler,
+    check_weights_ref,
+    parse_lora_cell,
+)
 from t2vz_core.paths import (
     RealRoots,
     check_job_id,
@@ -74,7 +81,7 @@ class Job(BaseModel):
     the current folder).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     job_id: str
     mode: Mode
@@ -110,6 +117,14 @@ class Job(BaseModel):
     t1: int | None = None
     output: tuple[str, ...] = ("mp4",)
     refresh: bool = False
+    # Models users bring (t2vz_core.model_sources): LoRAs with scales, a scheduler name, a replacement
+    # VAE, and the architecture configs of single-file model / ControlNet checkpoints.
+    lora: tuple[LoraWeight, ...] = ()
+    scheduler: str | None = None
+    vae: str | None = None
+    # pydantic reserves the name model_config: the field is base_model_config, its column model_config.
+    base_model_config: str | None = Field(default=None, alias="model_config")
+    controlnet_config: str | None = None
     row: int | None = None
 
     @model_validator(mode="before")
@@ -173,11 +188,29 @@ class Job(BaseModel):
             raise ValueError(f"unknown control_backend {describe(value)}: use one of {', '.join(known)}")
         return text
 
-    @field_validator("model", "controlnet", "annotator", mode="before")
+    @field_validator("annotator", "base_model_config", "controlnet_config", mode="before")
     @classmethod
     def _model_ref(cls, value: Any, info: ValidationInfo) -> str:
         base_dir, _ = _context(info)
         return check_model_ref(str(value), base_dir)
+
+    @field_validator("model", "controlnet", "vae", mode="before")
+    @classmethod
+    def _weights_ref(cls, value: Any, info: ValidationInfo) -> str:
+        # These may also be one checkpoint file in the original Stable Diffusion layout.
+        base_dir, _ = _context(info)
+        return check_weights_ref(str(value), base_dir, info.field_name)
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value: Any, info: ValidationInfo) -> tuple[LoraWeight, ...]:
+        base_dir, _ = _context(info)
+        return parse_lora_cell(value, base_dir)
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, value: Any) -> str:
+        return check_scheduler(value)
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -273,6 +306,11 @@ class Job(BaseModel):
         """Every parameter as JSON-able values (for cache keys and the sidecar).
 
         Leaves out `row` (position in the file) and `refresh` (an instruction, not a parameter:
-        toggling it must not move the cache key).
+        toggling it must not move the cache key), and the own-model cells when empty, so rows that do
+        not use them keep the dicts (and up-to-date sidecars) they had before those cells existed.
         """
-        return self.model_dump(mode="json", exclude={"row", "refresh"})
+        data = self.model_dump(mode="json", exclude={"row", "refresh"}, by_alias=True)
+        for column in OWN_MODEL_COLUMNS:
+            if not data.get(column):
+                data.pop(column, None)
+        return data
