@@ -57,8 +57,12 @@ def detect_shots(
     from scenedetect.detector import FlashFilter
     from scenedetect.detectors import ContentDetector
 
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold <= 0:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+        or threshold <= 0
+    ):
         raise InputError(f"shot_threshold={threshold!r} must be a positive number")
     rate = fps if fps is not None else getattr(frames, "fps", None)
     if min_shot_frames is None:
@@ -71,11 +75,12 @@ def detect_shots(
     timebase = Fraction(rate) if rate is not None and float(rate) > 0 else Fraction(30)
 
     # The detector's own filter keeps cuts at least min_shot_frames apart (counted from frame 0).
-    detector = ContentDetector(threshold=float(threshold), min_scene_len=min_shot_frames,
-                               filter_mode=FlashFilter.Mode.SUPPRESS)
+    detector = ContentDetector(
+        threshold=float(threshold), min_scene_len=min_shot_frames, filter_mode=FlashFilter.Mode.SUPPRESS
+    )
     cuts: list[int] = []
     for start in range(0, count, READ_CHUNK):
-        chunk = np.asarray(frames[start: min(start + READ_CHUNK, count)])
+        chunk = np.asarray(frames[start : min(start + READ_CHUNK, count)])
         _check_frames(chunk, start)
         for offset, rgb in enumerate(chunk):
             timecode = FrameTimecode(start + offset, fps=timebase)
@@ -103,8 +108,10 @@ def check_shots(shots, count: int) -> list[Shot]:
     expected = 0
     for start, end in pairs:
         if start != expected or end <= start:
-            raise InputError(f"shots {pairs} must be non-empty [start, end) ranges in order covering frames "
-                             f"0 to {count - 1} without gaps (expected one starting at {expected})")
+            raise InputError(
+                f"shots {pairs} must be non-empty [start, end) ranges in order covering frames "
+                f"0 to {count - 1} without gaps (expected one starting at {expected})"
+            )
         expected = end
     if expected != count:
         raise InputError(f"shots {pairs} cover frames 0 to {expected - 1} but there are {count} frames")
@@ -125,5 +132,6 @@ def _detector_input(rgb: np.ndarray) -> np.ndarray:
 
 def _check_frames(chunk: np.ndarray, start: int) -> None:
     if chunk.dtype != np.uint8 or chunk.ndim != 4 or chunk.shape[-1] != 3:
-        raise InputError(f"frames from {start}: expected uint8 RGB frames (k, H, W, 3), got "
-                         f"{chunk.dtype} {tuple(chunk.shape)}")
+        raise InputError(
+            f"frames from {start}: expected uint8 RGB frames (k, H, W, 3), got {chunk.dtype} {tuple(chunk.shape)}"
+        )

@@ -27,8 +27,9 @@ def _pan(image: np.ndarray, count: int, size: int, step: float = 1.0) -> np.ndar
     frames = []
     for index in range(count):
         left = int(round(index * step * scale))
-        frames.append(cv2.resize(image[top: top + crop, left: left + crop], (size, size),
-                                 interpolation=cv2.INTER_AREA))
+        frames.append(
+            cv2.resize(image[top : top + crop, left : left + crop], (size, size), interpolation=cv2.INTER_AREA)
+        )
     return np.stack(frames)
 
 
@@ -52,11 +53,12 @@ def talking_head_frames(count: int, size: int = 128) -> np.ndarray:
         zoom = 1 + 0.01 * index
         crop_w, crop_h = int(width / zoom * 0.8), int(height / zoom * 0.8)
         left, top = (width - crop_w) // 2 + 2 * index, (height - crop_h) // 2
-        frame = cv2.resize(background[top: top + crop_h, left: left + crop_w], (size, size),
-                           interpolation=cv2.INTER_AREA)
+        frame = cv2.resize(
+            background[top : top + crop_h, left : left + crop_w], (size, size), interpolation=cv2.INTER_AREA
+        )
         x = size // 4 + int(round(2 * np.sin(index / 4)))
         y = size * 5 // 16 + int(round(np.sin(index / 3)))
-        frame[y: y + size // 2, x: x + size // 2] = face
+        frame[y : y + size // 2, x : x + size // 2] = face
         frames.append(frame)
     return np.stack(frames)
 

@@ -3,11 +3,12 @@ ControlNet pipelines preprocess them. Budget: ~10 s on 2 cores."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
-import importlib
 from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.engine.guided import ControlMaps, prepare_control
 from t2vz_core.models import Runtime, load_pipeline

@@ -73,8 +73,14 @@ def request(mode: str, **fields) -> GenerationRequest:
 def canny_split(canny, clip):
     """The canny row split into SHOTS (float32 frames) and the progress messages of that run."""
     messages = []
-    frames = generate(canny, request("canny"), clip[1], output_dtype=np.float32, shots=SHOTS,
-                      on_progress=lambda done, total, message: messages.append((done, total, message)))
+    frames = generate(
+        canny,
+        request("canny"),
+        clip[1],
+        output_dtype=np.float32,
+        shots=SHOTS,
+        on_progress=lambda done, total, message: messages.append((done, total, message)),
+    )
     return frames, messages
 
 
@@ -85,8 +91,11 @@ def test_the_clip_has_two_shots(clip):
 @pytest.mark.parametrize("mode", ["canny", "pix2pix"])
 def test_each_shot_equals_the_row_run_on_that_shot_alone(mode, canny, pix2pix, clip, canny_split):
     pipe, conditioning = (canny, clip[1]) if mode == "canny" else (pix2pix, clip[0])
-    split = canny_split[0] if mode == "canny" else generate(pipe, request(mode), conditioning,
-                                                            output_dtype=np.float32, shots=SHOTS)
+    split = (
+        canny_split[0]
+        if mode == "canny"
+        else generate(pipe, request(mode), conditioning, output_dtype=np.float32, shots=SHOTS)
+    )
     assert split.shape == (11, 64, 64, 3)
     for start, stop in SHOTS:
         alone = generate(pipe, request(mode), conditioning[start:stop], output_dtype=np.float32)
@@ -121,8 +130,15 @@ def test_a_job_killed_in_shot_2_resumes_in_shot_2(canny, clip, canny_split, tmp_
             raise Stop(message)
 
     with pytest.raises(Stop), FrameStore.writer(out, fps=24) as writer:
-        generate(canny, request("canny"), clip[1], output=writer, checkpoint_path=checkpoint, shots=SHOTS,
-                 on_progress=stop_in_shot_2_step_2)
+        generate(
+            canny,
+            request("canny"),
+            clip[1],
+            output=writer,
+            checkpoint_path=checkpoint,
+            shots=SHOTS,
+            on_progress=stop_in_shot_2_step_2,
+        )
     saved = torch.load(checkpoint, weights_only=True)
     assert (saved["phase"], saved["step"], saved["frame_of_row"]) == ("shot 2/2", 1, list(range(6, 11)))
 

@@ -128,8 +128,12 @@ def test_video_modes_default_to_auto_shots(folder):
 
 
 def test_shot_cells_are_parsed_and_move_the_job(folder):
-    manifest = read(folder, "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames",
-                    "a,pose,a.mp4,x,AUTO,35.5,8", "b,depth,a.mp4,x,none,,")
+    manifest = read(
+        folder,
+        "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames",
+        "a,pose,a.mp4,x,AUTO,35.5,8",
+        "b,depth,a.mp4,x,none,,",
+    )
     auto, none = manifest.jobs
     assert (auto.shots, auto.shot_threshold, auto.min_shot_frames) == ("auto", 35.5, 8)
     assert (none.shots, none.shot_threshold, none.min_shot_frames) == ("none", None, None)
@@ -137,8 +141,9 @@ def test_shot_cells_are_parsed_and_move_the_job(folder):
 
 
 def test_detector_cells_are_ignored_with_shots_none(folder):
-    manifest = read(folder, "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames",
-                    "a,canny,a.mp4,x,none,30,5")
+    manifest = read(
+        folder, "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames", "a,canny,a.mp4,x,none,30,5"
+    )
     assert manifest.errors == []
     job = manifest.jobs[0]
     assert (job.shots, job.shot_threshold, job.min_shot_frames) == ("none", None, None)
@@ -147,9 +152,14 @@ def test_detector_cells_are_ignored_with_shots_none(folder):
 
 
 def test_bad_shot_cells_name_row_and_column(folder):
-    manifest = read(folder, "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames",
-                    "a,canny,a.mp4,x,sometimes,,", "b,canny,a.mp4,x,auto,0,", "c,canny,a.mp4,x,,abc,1.5",
-                    "d,canny,a.mp4,x,,,0")
+    manifest = read(
+        folder,
+        "job_id,mode,source,prompt,shots,shot_threshold,min_shot_frames",
+        "a,canny,a.mp4,x,sometimes,,",
+        "b,canny,a.mp4,x,auto,0,",
+        "c,canny,a.mp4,x,,abc,1.5",
+        "d,canny,a.mp4,x,,,0",
+    )
     found = {(e.row, e.column): e.message for e in manifest.errors}
     assert "use one of auto, none" in found[(2, "shots")]
     assert "out of range" in found[(3, "shot_threshold")]

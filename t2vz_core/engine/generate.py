@@ -15,18 +15,17 @@ import numpy as np
 import torch
 
 from t2vz_core.errors import InputError
-
 from t2vz_core.shots import check_shots
 
 from .checkpoint import Checkpoint, fingerprint, shot_fingerprint
 from .conditioning import encode_branches
-from .vae_decode import decode_latents, sink_has, to_uint8
 from .denoiser import Denoiser
 from .guided import check_conditioning, denoise_frames, frames_units, prepare_control, prepare_source_latents
 from .loop import Progress
 from .pipes import check_pipe_fits, inspect_pipe
 from .request import GenerationRequest
 from .text2video import denoise_text2video, text2video_units
+from .vae_decode import decode_latents, sink_has, to_uint8
 
 DEFAULT_DECODE_CHUNK = 8
 
@@ -143,7 +142,8 @@ def _generate_shots(pipe, info, request, conditioning, shots, shot_spans, schedu
         for index, ((start, stop), spans) in enumerate(zip(shots, shot_spans)):
             label = "frames" if len(shots) == 1 else f"shot {index + 1}/{len(shots)}"
             if output is not None and all(sink_has(output, a, b) for a, b in spans):
-                progress.advance(f"{label}: already written", frames_units(request, stop - start, timesteps) + len(spans))
+                units = frames_units(request, stop - start, timesteps) + len(spans)
+                progress.advance(f"{label}: already written", units)
                 continue
             checkpoint = Checkpoint(checkpoint_path, shot_fingerprint(video_key, shots, index))
             if request.mode == "pix2pix":  # encoded per shot: the source frames are never all held
