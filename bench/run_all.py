@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
 T2VZ = str(Path(sys.executable).with_name("t2vz"))
-STEPS = ("decode", "control", "generate", "encode", "publish")
+STEPS = ("decode", "cuts", "control", "generate", "encode", "publish")
 
 
 # ================================================================ children (fresh processes)
@@ -223,7 +223,9 @@ def prepare(tmp: Path, env: dict, rss_resolution: int) -> dict:
         rss[frames] = write_csv(lib / f"rss{frames}.csv", [
             {"job_id": f"rss{frames}", "mode": "canny", "source": f"rss{frames}.mp4", "prompt": "a glass boat",
              "resolution": rss_resolution, "num_inference_steps": 2, "chunk_size": 8, "seed": 3,
-             "model": str(models / "sd"), "controlnet": str(models / "controlnet-canny")}])
+             # One shot, the most held at once: the panning texture jumps every 16 frames, which
+             # shots=auto would split into 15 shots of 16 latents each.
+             "shots": "none", "model": str(models / "sd"), "controlnet": str(models / "controlnet-canny")}])
     return {"models": models, "four": four, "rss": rss}
 
 
@@ -432,7 +434,8 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
                  f"frame at {rss_w}x{rss_h} px. Decoding, control maps and encoding stream through frame stores on "
                  "disk, and the engine reads each UNet chunk's control maps from the store as it denoises "
                  "(t2vz_core/engine/guided.py, ControlMaps): what stays in memory per frame is its latent "
-                 f"(step-major denoising needs every row of a shot at each step): {latent_bytes / 1024:.0f} kB "
+                 "(step-major denoising needs every row of a shot at each step; the rows run with shots=none, "
+                 f"one shot of every frame, the most held at once): {latent_bytes / 1024:.0f} kB "
                  f"per frame with the tiny VAE (it scales by 2; SD's scales by 8: 64 kB at 512x512). Holding the "
                  f"maps as before would add {map_kb:.0f} kB per frame here (768 kB at 512x512). The rest of "
                  "the growth is not attributed (allocator slack, checkpoint serialization) and varies between runs.")

@@ -28,6 +28,7 @@ engine request happens here, next to the step that consumes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -150,20 +151,28 @@ def decode_build(ctx: RowContext, key: str) -> DecodeResult:
 SHOT_DETECTOR = "pyscenedetect-content"
 
 
+@functools.lru_cache(maxsize=1)
+def shot_detector() -> str:
+    """The detector and its library's version (read from metadata, nothing imported; cached: a
+    lookup scans sys.path and the up-to-date check asks once per row)."""
+    from importlib import metadata
+
+    for package in ("scenedetect-headless", "scenedetect"):
+        try:
+            return f"{SHOT_DETECTOR}/{metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{SHOT_DETECTOR}/not-installed"  # the cuts step itself then fails with the import error
+
+
 def cuts_settings(ctx: RowContext) -> dict[str, Any]:
     """The detector and its settings, completed with defaults (min_shot_frames: half a second at
     the decoded rate), so each one moves the key."""
-    from importlib import metadata
-
     from t2vz_core.shots import DEFAULT_SHOT_THRESHOLD, default_min_shot_frames
 
     job, decoded = ctx.job, ctx.results["decode"]
-    try:
-        version = metadata.version("scenedetect-headless")
-    except metadata.PackageNotFoundError:
-        version = metadata.version("scenedetect")
     return {
-        "detector": f"{SHOT_DETECTOR}/{version}",
+        "detector": shot_detector(),
         "threshold": float(or_default(job.shot_threshold, DEFAULT_SHOT_THRESHOLD)),
         "min_shot_frames": or_default(job.min_shot_frames, default_min_shot_frames(decoded.fps)),
     }
