@@ -30,7 +30,7 @@ def _step_names() -> tuple[str, ...]:
 
 
 def report_columns() -> tuple[str, ...]:
-    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", *_step_names(), "sidecar")
+    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "shots", *_step_names(), "sidecar")
 
 
 # A row's status: ok, failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
@@ -47,6 +47,7 @@ def row_from_sidecar(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
         "error": sidecar.error or "",
         "outputs": list(sidecar.outputs),
         "seconds": sidecar.seconds,
+        "shots": len(sidecar.shots) if sidecar.shots else None,  # how many shots the output has
         "sidecar": str(sidecar_path(output_dir, sidecar.job_id)),
     }
     for step in _step_names():

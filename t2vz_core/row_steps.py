@@ -1,4 +1,4 @@
-"""The steps of one row as plain functions (no Prefect): decode -> control -> generate -> encode -> publish.
+"""The steps of one row as plain functions (no Prefect): decode -> cuts -> control -> generate -> encode -> publish.
 
 Each step has a key function `*_key(ctx) -> str` and a build function `*_build(ctx, key)` that
 returns a typed result (t2vz_core.step_results) referring to what it wrote. Their order, inputs
@@ -9,12 +9,15 @@ Keys (sha256, see `workdir.make_key`) chain like a Merkle tree: a step's key cov
 its input entry plus its own parameters, so a change anywhere re-runs exactly what depends on it:
 
 - decode:   sha256 of the source file's bytes (not its path) + the decode parameters
+- cuts:     decode key + shot detector, its version and settings (threshold, min_shot_frames)
 - control:  decode key + control kind, backend and parameters
 - generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
             + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
             fingerprints (weights' bytes or hub revision) + device type and dtype
             + when the row names them: LoRA bytes and scales, VAE, scheduler, single-file configs
             (t2vz_core.model_sources)
+            + the shots found by cuts when there are several (the result, not the cells: a detector
+            setting that finds the same shots reuses the generation)
 - encode:   generate key + output formats + fps + the source's bytes when its audio is kept
 
 Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
@@ -27,6 +30,7 @@ engine request happens here, next to the step that consumes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +55,7 @@ from t2vz_core.paths import output_path
 from t2vz_core.rates import to_fraction
 from t2vz_core.step_results import (
     ControlResult,
+    CutsResult,
     DecodeResult,
     EncodeResult,
     FramesResult,
@@ -150,6 +155,72 @@ def decode_build(ctx: RowContext, key: str) -> DecodeResult:
         }
 
     return _result(DecodeResult, work.produce("decode", key, build, force=ctx.force, resumable=True))
+
+
+# ---------------------------------------------------------------- cuts (shots)
+
+SHOT_DETECTOR = "pyscenedetect-content"
+
+
+@functools.lru_cache(maxsize=1)
+def shot_detector() -> str:
+    """The detector and its library's version (read from metadata, nothing imported; cached: a
+    lookup scans sys.path and the up-to-date check asks once per row)."""
+    from importlib import metadata
+
+    for package in ("scenedetect-headless", "scenedetect"):
+        try:
+            return f"{SHOT_DETECTOR}/{metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{SHOT_DETECTOR}/not-installed"  # the cuts step itself then fails with the import error
+
+
+def cuts_settings(ctx: RowContext) -> dict[str, Any]:
+    """The detector and its settings, completed with defaults (min_shot_frames: half a second at
+    the decoded rate), so each one moves the key."""
+    from t2vz_core.shots import DEFAULT_SHOT_THRESHOLD, default_min_shot_frames
+
+    job, decoded = ctx.job, ctx.results["decode"]
+    return {
+        "detector": shot_detector(),
+        "threshold": float(or_default(job.shot_threshold, DEFAULT_SHOT_THRESHOLD)),
+        "min_shot_frames": or_default(job.min_shot_frames, default_min_shot_frames(decoded.fps)),
+    }
+
+
+def cuts_key(ctx: RowContext) -> str:
+    return make_key("cuts", {"decode": ctx.results["decode"].key, **cuts_settings(ctx)})
+
+
+def cuts_build(ctx: RowContext, key: str) -> CutsResult:
+    """Find the decoded video's shots (reads the frames 16 at a time; writes only entry.json)."""
+    from t2vz_core.media import FrameStore
+    from t2vz_core.shots import detect_shots
+
+    settings = cuts_settings(ctx)
+    decoded = ctx.results["decode"]
+
+    def build(folder: Path) -> dict:
+        shots = detect_shots(FrameStore(decoded.frames), settings["threshold"], settings["min_shot_frames"])
+        return {"shots": shots, **settings}
+
+    return _result(CutsResult, ctx.work.produce("cuts", key, build, force=ctx.force))
+
+
+def generation_shots(ctx: RowContext) -> list[tuple[int, int]] | None:
+    """The shots generation splits the video into; None for one shot (generated as before shots existed)."""
+    cuts = ctx.results.get("cuts")
+    return list(cuts.shots) if cuts is not None and len(cuts.shots) > 1 else None
+
+
+def output_shots(ctx: RowContext) -> list[tuple[int, int]] | None:
+    """The output's shots as [start, end) frame ranges covering every frame (for the sidecar):
+    the detected ones, else one shot of every generated frame; None before they are known."""
+    cuts, generated = ctx.results.get("cuts"), ctx.results.get("generate")
+    if cuts is not None:
+        return list(cuts.shots)
+    return [(0, generated.count)] if generated is not None else None
 
 
 # ---------------------------------------------------------------- control maps
@@ -333,7 +404,7 @@ def generate_key(ctx: RowContext) -> str:
     from t2vz_core.model_sources import key_parts
 
     models = ctx.models
-    payload = {
+    parts = {
         "conditioning": conditioning.key if conditioning else None,
         "params": params,
         "size": [width, height],
@@ -342,8 +413,11 @@ def generate_key(ctx: RowContext) -> str:
     }
     sources = key_parts(models)
     if sources:  # LoRAs, VAE, scheduler, configs; absent for rows without those cells, so their keys stay valid
-        payload["sources"] = sources
-    return make_key("generate", payload)
+        parts["sources"] = sources
+    shots = generation_shots(ctx)
+    if shots is not None:  # one shot generates exactly as an unsplit video: same key, same entry
+        parts["shots"] = [list(shot) for shot in shots]
+    return make_key("generate", parts)
 
 
 def generate_build(ctx: RowContext, key: str) -> GenerateResult:
@@ -367,6 +441,7 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
         kwargs["chunk_size"] = ctx.chunk_size
     fps = conditioning.fps if conditioning else to_fraction(job.fps)
     request = GenerationRequest(**kwargs)
+    shots = generation_shots(ctx)
 
     def build(folder: Path) -> dict:
         request.validate()
@@ -383,7 +458,7 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
             with FrameStore.writer(folder / "frames", fps=fps, meta=meta) as writer:
                 generate(pipe, request, conditioning=source, output=writer,
                          checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress,
-                         scheduler=build_scheduler(job.scheduler, pipe.scheduler))
+                         scheduler=build_scheduler(job.scheduler, pipe.scheduler), shots=shots)
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / "frames"))
         return {"count": count, "fps": fps, "width": width, "height": height,

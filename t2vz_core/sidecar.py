@@ -48,6 +48,9 @@ class Sidecar(BaseModel):
     error: str | None = None
     failed_step: str | None = None
     outputs: list[str] = []
+    # The output's shots, [start, end) frame indices covering every output frame (one pair when
+    # the video was not split); None when the row failed before they were known.
+    shots: list[tuple[int, int]] | None = None
     seconds: float | None = None
     started: str | None = None
     finished: str | None = None

@@ -117,7 +117,8 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
         progress.finish(job.job_id, "failed" if error else "ok")
     sidecar = Sidecar(
         job_id=job.job_id, row=job.row, mode=job.mode, status="failed" if error else "ok", error=error,
-        failed_step=failed_step, outputs=outputs, seconds=round(time.perf_counter() - started, 3),
+        failed_step=failed_step, outputs=outputs, shots=row_steps.output_shots(row.ctx),
+        seconds=round(time.perf_counter() - started, 3),
         started=wall_start, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=row.steps,
         job=job.cache_dict(), refresh=job.refresh, resolved=_resolved(row.ctx),
         # What each step returned: lets a re-run recompute the keys (t2vz_core.freshness).

@@ -183,7 +183,8 @@ def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
     manifest = write_manifest(project["root"] / "prompt.csv", rows)
     out = project["root"] / "out-prompt"  # fresh outputs, shared work folder
     _, rep, sidecars = run(manifest, out, project["work"])
-    assert statuses(sidecars["canny"]) == {"decode": "cached", "control": "cached", "generate": "computed",
+    assert statuses(sidecars["canny"]) == {"decode": "cached", "cuts": "cached", "control": "cached",
+                                           "generate": "computed",
                                            "encode": "computed", "publish": "computed"}
     for job_id in ("t2v", "pose", "depth", "p2p"):
         steps = statuses(sidecars[job_id])

@@ -46,6 +46,15 @@ def fingerprint(request: GenerationRequest, pipe, conditioning_digest: str, sche
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def shot_fingerprint(video_fingerprint: str, shots: list[tuple[int, int]], index: int) -> str:
+    """The checkpoint key of shot `index` of a video split into `shots`; a video that is one
+    shot keeps the video's own key (so an unsplit run resumes exactly as before shots existed)."""
+    if len(shots) == 1:
+        return video_fingerprint
+    parts = {"video": video_fingerprint, "shots": [list(shot) for shot in shots], "index": index}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def _weights_digest(pipe) -> str:
     # A few small tensors identify the weights without hashing gigabytes.
     digest = hashlib.sha256()

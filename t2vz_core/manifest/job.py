@@ -26,6 +26,7 @@ from t2vz_core.manifest.columns import (
     EXTRACTION_COLUMNS,
     FITS,
     MODES,
+    SHOT_DETECTOR_COLUMNS,
     SOURCE_MODES,
     STRUCTURAL,
     Mode,
@@ -38,6 +39,8 @@ from t2vz_core.manifest.defaults import (
     DEFAULT_MOTION,
     DEFAULT_RESOLUTION,
     DEFAULT_SEED,
+    DEFAULT_SHOT_THRESHOLD,
+    DEFAULT_SHOTS,
     DEFAULT_STEPS,
     DEFAULT_TEXT2VIDEO_FPS,
     DEFAULT_VIDEO_LENGTH,
@@ -115,6 +118,9 @@ class Job(BaseModel):
     motion_field_strength_y: float | None = None
     t0: int | None = None
     t1: int | None = None
+    shots: Literal["auto", "none"] | None = None
+    shot_threshold: float | None = None
+    min_shot_frames: int | None = None
     output: tuple[str, ...] = ("mp4",)
     refresh: bool = False
     # Models users bring (t2vz_core.model_sources): LoRAs with scales, a scheduler name, a replacement
@@ -147,10 +153,11 @@ class Job(BaseModel):
     def _job_id(cls, value: Any) -> str:
         return check_job_id(str(value))
 
-    @field_validator("mode", "control", "fit", mode="before")
+    @field_validator("mode", "control", "fit", "shots", mode="before")
     @classmethod
     def _choice(cls, value: Any, info: ValidationInfo) -> str:
-        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS}[info.field_name]
+        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS,
+                   "shots": ("auto", "none")}[info.field_name]
         text = str(value).strip().lower()
         if text not in choices:
             raise ValueError(f"unknown {info.field_name} {describe(value)}: use one of {', '.join(choices)}")
@@ -265,6 +272,12 @@ class Job(BaseModel):
             values["image_guidance_scale"] = DEFAULT_IMAGE_GUIDANCE
         if mode in SOURCE_MODES and self.fit is None:
             values["fit"] = "keep"
+        if mode in SOURCE_MODES:
+            values["shots"] = self.shots or DEFAULT_SHOTS
+            if values["shots"] == "none":
+                values.update(dict.fromkeys(SHOT_DETECTOR_COLUMNS))  # one anchor: nothing is detected
+            elif self.shot_threshold is None:
+                values["shot_threshold"] = DEFAULT_SHOT_THRESHOLD
         if self.width is None and self.height is None and self.resolution is None:
             values["resolution"] = DEFAULT_RESOLUTION
         if mode == "text2video":

@@ -37,7 +37,9 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
     for name in sorted(STRUCTURAL & given):
         if mode not in APPLIES_TO[name]:
             hint = {"source": "text2video generates from the prompt alone; leave source empty or pick a video mode",
-                    "video_length": "use max_frames to limit how many source frames are read"}.get(
+                    "video_length": "use max_frames to limit how many source frames are read",
+                    **dict.fromkeys(("shots", "shot_threshold", "min_shot_frames"),
+                                    "text2video makes one shot; shots split a source video at its cuts")}.get(
                 name, "only pose, canny and depth use a ControlNet")
             add(name, f"{name} is not used by mode {mode}: {hint}")
     one_side = (job.width is None) != (job.height is None)
