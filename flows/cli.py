@@ -6,6 +6,7 @@
     t2vz models tiny DIR
     t2vz scan VIDEO_DIR --mode canny --prompt "..." [--set seed=3 ...] > manifest.csv
     t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
+    t2vz qc EDITED.mp4 --source SOURCE.mp4 [--json]   (temporal-consistency scores: flows/qc_cli.py)
 
 Exit codes: 0 every row succeeded, 1 some row failed or was invalid, 2 unreadable manifest or bad usage.
 Heavy imports (Prefect, torch) happen inside the subcommands, so `--help` and `validate` are quick.
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=cmd_scan)
 
     _add_serve(sub)
+    from flows import qc_cli
+
+    qc_cli.add_parser(sub)
     return parser
 
 
