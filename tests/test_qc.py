@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import json
 
-import av
-import cv2
 import numpy as np
 import pytest
-from skimage import data
+from review_fixtures import encode, panned_astronaut
 
 from flows.cli import main
 from t2vz_core import qc
 from t2vz_core.errors import InputError
 from t2vz_core.media import FrameStore
 
-SIZE, FRAMES = 96, 16
-
-
-def panned_astronaut(frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
-    big = cv2.resize(data.astronaut(), (size * 2, size * 2), interpolation=cv2.INTER_AREA)
-    return np.stack([big[20 + 2 * i: 20 + 2 * i + size, 10 + 3 * i: 10 + 3 * i + size] for i in range(frames)])
-
-
-def encode(frames: np.ndarray, path, fps: int = 8) -> str:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "18"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
+FRAMES = 16
 
 
 @pytest.fixture(scope="module")
