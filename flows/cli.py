@@ -2,7 +2,7 @@
 
     t2vz run MANIFEST --output-dir DIR [--device cuda --dtype fp16 --force --allowed-root DIR ...]
     t2vz validate MANIFEST
-    t2vz report OUT_DIR                         (rebuild report.csv/json from the sidecars)
+    t2vz report OUT_DIR [--summary]             (rebuild report.csv/json/parquet/html from the sidecars)
     t2vz models tiny DIR
     t2vz scan VIDEO_DIR --mode canny --prompt "..." [--set seed=3 ...] > manifest.csv
     t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
@@ -161,8 +161,9 @@ def _report_if_all_up_to_date(manifest, args: argparse.Namespace) -> dict | None
     checks = freshness.check_rows(manifest.jobs, out, runtime, work)
     if not all(check.current for check in checks.values()):
         return None
-    lines = report.manifest_lines(manifest, out, current=freshness.current_sidecars(checks))
-    return report.write_report(out, lines, report.manifest_extra(manifest))
+    current = freshness.current_sidecars(checks)
+    lines = report.manifest_lines(manifest, out, current=current)
+    return report.write_report(out, lines, report.manifest_extra(manifest), sidecars=current)
 
 
 def _print_report(result: dict) -> None:
@@ -211,6 +212,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from flows.batch import write_manifest_report
 
     rep = write_manifest_report(manifest_path, output_dir, args.allowed_root)
+    if args.summary:
+        from t2vz_core import report_table
+
+        print(report_table.summary_text(report_table.summarize_by_mode_status(report_table.report_frame(rep["rows"]))))
     counts = rep["counts"]
     print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
           f"{counts['missing']} not run; report: {Path(output_dir) / 'report.csv'}")
@@ -320,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output-dir", "-o", type=Path, help="the output folder, when TARGET is the manifest")
     rep.add_argument("--manifest", help="the manifest, when TARGET is the output folder")
     rep.add_argument("--allowed-root", action="append", metavar="DIR")
+    rep.add_argument("--summary", action="store_true",
+                     help="also print per mode and status: rows, frames, timings, median QC scores")
     rep.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="model utilities")

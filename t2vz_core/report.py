@@ -129,20 +129,55 @@ def summarize(rows: Iterable[dict]) -> dict[str, int]:
     return counts
 
 
-def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None) -> dict:
-    """Write report.json and report.csv (atomically) and return the report dict."""
+def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
+                 sidecars: dict[str, dict] | None = None) -> dict:
+    """Write report.json, report.csv, report.parquet and report.html (atomically) and return the report
+    dict. `sidecars` (by job_id), when the caller holds them, spare the gallery a read per row.
+
+    report.csv and report.parquet come from one pandas DataFrame (t2vz_core.report_table), except when
+    the rows' results are those the last report recorded (`results_digest`) and report.parquet is
+    there: then report.csv is written by the stdlib writer below (the same bytes) and pandas is not
+    imported, which keeps the all-up-to-date re-run fast. The digest leaves out the step columns, so
+    a re-run that only marks rows "up to date" leaves report.parquet as the run that made them wrote it."""
     output_dir = Path(output_dir)
     rows = sorted(rows, key=lambda r: (r.get("row") is None, r.get("row") or 0, str(r.get("job_id"))))
+    digest = results_digest(rows)
+    unchanged = digest == _previous_digest(output_dir) and (output_dir / "report.parquet").is_file()
     report = {
         **(extra or {}),
         "output_dir": str(output_dir),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": summarize(rows),
+        "results_digest": digest,
         "rows": rows,
     }
-    write_json_atomic(output_dir / "report.json", report)
-    _write_text_atomic(output_dir / "report.csv", _rows_to_csv(rows))
+    if unchanged:
+        _write_text_atomic(output_dir / "report.csv", _rows_to_csv(rows))
+    else:
+        from t2vz_core import report_table
+
+        report_table.write_tables(output_dir, rows)
+    write_json_atomic(output_dir / "report.json", report)  # last: its digest vouches for the parquet
+    from t2vz_core.gallery import write_gallery
+
+    write_gallery(output_dir, rows, extra, sidecars)
     return report
+
+
+def results_digest(rows: list[dict]) -> str:
+    """sha256 of the rows' results: every column but the per-step statuses (which turn "up to date"
+    on a re-run that changed nothing)."""
+    import hashlib
+
+    kept = [{k: v for k, v in line.items() if k not in STEPS and k != "up_to_date"} for line in rows]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _previous_digest(output_dir: Path) -> str | None:
+    try:
+        return json.loads((output_dir / "report.json").read_text(encoding="utf-8")).get("results_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _rows_to_csv(rows: list[dict]) -> str:

@@ -1,0 +1,150 @@
+"""The report as a pandas DataFrame (t2vz_core.report_table): report.csv byte for byte as the stdlib
+writer makes it, report.parquet, the per-mode/status summary and `t2vz report OUT --summary`; and
+pandas kept off the path that rewrites an unchanged report (the all-up-to-date re-run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from t2vz_core import report, report_table
+from t2vz_core.manifest import read_manifest
+
+
+def _line(row, job_id, mode="canny", status="ok", **extra) -> dict:
+    line = {"row": row, "job_id": job_id, "mode": mode, "status": status, "error": "", "outputs": [],
+            "seconds": 2.0, "sidecar": f"/out/{job_id}.json",
+            **{step: "computed" for step in report.STEPS}}
+    line.update(extra)
+    return line
+
+
+HOSTILE = [
+    _line(2, "a", outputs=["/out/a.mp4", "/out/a b,c.webm"], seconds=1.23456),
+    _line(3, "b", status="failed", error='=HYPERLINK("http://x") , "quoted"\nsecond line', seconds=None),
+    _line(4, "c", mode="pix2pix", error="+1", job_id_note="extra keys are ignored", sidecar="@home"),
+    _line(5, "-d", mode="text2video", error="naïve — ünïcode", seconds=0.0),
+    report.invalid_row(6, None, None, ["seed: 'x' is not a whole number", "prompt: empty"]),
+    report.missing_row(7, "m", "depth"),
+]
+
+
+def test_the_frame_writes_report_csv_byte_for_byte():
+    frame = report_table.report_frame(HOSTILE)
+    assert list(frame.columns) == list(report.REPORT_COLUMNS)
+    assert report_table.frame_to_csv(frame) == report._rows_to_csv(HOSTILE)
+    # the injection guard is in the CSV, not in the data
+    assert "'=HYPERLINK" in report_table.frame_to_csv(frame) and frame.loc[1, "error"].startswith("=HYPERLINK")
+
+
+def test_typed_columns_with_qc_and_frames_when_rows_have_them():
+    rows = [_line(2, "a", frames=8, warp_error=3.5, warp_error_ratio=1.25),
+            _line(3, "b", frames=None, warp_error=None, warp_error_ratio=None)]
+    frame = report_table.report_frame(rows)
+    assert list(frame.columns)[-3:] == ["frames", "warp_error", "warp_error_ratio"]
+    assert str(frame["row"].dtype) == "Int64" and str(frame["frames"].dtype) == "Int64"
+    assert frame["seconds"].dtype == "float64" and math.isnan(frame.loc[1, "warp_error"])
+    assert frame.loc[0, "outputs"] == []
+    csv_text = report_table.frame_to_csv(frame).splitlines()
+    assert csv_text[0].endswith(",sidecar,frames,warp_error,warp_error_ratio")
+    assert csv_text[1].endswith(",8,3.5,1.25") and csv_text[2].endswith(",,,")
+
+
+def test_write_report_writes_csv_json_parquet_and_html(tmp_path):
+    rep = report.write_report(tmp_path, HOSTILE, {"manifest": "/m/jobs.csv"})
+    assert (tmp_path / "report.csv").read_text() == report._rows_to_csv(rep["rows"])
+    table = pd.read_parquet(tmp_path / "report.parquet")
+    assert table["job_id"].tolist() == [line["job_id"] or "" for line in rep["rows"]]
+    assert table.loc[0, "outputs"].tolist() == ["/out/a.mp4", "/out/a b,c.webm"]
+    assert table.loc[1, "error"].startswith("=HYPERLINK")  # raw data: the guard is for spreadsheets
+    assert json.loads((tmp_path / "report.json").read_text())["results_digest"] == report.results_digest(rep["rows"])
+    assert (tmp_path / "report.html").read_text().count('<article class="card') == len(HOSTILE)
+
+
+_REWRITE = """
+import json, sys
+from pathlib import Path
+from t2vz_core import report
+out = Path(sys.argv[1])
+rows = json.loads((out / "report.json").read_text())["rows"]
+for line in rows:
+    line.update(json.loads(sys.argv[2]))
+report.write_report(out, rows)
+print(json.dumps({"pandas": "pandas" in sys.modules, "pyarrow": "pyarrow" in sys.modules}))
+"""
+
+
+def _rewrite(out, change: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(out), json.dumps(change)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_an_up_to_date_rewrite_does_not_import_pandas(tmp_path):
+    report.write_report(tmp_path, [_line(2, "a"), _line(3, "b")])
+    parquet = (tmp_path / "report.parquet").read_bytes()
+
+    # only the step marks change (what a re-run finding every row up to date writes): no pandas
+    up_to_date = {**{step: "up to date" for step in report.STEPS}, "up_to_date": True}
+    assert _rewrite(tmp_path, up_to_date) == {"pandas": False, "pyarrow": False}
+    assert ",up to date," in (tmp_path / "report.csv").read_text()
+    assert (tmp_path / "report.parquet").read_bytes() == parquet
+
+    # a result changed: the tables are rebuilt through pandas
+    assert _rewrite(tmp_path, {"seconds": 9.5}) == {"pandas": True, "pyarrow": True}
+    assert pd.read_parquet(tmp_path / "report.parquet")["seconds"].tolist() == [9.5, 9.5]
+
+    # a lost report.parquet comes back even when nothing changed
+    (tmp_path / "report.parquet").unlink()
+    assert _rewrite(tmp_path, {})["pandas"] is True and (tmp_path / "report.parquet").exists()
+
+
+def test_summary_by_mode_and_status():
+    rows = [
+        _line(2, "a", seconds=2.0, frames=8, warp_error=2.0, warp_error_ratio=1.0),
+        _line(3, "b", seconds=6.0, frames=16, warp_error=4.0, warp_error_ratio=3.0),
+        _line(4, "c", seconds=5.0, frames=None),  # untimed frames: left out of frames per second
+        _line(5, "d", status="failed", seconds=1.0, frames=8),
+        _line(6, "e", mode="pix2pix", seconds=4.0, frames=8, warp_error_ratio=2.0),
+        report.invalid_row(7, "bad", None, ["prompt: empty"]),
+    ]
+    summary = report_table.summarize_by_mode_status(report_table.report_frame(rows))
+    assert list(summary.index) == [("(none)", "invalid"), ("canny", "failed"), ("canny", "ok"), ("pix2pix", "ok")]
+    ok = summary.loc[("canny", "ok")]
+    assert (ok["rows"], ok["frames"], ok["median_seconds"]) == (3, 24, 5.0)
+    assert ok["frames_per_second"] == pytest.approx(24 / 8.0)
+    assert (ok["median_warp_error"], ok["median_warp_error_ratio"]) == (3.0, 2.0)
+    assert pd.isna(ok["median_flicker"])
+    invalid = summary.loc[("(none)", "invalid")]
+    assert invalid["rows"] == 1 and pd.isna(invalid["frames"]) and pd.isna(invalid["frames_per_second"])
+
+    text = report_table.summary_text(summary).splitlines()
+    assert text[0].split()[:4] == ["mode", "status", "rows", "frames"]
+    assert text[3].split()[:6] == ["canny", "ok", "3", "24", "5.00", "3.00"]
+    markdown = report_table.summary_markdown(summary).splitlines()
+    assert markdown[0].startswith("| mode | status | rows | frames | median seconds | frames per second |")
+    assert markdown[4] == "| canny | ok | 3 | 24 | 5.00 | 3.00 | 3.00 | - | 2.00 | - | - |"
+
+
+def test_report_summary_command(tmp_path, capsys, no_env_allowed_roots):
+    (tmp_path / "sd").mkdir()
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("job_id,mode,prompt,model,video_length\n"
+                        "one,text2video,a cat,sd,8\ntwo,text2video,a dog,sd,8\nbad,text2video,,sd,8\n")
+    out = tmp_path / "out"
+    for job, seconds in zip(read_manifest(manifest).jobs, (2.0, 4.0)):
+        report.write_sidecar(out, job.job_id, {
+            "job_id": job.job_id, "row": job.row, "mode": job.mode, "status": "ok", "outputs": [],
+            "seconds": seconds, "steps": {}, "job": job.cache_dict()})
+    assert main(["report", str(manifest), "--output-dir", str(out), "--summary"]) == 1  # one invalid row
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:5] == ["mode", "status", "rows", "frames", "median_seconds"]
+    assert printed[1].split()[:3] == ["(none)", "invalid", "1"]
+    assert printed[2].split()[:5] == ["text2video", "ok", "2", "-", "3.00"]
+    assert (out / "report.parquet").exists() and (out / "report.html").exists()
