@@ -22,10 +22,10 @@ import json
 import os
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 from typing import Any
 
+from t2vz_core.atomic import atomic_write_text
 from t2vz_core.previews import PREVIEW_KINDS, existing_previews
 
 GALLERY_NAME = "report.html"
@@ -133,10 +133,9 @@ def _e(value: Any) -> str:
 
 
 def display_status(line: dict) -> str:
-    """The card's status: 'flagged' (QC over the row's limit) wins over 'up to date' and 'ok'."""
+    """The card's status: the report's ('flagged': over the row's QC limit, which wins over 'up to
+    date'), with 'up to date' for an ok row that did not run again."""
     status = str(line.get("status") or "missing")
-    if status == "ok" and line.get("flagged"):
-        return "flagged"
     if status == "ok" and line.get("up_to_date"):
         return "up to date"
     return status
@@ -269,15 +268,17 @@ def _checkboxes(name: str, values: dict[str, int], label=lambda v: v) -> str:
 
 
 def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
-                   sidecars: dict[str, dict] | None = None) -> str:
-    """The page's HTML. `rows`: report lines (t2vz_core.report); `sidecars` by job_id, else each
-    row's sidecar is read from disk."""
+                   sidecars: dict[str, Any] | None = None) -> str:
+    """The page's HTML. `rows`: report lines (t2vz_core.report); `sidecars` (Sidecar models or their
+    JSON, by job_id), else each row's sidecar is read from disk."""
     output_dir = Path(output_dir)
     extra = extra or {}
     sidecars = sidecars or {}
     cards, statuses, modes = [], {}, {}
     for index, line in enumerate(rows):
-        sidecar = sidecars.get(line.get("job_id") or "") or _read_sidecar(line)
+        sidecar = sidecars.get(line.get("job_id") or "")
+        sidecar = _read_sidecar(line) if sidecar is None else (
+            sidecar.to_json() if hasattr(sidecar, "to_json") else sidecar)
         cards.append(_card(index, line, sidecar, output_dir))
         status = display_status(line)
         mode = line.get("mode") or sidecar.get("mode") or ""
@@ -317,15 +318,6 @@ def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict 
 
 
 def write_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
-                  sidecars: dict[str, dict] | None = None) -> Path:
+                  sidecars: dict[str, Any] | None = None) -> Path:
     """Write OUTPUT_DIR/report.html atomically and return its path."""
-    path = Path(output_dir) / GALLERY_NAME
-    text = render_gallery(output_dir, rows, extra, sidecars)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(Path(output_dir) / GALLERY_NAME, render_gallery(output_dir, rows, extra, sidecars))

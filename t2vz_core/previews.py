@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from t2vz_core.atomic import atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -75,14 +76,9 @@ def write_preview(chunks: Iterable[np.ndarray], fps: Fraction | float, path: str
         raise ValueError(f"{path}: no frames to preview")
     duration_ms = max(20, round(1000 * step / float(fps)))  # browsers clamp shorter delays
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         small[0].save(tmp, format="WEBP", save_all=True, append_images=small[1:], duration=duration_ms,
                       loop=0, quality=70, method=4)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

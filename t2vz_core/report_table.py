@@ -23,20 +23,12 @@ from pathlib import Path
 import pandas as pd
 
 from t2vz_core import report
+from t2vz_core.atomic import atomic_path, atomic_write_text
 
-QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
+QC_COLUMNS = report.QC_COLUMNS
 INT_COLUMNS = ("row", "frames", "shots")
 FLOAT_COLUMNS = ("seconds", *QC_COLUMNS)
-# Columns a report line may carry beyond report.REPORT_COLUMNS; they join the table when a row has them.
-OPTIONAL_COLUMNS = ("frames", "shots", *QC_COLUMNS)
 PARQUET_NAME = "report.parquet"
-
-
-def table_columns(rows: list[dict]) -> list[str]:
-    """report.csv's columns: REPORT_COLUMNS, then the optional ones some row carries."""
-    columns = list(report.REPORT_COLUMNS)
-    columns += [c for c in OPTIONAL_COLUMNS if c not in columns and any(c in line for line in rows)]
-    return columns
 
 
 def _number(value, kind: type):
@@ -53,7 +45,7 @@ def _number(value, kind: type):
 
 def report_frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
     """One DataFrame row per report line, in the lines' order, typed as the module docstring says."""
-    columns = columns or table_columns(rows)
+    columns = columns or report.csv_columns(rows)
     data: dict[str, list] = {c: [] for c in columns}
     for line in rows:
         for column in columns:
@@ -101,14 +93,9 @@ def write_tables(output_dir: str | os.PathLike, rows: list[dict]) -> pd.DataFram
     """Write report.csv and report.parquet (atomically) from one DataFrame of `rows`."""
     output_dir = Path(output_dir)
     frame = report_frame(rows)
-    report._write_text_atomic(output_dir / "report.csv", frame_to_csv(frame))
-    target = output_dir / PARQUET_NAME
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    atomic_write_text(output_dir / "report.csv", frame_to_csv(frame))
+    with atomic_path(output_dir / PARQUET_NAME) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return frame
 
 

@@ -19,6 +19,7 @@ from skimage import data
 
 from t2vz_core import previews, report
 from t2vz_core.media import FrameStore
+from t2vz_core.sidecar import Sidecar, write_sidecar
 
 XSS_PROMPT = '<script>window.__xss = "prompt"</script> a "quoted" & <b>bold</b> cat'
 XSS_ERROR = 'generate: <img src=x onerror="window.__xss = \'error\'"> failed'
@@ -49,20 +50,19 @@ def _store(path: Path, frames: np.ndarray, fps: int = 8) -> FrameStore:
 
 
 def _sidecar(out: Path, job_id: str, row: int, mode: str, status: str = "ok", *, prompt: str = "a prompt",
-             error: str | None = None, outputs=(), qc: dict | None = None, controlnet: str | None = None) -> dict:
+             error: str | None = None, outputs=(), qc: dict | None = None, controlnet: str | None = None,
+             qc_limit: float | None = None) -> Sidecar:
     steps = {name: {"status": "computed", "seconds": 0.5} for name in ("decode", "control", "generate", "encode")}
     if mode in ("text2video", "pix2pix"):
         steps["control"] = {"status": "skipped"}
     if status == "failed":
         steps["generate"] = {"status": "failed", "seconds": 0.2}
-    data = {"job_id": job_id, "row": row, "mode": mode, "status": status, "error": error,
-            "outputs": [str(p) for p in outputs], "seconds": 2.25, "steps": steps,
-            "job": {"job_id": job_id, "mode": mode, "prompt": prompt, "negative_prompt": "blurry", "seed": row,
-                    "model": "/models/sd-tiny", "controlnet": controlnet}}
-    if qc is not None:
-        data["qc"] = qc
-    report.write_sidecar(out, job_id, data)
-    return data
+    sidecar = Sidecar(job_id=job_id, row=row, mode=mode, status=status, error=error,
+                      outputs=[str(p) for p in outputs], seconds=2.25, steps=steps, qc=qc, resolved={"frames": 16},
+                      job={"job_id": job_id, "mode": mode, "prompt": prompt, "negative_prompt": "blurry", "seed": row,
+                           "model": "/models/sd-tiny", "controlnet": controlnet, "qc_max_warp_ratio": qc_limit})
+    write_sidecar(out, sidecar)
+    return sidecar
 
 
 def _qc(ratio: float | None, warp: float = 3.0) -> dict:
@@ -86,19 +86,16 @@ def make_review_folder(root: Path) -> tuple[Path, list[dict]]:
     previews.write_row_previews(out, "pix-current", source=source, output=video)  # a video file works too
     current = _sidecar(out, "pix-current", 3, "pix2pix", outputs=[video], qc=_qc(2.5))
     previews.write_row_previews(out, "canny-flagged", source=source, control=control, output=output)
-    flagged = _sidecar(out, "canny-flagged", 4, "canny", outputs=[video], qc=_qc(4.0))
+    flagged = _sidecar(out, "canny-flagged", 4, "canny", outputs=[video], qc=_qc(4.0), qc_limit=3.0)
     previews.write_row_previews(out, "pose-failed", source=source, control=control)
     failed = _sidecar(out, "pose-failed", 5, "pose", "failed", prompt=XSS_PROMPT, error=XSS_ERROR)
     previews.write_row_previews(out, "t2v", output=output)
     t2v = _sidecar(out, "t2v", 6, "text2video", outputs=[video], qc=_qc(None, warp=2.0))
 
-    flagged_line = report.row_from_sidecar(flagged, out)
-    flagged_line["flagged"] = True
-    flagged_line["qc_max_warp_ratio"] = 3.0
     rows = [
         report.row_from_sidecar(ok, out),
         report.up_to_date_row(current, out),
-        flagged_line,
+        report.row_from_sidecar(flagged, out),  # over its qc_max_warp_ratio: "flagged"
         report.row_from_sidecar(failed, out),
         report.row_from_sidecar(t2v, out),
         report.invalid_row(7, "bad-seed", None, ["seed: 'abc' is not a whole number"]),

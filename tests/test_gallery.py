@@ -65,9 +65,9 @@ def test_qc_scores_and_failed_row_error_are_shown(review):
 
 
 def test_status_precedence():
-    assert gallery.display_status({"status": "ok", "flagged": True, "up_to_date": True}) == "flagged"
+    assert gallery.display_status({"status": "flagged", "up_to_date": True}) == "flagged"
     assert gallery.display_status({"status": "ok", "up_to_date": True}) == "up to date"
-    assert gallery.display_status({"status": "failed", "flagged": True}) == "failed"
+    assert gallery.display_status({"status": "ok"}) == "ok"
     assert gallery.display_status({"status": "invalid"}) == "invalid"
 
 

@@ -15,12 +15,16 @@ import pytest
 from flows.cli import main
 from t2vz_core import report, report_table
 from t2vz_core.manifest import read_manifest
+from t2vz_core.pipeline import step_names
+from t2vz_core.sidecar import Sidecar, write_sidecar
+
+STEPS = step_names()
 
 
 def _line(row, job_id, mode="canny", status="ok", **extra) -> dict:
     line = {"row": row, "job_id": job_id, "mode": mode, "status": status, "error": "", "outputs": [],
             "seconds": 2.0, "sidecar": f"/out/{job_id}.json",
-            **{step: "computed" for step in report.STEPS}}
+            **{step: "computed" for step in STEPS}}
     line.update(extra)
     return line
 
@@ -37,23 +41,26 @@ HOSTILE = [
 
 def test_the_frame_writes_report_csv_byte_for_byte():
     frame = report_table.report_frame(HOSTILE)
-    assert list(frame.columns) == list(report.REPORT_COLUMNS)
+    assert list(frame.columns) == list(report.report_columns())
     assert report_table.frame_to_csv(frame) == report._rows_to_csv(HOSTILE)
     # the injection guard is in the CSV, not in the data
     assert "'=HYPERLINK" in report_table.frame_to_csv(frame) and frame.loc[1, "error"].startswith("=HYPERLINK")
 
 
-def test_typed_columns_with_qc_and_frames_when_rows_have_them():
-    rows = [_line(2, "a", frames=8, warp_error=3.5, warp_error_ratio=1.25),
+def test_typed_columns_qc_scores_and_optional_shots():
+    rows = [_line(2, "a", frames=8, warp_error=3.5, warp_error_ratio=1.25, shots=2),
             _line(3, "b", frames=None, warp_error=None, warp_error_ratio=None)]
     frame = report_table.report_frame(rows)
-    assert list(frame.columns)[-3:] == ["frames", "warp_error", "warp_error_ratio"]
+    assert list(frame.columns)[-7:] == [*report.QC_COLUMNS, "shots", "sidecar"]  # shots: some row has it
+    assert "shots" not in report_table.report_frame(rows[1:]).columns
     assert str(frame["row"].dtype) == "Int64" and str(frame["frames"].dtype) == "Int64"
-    assert frame["seconds"].dtype == "float64" and math.isnan(frame.loc[1, "warp_error"])
-    assert frame.loc[0, "outputs"] == []
-    csv_text = report_table.frame_to_csv(frame).splitlines()
-    assert csv_text[0].endswith(",sidecar,frames,warp_error,warp_error_ratio")
-    assert csv_text[1].endswith(",8,3.5,1.25") and csv_text[2].endswith(",,,")
+    assert str(frame["shots"].dtype) == "Int64" and frame["seconds"].dtype == "float64"
+    assert math.isnan(frame.loc[1, "warp_error"]) and frame.loc[0, "outputs"] == []
+    csv_text = report_table.frame_to_csv(frame)
+    assert csv_text == report._rows_to_csv(rows)
+    header, first, second = csv_text.splitlines()
+    assert header.endswith(",warp_error,source_warp_error,warp_error_ratio,flicker,source_flicker,shots,sidecar")
+    assert first.endswith(",3.5,,1.25,,,2,/out/a.json") and second.endswith(",,,,,,,/out/b.json")
 
 
 def test_write_report_writes_csv_json_parquet_and_html(tmp_path):
@@ -91,7 +98,7 @@ def test_an_up_to_date_rewrite_does_not_import_pandas(tmp_path):
     parquet = (tmp_path / "report.parquet").read_bytes()
 
     # only the step marks change (what a re-run finding every row up to date writes): no pandas
-    up_to_date = {**{step: "up to date" for step in report.STEPS}, "up_to_date": True}
+    up_to_date = {**{step: "up to date" for step in STEPS}, "up_to_date": True}
     assert _rewrite(tmp_path, up_to_date) == {"pandas": False, "pyarrow": False}
     assert ",up to date," in (tmp_path / "report.csv").read_text()
     assert (tmp_path / "report.parquet").read_bytes() == parquet
@@ -139,12 +146,27 @@ def test_report_summary_command(tmp_path, capsys, no_env_allowed_roots):
                         "one,text2video,a cat,sd,8\ntwo,text2video,a dog,sd,8\nbad,text2video,,sd,8\n")
     out = tmp_path / "out"
     for job, seconds in zip(read_manifest(manifest).jobs, (2.0, 4.0)):
-        report.write_sidecar(out, job.job_id, {
-            "job_id": job.job_id, "row": job.row, "mode": job.mode, "status": "ok", "outputs": [],
-            "seconds": seconds, "steps": {}, "job": job.cache_dict()})
+        write_sidecar(out, Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="ok", seconds=seconds,
+                                   job=job.cache_dict()))
     assert main(["report", str(manifest), "--output-dir", str(out), "--summary"]) == 1  # one invalid row
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:5] == ["mode", "status", "rows", "frames", "median_seconds"]
     assert printed[1].split()[:3] == ["(none)", "invalid", "1"]
     assert printed[2].split()[:5] == ["text2video", "ok", "2", "-", "3.00"]
     assert (out / "report.parquet").exists() and (out / "report.html").exists()
+
+
+def _scored(job_id: str, ratio: float | None, limit: float | None, status: str = "ok") -> Sidecar:
+    return Sidecar(job_id=job_id, row=2, mode="canny", status=status, seconds=1.0, resolved={"frames": 8},
+                   job={"qc_max_warp_ratio": limit}, qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": ratio})
+
+
+def test_a_ratio_over_the_rows_limit_flags_it_and_it_still_counts_as_ok(tmp_path):
+    lines = [report.row_from_sidecar(s, tmp_path) for s in (
+        _scored("over", 2.5, 2.0), _scored("equal", 2.0, 2.0), _scored("no-limit", 9.0, None),
+        _scored("unscored", None, 2.0), _scored("failed", 9.0, 2.0, status="failed"))]
+    assert [line["status"] for line in lines] == ["flagged", "ok", "ok", "ok", "failed"]
+    assert lines[0]["qc_max_warp_ratio"] == 2.0 and "qc_max_warp_ratio" not in lines[2]
+    assert (lines[0]["warp_error_ratio"], lines[0]["frames"]) == (2.5, 8)
+    counts = report.summarize(lines)
+    assert (counts["ok"], counts["flagged"], counts["failed"], counts["total"]) == (4, 1, 1, 5)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-Mode = Literal["text2video", "pose", "canny", "depth", "pix2pix"]
-MODES: tuple[str, ...] = ("text2video", "pose", "canny", "depth", "pix2pix")
-CONTROLNET_MODES = frozenset({"pose", "canny", "depth"})
-SOURCE_MODES = frozenset({"pose", "canny", "depth", "pix2pix"})
+from t2vz_core.modes import CONTROLNET_MODES, MODES, SOURCE_MODES, Mode  # noqa: F401 - re-exported
 OUTPUT_FORMATS: tuple[str, ...] = ("mp4", "webm", "gif", "png")
 FITS: tuple[str, ...] = ("keep", "crop", "pad")
 
@@ -18,7 +13,7 @@ COLUMNS: tuple[str, ...] = (
     "high_threshold", "seed", "num_inference_steps", "guidance_scale",
     "image_guidance_scale", "chunk_size", "resolution", "width", "height", "fit", "fps", "start",
     "end", "max_frames", "video_length", "motion_field_strength_x", "motion_field_strength_y",
-    "t0", "t1", "output", "refresh",
+    "t0", "t1", "output", "refresh", "qc_max_warp_ratio",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("job_id", "mode", "prompt")
 
