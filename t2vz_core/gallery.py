@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from t2vz_core.atomic import atomic_write_text
-from t2vz_core.previews import PREVIEW_KINDS, existing_previews
+from t2vz_core.previews import PREVIEW_DIR, PREVIEW_KINDS
 
 GALLERY_NAME = "report.html"
 STEP_NAMES = ("decode", "control", "generate", "qc", "encode", "publish")
@@ -145,16 +145,39 @@ def _slug(status: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in status.lower())
 
 
-def _href(path: str | os.PathLike, output_dir: Path) -> str:
-    """A link to `path` from report.html: relative when inside the output folder, else file://."""
-    target = Path(path)
-    if not target.is_absolute():
-        target = output_dir / target
+class _Folder:
+    """The output folder as the page sees it, listed once (a report may have thousands of rows: no
+    per-row stat or realpath calls)."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir
+        self.root = os.path.abspath(output_dir)
+        self.names = _listing(output_dir)
+        self.previews = _listing(output_dir / PREVIEW_DIR)
+
+    def href(self, path: str | os.PathLike) -> str:
+        """A link from report.html: relative inside the output folder (which can then move), else file://."""
+        target = os.path.abspath(os.path.join(self.root, os.fspath(path)))
+        if target.startswith(self.root + os.sep):
+            return urllib.parse.quote(Path(os.path.relpath(target, self.root)).as_posix())
+        return Path(target).as_uri()
+
+    def has(self, path: str | os.PathLike) -> bool:
+        target = os.path.abspath(os.path.join(self.root, os.fspath(path)))
+        if os.path.dirname(target) == self.root:
+            return os.path.basename(target) in self.names
+        return os.path.exists(target)
+
+    def preview(self, job_id: str, kind: str) -> str | None:
+        name = f"{job_id}.{kind}.webp"
+        return f"{PREVIEW_DIR}/{name}" if name in self.previews else None
+
+
+def _listing(folder: Path) -> frozenset[str]:
     try:
-        relative = target.resolve().relative_to(output_dir.resolve())
-    except ValueError:
-        return target.resolve().as_uri()
-    return urllib.parse.quote(relative.as_posix())
+        return frozenset(os.listdir(folder))
+    except OSError:
+        return frozenset()
 
 
 def _number(value: Any, digits: int = 2) -> str:
@@ -183,7 +206,16 @@ def _read_sidecar(line: dict) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _card(index: int, line: dict, sidecar: dict, output_dir: Path) -> str:
+def _sidecar_view(sidecar: Any) -> dict:
+    """What a card reads of a sidecar (a Sidecar model or its JSON), without dumping the whole model."""
+    if not hasattr(sidecar, "steps"):
+        return sidecar
+    return {"job_id": sidecar.job_id, "mode": sidecar.mode, "seconds": sidecar.seconds, "job": sidecar.job,
+            "qc": sidecar.qc, "steps": {name: {"status": record.status, "seconds": record.seconds}
+                                        for name, record in sidecar.steps.items()}}
+
+
+def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
     status = display_status(line)
     job = sidecar.get("job") or {}
     job_id = line.get("job_id") or sidecar.get("job_id") or ""
@@ -198,7 +230,7 @@ def _card(index: int, line: dict, sidecar: dict, output_dir: Path) -> str:
              f'<h2>row {_e(line.get("row") if line.get("row") is not None else "?")} · {_e(job_id or "?")}</h2>',
              f'<span class="badge mode">{_e(mode or "no mode")}</span>',
              "</div>"]
-    parts.append(_previews(job_id, mode, output_dir))
+    parts.append(_previews(job_id, mode, folder))
     if job.get("prompt"):
         parts.append(f'<p class="prompt">{_e(job["prompt"])}</p>')
     facts = []
@@ -222,27 +254,29 @@ def _card(index: int, line: dict, sidecar: dict, output_dir: Path) -> str:
                      + "</tr></table>")
     if line.get("error"):
         parts.append(f'<pre class="error">{_e(line["error"])}</pre>')
-    links = [f'<a href="{_e(_href(p, output_dir))}">{_e(Path(str(p)).name)}</a>' for p in line.get("outputs") or []]
-    if line.get("sidecar") and Path(line["sidecar"]).exists():
-        links.append(f'<a class="sidecar" href="{_e(_href(line["sidecar"], output_dir))}">sidecar</a>')
+    links = [f'<a href="{_e(folder.href(p))}">{_e(os.path.basename(str(p)))}</a>' for p in line.get("outputs") or []]
+    if line.get("sidecar") and folder.has(line["sidecar"]):
+        links.append(f'<a class="sidecar" href="{_e(folder.href(line["sidecar"]))}">sidecar</a>')
     if links:
         parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</article>")
     return "\n".join(parts)
 
 
-def _previews(job_id: str, mode: str, output_dir: Path) -> str:
-    found = existing_previews(output_dir, job_id) if job_id else {}
+def _previews(job_id: str, mode: str, folder: _Folder) -> str:
+    found = {kind: folder.preview(job_id, kind) for kind in PREVIEW_KINDS} if job_id else {}
+    found = {kind: src for kind, src in found.items() if src is not None}
     if not found:
         return ""
     figures = []
     for kind in PREVIEW_KINDS:
         caption = "control map" if kind == "control" else kind
         if kind in found:
-            src = _e(_href(found[kind], output_dir))
+            src = _e(urllib.parse.quote(found[kind]))
             body = f'<img src="{src}" alt="{_e(caption)} of {_e(job_id)}" loading="lazy">'
         else:
-            reason = {"source": "no source (text2video)" if mode == "text2video" else "no source preview",
+            reason = {"source": "no source (text2video)" if mode == "text2video" else
+                      "the source is the control map" if "control" in found else "no source preview",
                       "control": "no control map", "output": "no output preview"}[kind]
             body = f'<div class="none">{reason}</div>'
         figures.append(f'<figure class="{kind}">{body}<figcaption>{_e(caption)}</figcaption></figure>')
@@ -272,14 +306,14 @@ def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict 
     """The page's HTML. `rows`: report lines (t2vz_core.report); `sidecars` (Sidecar models or their
     JSON, by job_id), else each row's sidecar is read from disk."""
     output_dir = Path(output_dir)
+    folder = _Folder(output_dir)
     extra = extra or {}
     sidecars = sidecars or {}
     cards, statuses, modes = [], {}, {}
     for index, line in enumerate(rows):
         sidecar = sidecars.get(line.get("job_id") or "")
-        sidecar = _read_sidecar(line) if sidecar is None else (
-            sidecar.to_json() if hasattr(sidecar, "to_json") else sidecar)
-        cards.append(_card(index, line, sidecar, output_dir))
+        sidecar = _read_sidecar(line) if sidecar is None else _sidecar_view(sidecar)
+        cards.append(_card(index, line, sidecar, folder))
         status = display_status(line)
         mode = line.get("mode") or sidecar.get("mode") or ""
         statuses[status] = statuses.get(status, 0) + 1
@@ -289,7 +323,7 @@ def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict 
     modes = dict(sorted(modes.items()))
     title = f"t2vz: {Path(str(extra.get('manifest') or output_dir)).name}"
     files = [f'<a href="{name}">{name}</a>' for name in ("report.csv", "report.json", "report.parquet")
-             if (output_dir / name).exists()]
+             if name in folder.names]
     summary = ", ".join(f"{n} {_e(s)}" for s, n in statuses.items())
     return "\n".join([
         "<!DOCTYPE html>",

@@ -51,7 +51,7 @@ def _store(path: Path, frames: np.ndarray, fps: int = 8) -> FrameStore:
 
 def _sidecar(out: Path, job_id: str, row: int, mode: str, status: str = "ok", *, prompt: str = "a prompt",
              error: str | None = None, outputs=(), qc: dict | None = None, controlnet: str | None = None,
-             qc_limit: float | None = None) -> Sidecar:
+             ) -> Sidecar:
     steps = {name: {"status": "computed", "seconds": 0.5} for name in ("decode", "control", "generate", "encode")}
     if mode in ("text2video", "pix2pix"):
         steps["control"] = {"status": "skipped"}
@@ -60,7 +60,7 @@ def _sidecar(out: Path, job_id: str, row: int, mode: str, status: str = "ok", *,
     sidecar = Sidecar(job_id=job_id, row=row, mode=mode, status=status, error=error,
                       outputs=[str(p) for p in outputs], seconds=2.25, steps=steps, qc=qc, resolved={"frames": 16},
                       job={"job_id": job_id, "mode": mode, "prompt": prompt, "negative_prompt": "blurry", "seed": row,
-                           "model": "/models/sd-tiny", "controlnet": controlnet, "qc_max_warp_ratio": qc_limit})
+                           "model": "/models/sd-tiny", "controlnet": controlnet})
     write_sidecar(out, sidecar)
     return sidecar
 
@@ -86,7 +86,7 @@ def make_review_folder(root: Path) -> tuple[Path, list[dict]]:
     previews.write_row_previews(out, "pix-current", source=source, output=video)  # a video file works too
     current = _sidecar(out, "pix-current", 3, "pix2pix", outputs=[video], qc=_qc(2.5))
     previews.write_row_previews(out, "canny-flagged", source=source, control=control, output=output)
-    flagged = _sidecar(out, "canny-flagged", 4, "canny", outputs=[video], qc=_qc(4.0), qc_limit=3.0)
+    flagged = _sidecar(out, "canny-flagged", 4, "canny", outputs=[video], qc=_qc(4.0))
     previews.write_row_previews(out, "pose-failed", source=source, control=control)
     failed = _sidecar(out, "pose-failed", 5, "pose", "failed", prompt=XSS_PROMPT, error=XSS_ERROR)
     previews.write_row_previews(out, "t2v", output=output)
@@ -95,7 +95,7 @@ def make_review_folder(root: Path) -> tuple[Path, list[dict]]:
     rows = [
         report.row_from_sidecar(ok, out),
         report.up_to_date_row(current, out),
-        report.row_from_sidecar(flagged, out),  # over its qc_max_warp_ratio: "flagged"
+        report.apply_qc_limit(report.row_from_sidecar(flagged, out), 3.0),  # over the row's limit: "flagged"
         report.row_from_sidecar(failed, out),
         report.row_from_sidecar(t2v, out),
         report.invalid_row(7, "bad-seed", None, ["seed: 'abc' is not a whole number"]),

@@ -156,17 +156,50 @@ def test_report_summary_command(tmp_path, capsys, no_env_allowed_roots):
     assert (out / "report.parquet").exists() and (out / "report.html").exists()
 
 
-def _scored(job_id: str, ratio: float | None, limit: float | None, status: str = "ok") -> Sidecar:
+def _scored(job_id: str, ratio: float | None, status: str = "ok") -> Sidecar:
     return Sidecar(job_id=job_id, row=2, mode="canny", status=status, seconds=1.0, resolved={"frames": 8},
-                   job={"qc_max_warp_ratio": limit}, qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": ratio})
+                   qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": ratio})
 
 
 def test_a_ratio_over_the_rows_limit_flags_it_and_it_still_counts_as_ok(tmp_path):
-    lines = [report.row_from_sidecar(s, tmp_path) for s in (
-        _scored("over", 2.5, 2.0), _scored("equal", 2.0, 2.0), _scored("no-limit", 9.0, None),
-        _scored("unscored", None, 2.0), _scored("failed", 9.0, 2.0, status="failed"))]
+    cases = [("over", 2.5, 2.0, "ok"), ("equal", 2.0, 2.0, "ok"), ("no-limit", 9.0, None, "ok"),
+             ("unscored", None, 2.0, "ok"), ("failed", 9.0, 2.0, "failed")]
+    lines = [report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio, status), tmp_path), limit)
+             for job_id, ratio, limit, status in cases]
     assert [line["status"] for line in lines] == ["flagged", "ok", "ok", "ok", "failed"]
     assert lines[0]["qc_max_warp_ratio"] == 2.0 and "qc_max_warp_ratio" not in lines[2]
     assert (lines[0]["warp_error_ratio"], lines[0]["frames"]) == (2.5, 8)
     counts = report.summarize(lines)
     assert (counts["ok"], counts["flagged"], counts["failed"], counts["total"]) == (4, 1, 1, 5)
+    assert "flagged" not in report.summarize(lines[1:])  # the counts keep their shape without flags
+
+
+def test_the_limit_comes_from_the_manifest_and_is_in_no_cache_key(tmp_path, no_env_allowed_roots):
+    (tmp_path / "sd").mkdir()
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("job_id,mode,prompt,model,video_length,qc_max_warp_ratio\n"
+                        "strict,text2video,a cat,sd,8,1.5\nlax,text2video,a dog,sd,8,\n")
+    jobs = read_manifest(manifest).jobs
+    assert "qc_max_warp_ratio" not in jobs[0].cache_dict() and jobs[0].qc_max_warp_ratio == 1.5
+    out = tmp_path / "out"
+    for job in jobs:  # the same scores for both rows
+        write_sidecar(out, Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="ok", job=job.cache_dict(),
+                                   qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": 2.0}))
+    rep = report.write_manifest_report(manifest, out)
+    assert [line["status"] for line in rep["rows"]] == ["flagged", "ok"]
+    assert (rep["counts"]["ok"], rep["counts"]["flagged"]) == (2, 1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("job_id,mode,prompt,model,video_length,qc_max_warp_ratio\nx,text2video,a cat,sd,8,high\n")
+    errors = read_manifest(bad).errors
+    assert [(e.row, e.column) for e in errors] == [(2, "qc_max_warp_ratio")] and "must be a number" in errors[0].message
+
+
+def test_run_prints_how_many_rows_were_flagged(tmp_path, capsys):
+    from flows.cli import _print_report
+
+    lines = [report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio), tmp_path), 2.0)
+             for job_id, ratio in (("a", 3.0), ("b", 1.0))]
+    _print_report({"rows": lines, "counts": report.summarize(lines), "output_dir": str(tmp_path)})
+    printed = capsys.readouterr().out
+    assert " flagged  row 2  a:" in printed and "2 ok, 0 failed, 0 invalid; 1 flagged by QC" in printed
+    assert str(tmp_path / "report.html") in printed

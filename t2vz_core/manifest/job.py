@@ -274,7 +274,8 @@ class Job(BaseModel):
     def cache_dict(self) -> dict[str, Any]:
         """Every parameter as JSON-able values (for cache keys and the sidecar).
 
-        Leaves out `row` (position in the file) and `refresh` (an instruction, not a parameter:
-        toggling it must not move the cache key).
+        Leaves out `row` (position in the file), `refresh` (an instruction, not a parameter:
+        toggling it must not move the cache key) and `qc_max_warp_ratio` (a review threshold the
+        report applies: changing it re-runs nothing).
         """
-        return self.model_dump(mode="json", exclude={"row", "refresh"})
+        return self.model_dump(mode="json", exclude={"row", "refresh", "qc_max_warp_ratio"})
