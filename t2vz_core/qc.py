@@ -82,6 +82,7 @@ class _Flow:
 
         self._cv2 = cv2
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def backward_with_mask(self, prev_gray: np.ndarray, cur_gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(map_x, map_y) that sample frame t-1 at each pixel of frame t, and the mask of pixels
@@ -90,7 +91,9 @@ class _Flow:
         backward = self._dis.calc(cur_gray, prev_gray, None)  # cur(x) ~ prev(x + backward(x))
         forward = self._dis.calc(prev_gray, cur_gray, None)   # prev(y) ~ cur(y + forward(y))
         h, w = cur_gray.shape
-        grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        if (h, w) not in self._grids:
+            self._grids[(h, w)] = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        grid_x, grid_y = self._grids[(h, w)]
         map_x = grid_x + backward[..., 0]
         map_y = grid_y + backward[..., 1]
         forward_at = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
