@@ -21,8 +21,9 @@ demo: setup
 
 # Headless Chromium + its driver for tests/test_gallery_browser.py (Debian packages, no download by Selenium).
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update && apt-get install -y chromium chromium-driver)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
 
 test: setup browser
 	$(BIN)/python -m pytest -q

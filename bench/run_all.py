@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "RESULTS.md"
 T2VZ = str(Path(sys.executable).with_name("t2vz"))
-STEPS = ("decode", "control", "generate", "encode", "publish")
+STEPS = ("decode", "control", "generate", "encode", "qc", "publish")
 # Imports the all-up-to-date re-run must not pay (pandas and pyarrow alone cost ~0.4 s: see (7)).
 HEAVY_MODULES = ("pandas", "pyarrow", "torch", "diffusers", "prefect")
 
