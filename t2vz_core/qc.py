@@ -26,7 +26,8 @@ Definitions (all in 0-255 units):
 Without a source (text2video), the flow is measured on the output itself: `warp_error` then says
 how well each output frame is explained by warping its predecessor along the output's own motion;
 `source_warp_error`, `source_flicker` and `warp_error_ratio` are None (there is nothing to compare
-with). A video of a single frame has no frame pairs: every score is None.
+with). A video of a single frame has no frame pairs: every score is None; the warp errors are also
+None when no pixel passes the consistency test (nothing the flow explains, e.g. a cut at every frame).
 
 Frames stream chunk by chunk; only the previous frame of each stream is held between chunks, so
 memory does not grow with the video's length.
@@ -197,16 +198,15 @@ def score_frames(output_chunks: Iterable[np.ndarray], source_chunks: Iterable[np
     if sources is not None and next(sources, None) is not None:
         raise InputError(f"qc: the source has more frames than the output ({n})")
     pairs = max(0, n - 1)
-    warp_error = warp.mean() if pairs else None
-    if warp_error is None and pairs:
-        warp_error = 0.0  # no pixel passed the consistency test: nothing measurable moved wrongly
+    share = kept / seen if seen else None
+    # None when no pixel passed the consistency test (nothing the flow explains: unmeasurable).
+    warp_error = warp.mean()
     if sources is None:
-        return QCScores(warp_error, None, None, flicker.mean(), None, pairs, "output",
-                        kept / seen if seen else None)
-    source_warp_error = (source_warp.mean() or 0.0) if pairs else None
+        return QCScores(warp_error, None, None, flicker.mean(), None, pairs, "output", share)
+    source_warp_error = source_warp.mean()
     ratio = None if warp_error is None else warp_error / max(source_warp_error, 1.0)
     return QCScores(warp_error, source_warp_error, ratio, flicker.mean(), source_flicker.mean(), pairs,
-                    "source", kept / seen if seen else None)
+                    "source", share)
 
 
 def score_stores(output, source=None, chunk_size: int = 16) -> QCScores:
