@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.t2vz-installed
 
-.PHONY: setup demo test bench bench-gpu clean
+.PHONY: setup browser demo test bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ demo: setup
 	$(BIN)/t2vz models tiny .t2vz/models
 	$(BIN)/t2vz run manifests/demo.csv --output-dir out/demo
 
-test: setup
+# Headless Chromium + its driver for tests/test_gallery_browser.py (Debian packages, no download by Selenium).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

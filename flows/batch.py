@@ -53,6 +53,14 @@ def artifact_key(prefix: str, manifest_path: str | Path) -> str:
     return f"{prefix}-{stem}"[:100]
 
 
+def _summary_markdown(lines: list[dict]) -> str:
+    """Per mode and status: rows, frames, timings, median QC scores (t2vz_core.report_table)."""
+    from t2vz_core import report_table as tables
+
+    summary = tables.summarize_by_mode_status(tables.report_frame(lines))
+    return "## By mode and status\n\n" + tables.summary_markdown(summary) + "\n## Rows\n"
+
+
 def _markdown(rep: dict) -> str:
     counts = rep["counts"]
     current = sum(1 for line in rep["rows"] if line.get("up_to_date"))
@@ -60,7 +68,9 @@ def _markdown(rep: dict) -> str:
            f"**{counts['ok']} ok** ({current} up to date, not run again), {counts['failed']} failed, "
            f"{counts['invalid']} invalid, "
            f"{counts['missing']} not run, of {counts['total']} rows. Report: "
-           f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()})", "",
+           f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()}); gallery: "
+           f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})", "",
+           _summary_markdown(rep["rows"]),
            "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
     shown = rep["rows"][:MARKDOWN_ROWS]
     for line in shown:

@@ -2,10 +2,11 @@
 
     t2vz run MANIFEST --output-dir DIR [--device cuda --dtype fp16 --force --allowed-root DIR ...]
     t2vz validate MANIFEST
-    t2vz report OUT_DIR                         (rebuild report.csv/json from the sidecars)
+    t2vz report OUT_DIR [--summary]             (rebuild report.csv/json/parquet/html from the sidecars)
     t2vz models tiny DIR
     t2vz scan VIDEO_DIR --mode canny --prompt "..." [--set seed=3 ...] > manifest.csv
     t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
+    t2vz qc EDITED.mp4 --source SOURCE.mp4 [--json]   (temporal-consistency scores: flows/qc_cli.py)
 
 Exit codes: 0 every row succeeded, 1 some row failed or was invalid, 2 unreadable manifest or bad usage.
 Heavy imports (Prefect, torch) happen inside the subcommands, so `--help` and `validate` are quick.
@@ -192,8 +193,9 @@ def _report_if_all_up_to_date(manifest, output_dir: Path, options) -> dict | Non
     checks = freshness.check_rows(manifest.jobs, out, options.runtime(), work)
     if not all(check.current for check in checks.values()):
         return None
-    lines = report.manifest_lines(manifest, out, current=freshness.current_sidecars(checks))
-    return report.write_report(out, lines, report.manifest_extra(manifest))
+    current = freshness.current_sidecars(checks)
+    lines = report.manifest_lines(manifest, out, current=current)
+    return report.write_report(out, lines, report.manifest_extra(manifest), sidecars=current)
 
 
 def _print_report(result: dict) -> None:
@@ -203,7 +205,8 @@ def _print_report(result: dict) -> None:
         print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}{note}")
     counts = result["counts"]
     print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
-          f"report: {Path(result['output_dir']) / 'report.csv'}")
+          f"{counts.get('flagged', 0)} flagged by QC (warp_error_ratio over qc_max_warp_ratio); "
+          f"report: {Path(result['output_dir']) / 'report.csv'}, gallery: {Path(result['output_dir']) / 'report.html'}")
 
 
 # ---------------------------------------------------------------- the rest
@@ -242,9 +245,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from t2vz_core.report import write_manifest_report
 
     rep = write_manifest_report(manifest_path, output_dir, args.allowed_root)
+    if args.summary:
+        from t2vz_core import report_table
+
+        print(report_table.summary_text(report_table.summarize_by_mode_status(report_table.report_frame(rep["rows"]))))
     counts = rep["counts"]
     print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
-          f"{counts['missing']} not run; report: {Path(output_dir) / 'report.csv'}")
+          f"{counts['missing']} not run; {counts.get('flagged', 0)} flagged by QC; "
+          f"report: {Path(output_dir) / 'report.csv'}")
     return EXIT_OK if counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 
@@ -335,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output-dir", "-o", type=Path, help="the output folder, when TARGET is the manifest")
     rep.add_argument("--manifest", help="the manifest, when TARGET is the output folder")
     rep.add_argument("--allowed-root", action="append", metavar="DIR")
+    rep.add_argument("--summary", action="store_true",
+                     help="also print per mode and status: rows, frames, timings, median QC scores")
     rep.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="model utilities")
@@ -352,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(func=cmd_scan)
 
     _add_serve(sub)
+    from flows import qc_cli
+
+    qc_cli.add_parser(sub)
     return parser
 
 

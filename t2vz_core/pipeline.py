@@ -33,6 +33,7 @@ from t2vz_core.step_results import (
     FramesResult,
     GenerateResult,
     PublishResult,
+    QCResult,
     StepResult,
 )
 from t2vz_core.workdir import WorkDir
@@ -118,11 +119,13 @@ STEPS: tuple[Step, ...] = (
     Step("control", ("decode",), ControlResult, _extracts_maps, row_steps.control_key, row_steps.control_build,
          0.09),
     Step("generate", ("decode", "control", "cuts"), GenerateResult, _always, row_steps.generate_key,
-         row_steps.generate_build, 0.75, uses_device=True),
+         row_steps.generate_build, 0.72, uses_device=True),
     Step("encode", ("decode", "generate"), EncodeResult, _always, row_steps.encode_key, row_steps.encode_build,
          0.08),
+    # Temporal-consistency scores and the gallery's previews (small: cheap next to generation).
+    Step("qc", ("decode", "control", "generate"), QCResult, _always, row_steps.qc_key, row_steps.qc_build, 0.03),
     # Publishing is cheap and must notice a deleted or edited output, so it is never cached.
-    Step("publish", ("encode",), PublishResult, _always, None, row_steps.publish_build, 0.02),
+    Step("publish", ("encode", "qc"), PublishResult, _always, None, row_steps.publish_build, 0.02),
 )
 
 

@@ -29,11 +29,17 @@ def _step_names() -> tuple[str, ...]:
     return step_names()
 
 
+# Temporal-consistency scores (t2vz_core.qc), as the sidecar's "qc" object names them.
+QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
+
+
 def report_columns() -> tuple[str, ...]:
-    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "shots", *_step_names(), "sidecar")
+    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "frames", "shots", *_step_names(),
+            *QC_COLUMNS, "sidecar")
 
 
-# A row's status: ok, failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
+# A row's status: ok, flagged (ok, but its warp_error_ratio exceeds the row's qc_max_warp_ratio; counted
+# as ok too), failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
 # An ok row found up to date (t2vz_core.freshness) shows "up to date" in its step columns.
 
 
@@ -47,12 +53,27 @@ def row_from_sidecar(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
         "error": sidecar.error or "",
         "outputs": list(sidecar.outputs),
         "seconds": sidecar.seconds,
+        "frames": sidecar.resolved.get("frames"),
         "shots": len(sidecar.shots) if sidecar.shots else None,  # how many shots the output has
         "sidecar": str(sidecar_path(output_dir, sidecar.job_id)),
     }
     for step in _step_names():
         record = sidecar.steps.get(step)
         line[step] = record.status if record else ""
+    scores = sidecar.qc or {}
+    for column in QC_COLUMNS:
+        line[column] = scores.get(column)
+    return line
+
+
+def apply_qc_limit(line: dict, limit: float | None) -> dict:
+    """Mark an ok line "flagged" when its warp_error_ratio exceeds the row's qc_max_warp_ratio. The limit
+    comes from the manifest as it is now (it is in no cache key): changing it re-runs nothing."""
+    if limit is not None:
+        line["qc_max_warp_ratio"] = limit
+        ratio = line.get("warp_error_ratio")
+        if line["status"] == "ok" and ratio is not None and ratio > limit:
+            line["status"] = "flagged"
     return line
 
 
@@ -75,11 +96,12 @@ def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[
     lines = []
     for job in manifest.jobs:
         if job.job_id in ran:
-            lines.append(row_from_sidecar(ran[job.job_id], output_dir))
+            line = row_from_sidecar(ran[job.job_id], output_dir)
         elif job.job_id in current:
-            lines.append(up_to_date_row(current[job.job_id], output_dir))
+            line = up_to_date_row(current[job.job_id], output_dir)
         else:
-            lines.append(_line_on_disk(job, output_dir))
+            line = _line_on_disk(job, output_dir)
+        lines.append(apply_qc_limit(line, job.qc_max_warp_ratio))
     for row, errors in sorted(manifest.errors_by_row().items()):
         job_id = next((e.job_id for e in errors if e.job_id), None)
         messages = [f"{e.column}: {e.message}" if e.column else e.message for e in errors]
@@ -120,27 +142,69 @@ def missing_row(row: int | None, job_id: str, mode: str | None, why: str = "not 
 
 
 def summarize(rows: Iterable[dict]) -> dict[str, int]:
+    # "flagged" appears only when some row is (the counts keep their shape for reports without QC limits).
     counts = {"total": 0, "ok": 0, "failed": 0, "invalid": 0, "missing": 0}
     for line in rows:
         counts["total"] += 1
         counts[line["status"]] = counts.get(line["status"], 0) + 1
+        if line["status"] == "flagged":  # a flagged row ran fine: it counts as ok
+            counts["ok"] += 1
     return counts
 
 
-def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None) -> dict:
-    """Write report.json and report.csv (atomically) and return the report dict."""
+def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
+                 sidecars: dict[str, Sidecar] | None = None) -> dict:
+    """Write report.json, report.csv, report.parquet and report.html (atomically) and return the report
+    dict. `sidecars` (by job_id), when the caller holds them, spare the gallery a read per row.
+
+    report.csv and report.parquet come from one pandas DataFrame (t2vz_core.report_table), except when
+    the rows' results are those the last report recorded (`results_digest`) and report.parquet is
+    there: then report.csv is written by the stdlib writer below (the same bytes) and pandas is not
+    imported, which keeps the all-up-to-date re-run fast. The digest leaves out the step columns, so
+    a re-run that only marks rows "up to date" leaves report.parquet as the run that made them wrote it."""
     output_dir = Path(output_dir)
     rows = sorted(rows, key=lambda r: (r.get("row") is None, r.get("row") or 0, str(r.get("job_id"))))
+    digest = results_digest(rows)
+    unchanged = digest == _previous_digest(output_dir) and (output_dir / "report.parquet").is_file()
     report = {
         **(extra or {}),
         "output_dir": str(output_dir),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": summarize(rows),
+        "results_digest": digest,
         "rows": rows,
     }
-    atomic_write_json(output_dir / "report.json", report)
-    atomic_write_text(output_dir / "report.csv", _rows_to_csv(rows))
+    if unchanged:
+        atomic_write_text(output_dir / "report.csv", _rows_to_csv(rows))
+    else:
+        from t2vz_core import report_table
+
+        report_table.write_tables(output_dir, rows)
+    atomic_write_json(output_dir / "report.json", report)  # last: its digest vouches for the parquet
+    from t2vz_core.gallery import write_gallery
+
+    write_gallery(output_dir, rows, extra, sidecars)
     return report
+
+
+def results_digest(rows: list[dict]) -> str:
+    """sha256 of the rows' results: every column but the per-step statuses (which turn "up to date"
+    on a re-run that changed nothing)."""
+    import hashlib
+    import json
+
+    steps = set(_step_names())
+    kept = [{k: v for k, v in line.items() if k not in steps and k != "up_to_date"} for line in rows]
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _previous_digest(output_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((output_dir / "report.json").read_text(encoding="utf-8")).get("results_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,

@@ -1,4 +1,5 @@
-"""The steps of one row as plain functions (no Prefect): decode -> cuts -> control -> generate -> encode -> publish.
+"""The steps of one row as plain functions (no Prefect): decode -> cuts -> control -> generate -> encode -> qc ->
+publish.
 
 Each step has a key function `*_key(ctx) -> str` and a build function `*_build(ctx, key)` that
 returns a typed result (t2vz_core.step_results) referring to what it wrote. Their order, inputs
@@ -19,6 +20,7 @@ its input entry plus its own parameters, so a change anywhere re-runs exactly wh
             + the shots found by cuts when there are several (the result, not the cells: a detector
             setting that finds the same shots reuses the generation)
 - encode:   generate key + output formats + fps + the source's bytes when its audio is kept
+- qc:       generate, decode and control keys + the scoring method and preview size (t2vz_core.qc)
 
 Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
 output folder and is always re-checked (cheap), so a deleted output comes back on the next run.
@@ -61,6 +63,7 @@ from t2vz_core.step_results import (
     FramesResult,
     GenerateResult,
     PublishResult,
+    QCResult,
     SourceInfo,
     StepResult,
 )
@@ -511,6 +514,68 @@ def encode_build(ctx: RowContext, key: str) -> EncodeResult:
     return _result(EncodeResult, ctx.work.produce("encode", key, build, force=ctx.force))
 
 
+# ---------------------------------------------------------------- qc
+
+QC_METHOD = "dis-medium/fb-consistency/1"  # t2vz_core.qc's definition: a change re-scores every row
+
+
+def qc_inputs(ctx: RowContext) -> dict[str, FramesResult | None]:
+    """What the scores and previews are made from: the output, the source its motion is measured on
+    (the decoded source; with control=given the control video, which then is the motion reference;
+    none for text2video) and the control maps."""
+    decoded = ctx.results.get("decode")
+    control = ctx.results.get("control") or (decoded if ctx.job.control == "given" else None)
+    source = decoded if ctx.job.control != "given" else None
+    return {"output": ctx.results["generate"], "source": source, "control": control,
+            "motion": decoded}
+
+
+def qc_key(ctx: RowContext) -> str:
+    from t2vz_core.previews import PREVIEW_FRAMES, PREVIEW_SIDE
+
+    inputs = qc_inputs(ctx)
+    return make_key("qc", {name: ref.key if ref is not None else None for name, ref in inputs.items()}
+                    | {"method": QC_METHOD, "previews": {"side": PREVIEW_SIDE, "frames": PREVIEW_FRAMES}})
+
+
+def qc_build(ctx: RowContext, key: str) -> QCResult:
+    """Score the generated frames against the decoded source (t2vz_core.qc) and make the gallery's
+    small looping previews of source, control maps and output (t2vz_core.previews) in the entry;
+    publish copies the previews beside the outputs."""
+    from t2vz_core import previews, qc
+
+    inputs = qc_inputs(ctx)
+
+    def build(folder: Path) -> dict:
+        motion = inputs["motion"]
+        scores = qc.score_stores(inputs["output"].frames, motion.frames if motion is not None else None)
+        made = {}
+        for kind in previews.PREVIEW_KINDS:
+            if inputs[kind] is not None:
+                previews.preview_from_store(inputs[kind].frames, folder / "previews" / f"{kind}.webp")
+                made[kind] = f"previews/{kind}.webp"
+        return {"qc": scores.to_dict(), "flow_from": scores.flow_from, "pairs": scores.pairs, "previews": made}
+
+    return _result(QCResult, ctx.work.produce("qc", key, build, force=ctx.force))
+
+
+def publish_previews(ctx: RowContext) -> None:
+    """Copy the qc step's previews to OUTPUT_DIR/previews/<job_id>.<kind>.webp (gallery material,
+    not outputs: no digest, so a deleted preview does not make the row run again)."""
+    from t2vz_core.previews import PREVIEW_KINDS, preview_path
+
+    checked = ctx.results.get("qc")
+    for kind in PREVIEW_KINDS:
+        dst = preview_path(ctx.output_dir, ctx.job.job_id, kind)
+        if checked is None or kind not in checked.previews:
+            dst.unlink(missing_ok=True)  # not one of this run's: an older run's would mislead
+            continue
+        src = Path(checked.path) / checked.previews[kind]
+        if not _same_file(src, dst):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            atomic_copy(src, dst)
+
+
 # ---------------------------------------------------------------- publish
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -579,5 +644,6 @@ def publish_build(ctx: RowContext, key: str | None = None) -> PublishResult:
             atomic_copy(src, dst)
             copied += 1
         outputs.append(str(dst))
+    publish_previews(ctx)
     digests = {Path(path).name: output_digest(Path(path)) for path in outputs}  # by name: the folder may move
     return PublishResult(step="publish", key=encoded.key, outputs=outputs, digests=digests, hit=copied == 0)

@@ -59,6 +59,7 @@ class Sidecar(BaseModel):
     refresh: bool = False
     resolved: dict[str, Any] = {}  # what the row actually ran with: request, models, source, keys
     refs: dict[str, dict[str, Any]] = {}  # each step's result: lets a re-run recompute the keys
+    qc: dict[str, float | None] | None = None  # temporal-consistency scores (t2vz_core.qc), None if not scored
     versions: dict[str, str | None] = {}
     manifest: str | None = None
     flow_run_id: str | None = None

@@ -96,6 +96,15 @@ class EncodeResult(StepResult):
     fps: Rate
 
 
+class QCResult(StepResult):
+    """Temporal-consistency scores (t2vz_core.qc) and the gallery's previews (t2vz_core.previews)."""
+
+    qc: dict[str, float | None]  # exactly the sidecar's "qc" object
+    flow_from: str  # "source", or "output" when the row has no source (text2video)
+    pairs: int
+    previews: dict[str, str] = {}  # kind (source, control, output) -> file inside the entry
+
+
 class PublishResult(StepResult):
     outputs: list[str]
     digests: dict[str, str] = {}  # output file name -> sha256: an edited output is noticed later

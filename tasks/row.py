@@ -123,6 +123,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
         job=job.cache_dict(), refresh=job.refresh, resolved=_resolved(row.ctx),
         # What each step returned: lets a re-run recompute the keys (t2vz_core.freshness).
         refs={name: result.model_dump(mode="json") for name, result in row.ctx.results.items()},
+        qc=row.ctx.results["qc"].qc if "qc" in row.ctx.results else None,
         versions=report.software_versions(), manifest=cfg.manifest, flow_run_id=cfg.flow_run_id,
         options=cfg.options.model_dump(mode="json"),
     )

@@ -158,6 +158,55 @@ def task_runs_of(state) -> dict[str, dict]:
     return task_runs(PREFECT_API_URL.value(), str(state.state_details.flow_run_id))
 
 
+def test_qc_scores_previews_and_the_gallery(project):
+    """The qc step scores every output (text2video against itself), its previews are published beside
+    the outputs, the report carries the scores, and report.html, report.parquet and the markdown
+    artifact's gallery link and summary come with every report."""
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    out, rep, sidecars = project["out"], project["report"], project["sidecars"]
+    by_id = {line["job_id"]: line for line in rep["rows"]}
+    qc_keys = ["warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker"]
+    for job_id in OK_ROWS:
+        scores = sidecars[job_id]["qc"]
+        assert list(scores) == qc_keys and sidecars[job_id]["steps"]["qc"]["status"] == "computed"
+        assert scores["warp_error"] > 0 and scores["flicker"] >= 0
+        assert all(by_id[job_id][key] == scores[key] for key in qc_keys)
+        assert by_id[job_id]["frames"] == 4
+        if job_id == "t2v":
+            assert scores["source_warp_error"] is scores["warp_error_ratio"] is scores["source_flicker"] is None
+        else:
+            assert scores["warp_error_ratio"] == pytest.approx(scores["warp_error"] / max(scores["source_warp_error"], 1),
+                                                               abs=1e-3)
+    assert sidecars["broken"]["qc"] is None and sidecars["broken"]["steps"]["qc"]["status"] == "not run"
+    expected = {"t2v": {"output"}, "pose": {"source", "control", "output"}, "canny": {"source", "control", "output"},
+                "depth": {"control", "output"}, "p2p": {"source", "output"}}
+    found: dict[str, set] = {}
+    for path in (out / "previews").glob("*.webp"):
+        job_id, kind, _ = path.name.rsplit(".", 2)
+        found.setdefault(job_id, set()).add(kind)
+    assert found == expected
+
+    with open(out / "report.csv", newline="") as f:
+        assert set(qc_keys) <= set(next(csv.reader(f)))
+    assert pd.read_parquet(out / "report.parquet")["job_id"].tolist() == [line["job_id"] for line in rep["rows"]]
+    page = (out / "report.html").read_text()
+    assert page.count('<article class="card') == 7 and 'src="previews/canny.control.webp"' in page
+
+    run_id = project["state"].state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
+    by_type = {a.type: a for a in artifacts}
+    assert (out / "report.html").as_uri() in by_type["markdown"].data
+    assert "## By mode and status" in by_type["markdown"].data and "| canny | ok | 1 | 4 |" in by_type["markdown"].data
+    table = json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
+    assert {row["job_id"]: row["warp_error_ratio"] for row in table}["canny"] == sidecars["canny"]["qc"][
+        "warp_error_ratio"]
+
+
 def test_unchanged_rerun_runs_only_the_failed_row_and_loads_no_model(project):
     assert project["loads"] > 0
     out = project["out"]
@@ -184,12 +233,13 @@ def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
     out = project["root"] / "out-prompt"  # fresh outputs, shared work folder
     _, rep, sidecars = run(manifest, out, project["work"])
     assert statuses(sidecars["canny"]) == {"decode": "cached", "cuts": "cached", "control": "cached",
-                                           "generate": "computed",
-                                           "encode": "computed", "publish": "computed"}
+                                           "generate": "computed", "encode": "computed", "qc": "computed",
+                                           "publish": "computed"}
     for job_id in ("t2v", "pose", "depth", "p2p"):
         steps = statuses(sidecars[job_id])
-        assert all(steps[s] in ("cached", "skipped") for s in GENERATING), (job_id, steps)
+        assert all(steps[s] in ("cached", "skipped") for s in (*GENERATING, "qc")), (job_id, steps)
         assert steps["publish"] == "computed"  # copied into the new output folder
+        assert (out / "previews" / f"{job_id}.output.webp").exists()  # previews too, from the cached qc entry
     assert sidecars["canny"]["resolved"]["keys"]["generate"] != project["sidecars"]["canny"]["resolved"]["keys"][
         "generate"]
 

@@ -13,7 +13,7 @@ COLUMNS: tuple[str, ...] = (
     "high_threshold", "seed", "num_inference_steps", "guidance_scale",
     "image_guidance_scale", "chunk_size", "resolution", "width", "height", "fit", "fps", "start",
     "end", "max_frames", "video_length", "motion_field_strength_x", "motion_field_strength_y",
-    "t0", "t1", "shots", "shot_threshold", "min_shot_frames", "output", "refresh",
+    "t0", "t1", "shots", "shot_threshold", "min_shot_frames", "output", "refresh", "qc_max_warp_ratio",
     # Models users bring (t2vz_core.model_sources)
     "lora", "scheduler", "vae", "model_config", "controlnet_config",
 )

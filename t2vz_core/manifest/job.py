@@ -131,6 +131,8 @@ class Job(BaseModel):
     # pydantic reserves the name model_config: the field is base_model_config, its column model_config.
     base_model_config: str | None = Field(default=None, alias="model_config")
     controlnet_config: str | None = None
+    # Review: the report marks the row "flagged" when its warp_error_ratio (t2vz_core.qc) exceeds this.
+    qc_max_warp_ratio: float | None = None
     row: int | None = None
 
     @model_validator(mode="before")
@@ -318,11 +320,12 @@ class Job(BaseModel):
     def cache_dict(self) -> dict[str, Any]:
         """Every parameter as JSON-able values (for cache keys and the sidecar).
 
-        Leaves out `row` (position in the file) and `refresh` (an instruction, not a parameter:
-        toggling it must not move the cache key), and the own-model cells when empty, so rows that do
-        not use them keep the dicts (and up-to-date sidecars) they had before those cells existed.
+        Leaves out `row` (position in the file), `refresh` (an instruction, not a parameter:
+        toggling it must not move the cache key) and `qc_max_warp_ratio` (a review threshold the
+        report applies: changing it re-runs nothing), and the own-model cells when empty, so rows
+        that do not use them keep the dicts (and up-to-date sidecars) they had before those cells existed.
         """
-        data = self.model_dump(mode="json", exclude={"row", "refresh"}, by_alias=True)
+        data = self.model_dump(mode="json", exclude={"row", "refresh", "qc_max_warp_ratio"}, by_alias=True)
         for column in OWN_MODEL_COLUMNS:
             if not data.get(column):
                 data.pop(column, None)
