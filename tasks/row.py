@@ -18,6 +18,9 @@ from t2vz_core import report
 from t2vz_core import row_steps as steps
 from t2vz_core.errors import T2VZError
 from t2vz_core.manifest import Job
+from t2vz_core.stop import Cancelled
+from t2vz_core.stop import check as check_stop
+from t2vz_core.stop import stop_reason, stop_requested
 from t2vz_core.workdir import WorkDir
 from tasks.config import RunConfig
 from tasks.policy import failure_of
@@ -60,6 +63,7 @@ class RowRun:
         self._report(step)
         self.steps[step] = {"status": "running"}
         try:
+            check_stop(f"before {step}")  # a stopped run starts no further step
             key = make_key() if make_key else None
             if key is not None:
                 kwargs["key"] = key
@@ -76,7 +80,8 @@ class RowRun:
                 exc = failure_of(state) or RuntimeError(f"task ended in state {state.name}: {state.message}")
                 raise exc
         except Exception as exc:
-            self.steps[step].update(status="failed", seconds=round(time.perf_counter() - started, 3),
+            self.steps[step].update(status="cancelled" if isinstance(exc, Cancelled) else "failed",
+                                    seconds=round(time.perf_counter() - started, 3),
                                     error=describe(exc))
             raise StepFailed(step, exc) from exc
         cached = state.name == "Cached" or bool(ref.get("hit"))
@@ -110,10 +115,14 @@ def _configured(step_task: Any, refresh: bool, retries: int, delay_s: float) -> 
 def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """Process one job end to end; always returns its sidecar dict (status ok or failed)."""
     logger = get_run_logger()
+    if stop_requested():  # the run was stopped before this row began: reported as not run
+        if progress is not None:
+            progress.finish(job.job_id, "not run")
+        return not_run_sidecar(job)
     started, wall_start = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row = RowRun(job, cfg, progress)
     models: dict[str, Any] = {}
-    error, failed_step, outputs = None, None, []
+    error, failed_step, outputs, status = None, None, [], None
     try:
         decode_ref = None
         if job.uses_source:
@@ -134,6 +143,8 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
             return steps.generate_key(job, cond_ref, runtime, models)
 
         def on_progress(done: int, total: int, message: str = "") -> None:
+            if message.endswith(": resumed"):  # the engine picked up a checkpoint of a stopped run
+                row.steps["generate"]["resumed_at"] = f"{done}/{total}"
             row._report("generate", done, total, message)
 
         gen_ref = row.run("generate", generate_key, generate_task, cond_ref=cond_ref, models=models,
@@ -144,7 +155,11 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         logger.info("%s: done -> %s", job.job_id, ", ".join(outputs))
     except StepFailed as exc:
         error, failed_step = str(exc), exc.step
-        logger.error("%s failed at %s: %s", job.job_id, exc.step, describe(exc.exc))
+        if isinstance(exc.exc, Cancelled):  # asked to stop: what was done is kept for the re-run
+            status = "cancelled"
+            logger.warning("%s stopped at %s: %s", job.job_id, exc.step, exc.exc)
+        else:
+            logger.error("%s failed at %s: %s", job.job_id, exc.step, describe(exc.exc))
         if not isinstance(exc.exc, T2VZError):
             logger.debug("".join(traceback.format_exception(exc.exc)))
     except Exception as exc:  # noqa: BLE001 - a bug in this module must still not stop other rows
@@ -152,13 +167,14 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
         logger.error("%s: %s", job.job_id, "".join(traceback.format_exception(exc)))
     for step in report.STEPS:
         row.steps.setdefault(step, {"status": "not run"})
+    status = status or ("failed" if error else "ok")
     if progress is not None:
-        progress.finish(job.job_id, "failed" if error else "ok")
+        progress.finish(job.job_id, status)
     sidecar = {
         "job_id": job.job_id,
         "row": job.row,
         "mode": job.mode,
-        "status": "failed" if error else "ok",
+        "status": status,
         "error": error,
         "failed_step": failed_step,
         "outputs": outputs,
@@ -186,6 +202,14 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> di
     except Exception as exc:  # noqa: BLE001
         logger.error("%s: could not write its sidecar: %s", job.job_id, describe(exc))
     return sidecar
+
+
+def not_run_sidecar(job: Job) -> dict[str, Any]:
+    """The report's record of a row the stopped run never began (no sidecar file is written:
+    an earlier run's sidecar, if any, stays as it was)."""
+    return {"job_id": job.job_id, "row": job.row, "mode": job.mode, "status": "missing", "outputs": [],
+            "error": f"not run: the run was stopped before this row began ({stop_reason()})", "steps": {},
+            "job": job.cache_dict()}
 
 
 def _resolved(job: Job, refs: dict[str, Ref], models: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from t2vz_core.media.decode import DEFAULT_TIMEOUT
 from t2vz_core.media.encode import iter_chunks
 from t2vz_core.media.plan import DecodePlan
 from t2vz_core.media.store import FrameStore
+from t2vz_core.stop import check as check_stop
 from t2vz_core.media.workflow import decode_to_store
 
 KINDS = ("canny", "pose", "depth")
@@ -111,6 +112,7 @@ def control_maps_to_store(kind: str, frames: FrameStore | Iterable[np.ndarray],
             for start in range(0, len(frames), chunk_size):
                 stop = min(start + chunk_size, len(frames))
                 if not writer.done(start, stop):
+                    check_stop(f"control maps, frame {start} of {len(frames)}")  # earlier chunks are kept
                     writer.write(start, np.stack([mapper(f) for f in frames[start:stop]]))
         else:
             start = 0

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from t2vz_core.errors import InputError
+from t2vz_core.stop import check as check_stop
 
 from .checkpoint import Checkpoint, fingerprint
 from .conditioning import encode_branches
@@ -52,6 +53,8 @@ def generate(
     checkpoint_path: file for resumable denoising state (saved after every step, removed when
     the video is complete); a checkpoint of another request/model/conditioning is ignored.
     on_progress(done, total, message): once per UNet chunk and per decoded chunk.
+    A stop request (t2vz_core.stop) raises Cancelled at the next step boundary (its checkpoint
+    saved) or before the next decoded chunk (those written are kept): a re-run resumes there.
 
     While it runs, the UNet's (and ControlNet's) self-attention processors are swapped for
     cross-frame ones and restored afterwards (on error too); pipelines that share a UNet (a
@@ -115,6 +118,7 @@ def _decode(pipe, sdxl, latents, output_rows: range, spans, output, output_dtype
         if output is not None and sink_has(output, start, stop):
             progress.advance(f"decode: frames {start}-{stop - 1} already written")
             continue
+        check_stop(f"VAE decode of frames {start}-{stop - 1}")  # chunks already written are kept
         frames = decode_latents(pipe, latents[output_rows[start] : output_rows[stop - 1] + 1], sdxl)
         if output is not None:
             output.write(start, to_uint8(frames))
