@@ -83,6 +83,7 @@ def generate(
     if output is not None and all(sink_has(output, a, b) for a, b in spans):
         return None  # a finished earlier run wrote everything
 
+    check_stop("before generation")  # e.g. a stop that came while the model was loading
     progress = Progress(units + len(spans), on_progress)
     checkpoint = Checkpoint(checkpoint_path, fingerprint(request, pipe, digest))
     try:
