@@ -285,7 +285,7 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
     manifest = tmp_path / "tiny.csv"
     manifest.write_text(
         "job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,video_length,output\n"
-        f"tiny,text2video,,a red ball,{tiny_models / 'sd'},1,1,64,2,mp4\n", encoding="utf-8")
+        f"tiny,text2video,,a red ball,{tiny_models / 'sd'},1,2,64,2,mp4\n", encoding="utf-8")
     make_text_file(tmp_path / "broken.mp4")
     failing = tmp_path / "failing.csv"
     failing.write_text("job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,output\n"
