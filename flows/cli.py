@@ -153,11 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Library chatter stays at warning level in runs (model loads themselves are quieter still).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
-    from flows.batch import process_manifest
-    from tasks import progress
-
     from flows import lifecycle, signals
+    from flows.batch import process_manifest
     from t2vz_core.stop import stop_requested
+    from tasks import progress
 
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)

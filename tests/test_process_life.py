@@ -308,7 +308,7 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
         time.sleep(0.1)
     took = time.monotonic() - started
     print(f"\n8 runs started at once (4 homes + 1 shared home) all ended in {took:.0f} s")
-    for (proc, out, home), tree in zip(procs, trees):
+    for (proc, out, _home), tree in zip(procs, trees):
         expected = 1 if out.name == "shared-3" else 0
         assert proc.returncode == expected, _log(out)[-3000:]
         report = json.loads((out / "report.json").read_text())
