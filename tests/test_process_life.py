@@ -135,9 +135,11 @@ class Tree:
         try:
             for child in self.root.children(recursive=True):
                 try:
-                    self.seen[(child.pid, child.create_time())] = " ".join(child.cmdline()[1:4])
+                    key, name = (child.pid, child.create_time()), " ".join(child.cmdline()[1:4])
                 except psutil.Error:
-                    pass
+                    continue
+                if name or key not in self.seen:  # an exiting (zombie) process shows no command line
+                    self.seen[key] = name
         except psutil.Error:
             pass
 
