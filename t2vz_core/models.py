@@ -29,8 +29,8 @@ import torch
 
 from t2vz_core.errors import InputError, TransientError
 from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
-    _check_revision_target, digest_memo_dir, model_fingerprint)
-from t2vz_core.runtime import OFFLOADS, Runtime, _mps_available  # noqa: F401 - re-exported
+    check_revision_target, digest_memo_dir, model_fingerprint)
+from t2vz_core.runtime import OFFLOADS, Runtime, mps_available  # noqa: F401 - Runtime is re-exported
 
 Family = Literal["sd", "sdxl", "pix2pix"]
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pix2pix")
@@ -48,15 +48,10 @@ _PIPELINE_CLASSES = {
 }
 
 
-# ---------------------------------------------------------------------------- runtime
-
-
 # ---------------------------------------------------------------------------- model cache
 
 
 @dataclass
-
-
 class _Resident:
     """One base model in memory, with its ControlNet variants (which share its components)."""
 
@@ -86,7 +81,7 @@ class ModelCache:
     def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
              revision: str | None = None):
         runtime = runtime or Runtime()
-        revision = _check_revision_target(model_id, revision)
+        revision = check_revision_target(model_id, revision)
         if family not in FAMILIES:
             raise InputError(f"model family {family!r}: expected one of {', '.join(FAMILIES)}")
         if controlnet_id is not None and family == "pix2pix":
@@ -275,7 +270,7 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if _mps_available():
+    if mps_available():
         torch.mps.empty_cache()
 
 

@@ -144,7 +144,7 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        if _mps_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda"):
@@ -155,12 +155,12 @@ def _resolve_device(name: str) -> torch.device:
         if index >= count:
             raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
-    if name == "mps" and not _mps_available():
+    if name == "mps" and not mps_available():
         raise InputError("device 'mps': Apple MPS is not available on this machine")
     return torch.device(name)
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     import torch
 
     mps = getattr(torch.backends, "mps", None)

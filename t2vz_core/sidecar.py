@@ -59,8 +59,7 @@ class Sidecar(BaseModel):
     versions: dict[str, str | None] = {}
     manifest: str | None = None
     flow_run_id: str | None = None
-    options: dict[str, Any] = {}  # the run's RunOptions
-    work_dir: str | None = None
+    options: dict[str, Any] = {}  # the run's RunOptions, its work folder resolved
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

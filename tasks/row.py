@@ -137,7 +137,7 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
         # What each step returned: lets a re-run recompute the keys (t2vz_core.freshness).
         refs={name: result.model_dump(mode="json") for name, result in row.ctx.results.items()},
         versions=report.software_versions(), manifest=cfg.manifest, flow_run_id=cfg.flow_run_id,
-        options=cfg.options.model_dump(mode="json"), work_dir=str(cfg.work_dir),
+        options=cfg.options.model_dump(mode="json"),
     )
     try:
         write_sidecar(cfg.output_dir, sidecar)

@@ -209,7 +209,7 @@ def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebui
     assert all(statuses(sidecars["canny"])[s] == "computed" for s in GENERATING)
 
     # A work entry deleted behind Prefect's back (its cache record still exists) is rebuilt.
-    encode_entry = Path(sidecars["canny"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
+    encode_entry = Path(sidecars["canny"]["options"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
     shutil.rmtree(encode_entry)
     (root / "out" / "canny.mp4").unlink()
     _, _, sidecars = run(manifest, root / "out", project["work"])

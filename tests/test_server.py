@@ -368,7 +368,7 @@ def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir,
     # Second run of the unchanged manifest: the good row is up to date, so only the failed row
     # gets a shard (tried again); the report says which rows were not run.
     t1 = time.monotonic()
-    parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir)
+    parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir, {**options, "force": False})
     second_s = time.monotonic() - t1
     assert parent2.state.type == StateType.FAILED and "1 ok, 1 failed, 1 invalid" in parent2.state.message
     assert [s.parameters["job_ids"] for s in shards2] == [["broken"]]
