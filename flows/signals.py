@@ -46,16 +46,19 @@ def stop_on_signals(on_second: Callable[[int], None] | None = None) -> Iterator[
 
     A second signal calls `on_second(signum)` when given (it should end the process), else the
     handler that was there before (Prefect's SIGTERM bridge, or the default: the process ends).
+    Once a stop was requested the handler stays installed after the block (see below).
     Only the main thread can own signal handlers: elsewhere this does nothing (yields False).
     """
     if threading.current_thread() is not threading.main_thread():
         yield False
         return
     previous: dict[int, Any] = {}
+    received: list[int] = []
 
     def handle(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if stop.request_stop(name):
+        received.append(signum)
+        if len(received) == 1:  # the first signal (a stop may already be under way: a cancel in Prefect)
+            stop.request_stop(signal.Signals(signum).name)
             return
         if on_second is not None:
             on_second(signum)
@@ -70,9 +73,12 @@ def stop_on_signals(on_second: Callable[[int], None] | None = None) -> Iterator[
     try:
         yield True
     finally:
-        for sig, before in previous.items():
-            if signal.getsignal(sig) is handle:
-                signal.signal(sig, before if before is not None else signal.SIG_DFL)
+        # A stopping process keeps this handler: the worker's SIGTERM that follows a cancel the
+        # watcher saw first must not crash the run while it writes its report and final state.
+        if not stop.stop_requested():
+            for sig, before in previous.items():
+                if signal.getsignal(sig) is handle:
+                    signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
