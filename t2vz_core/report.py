@@ -39,7 +39,8 @@ def report_columns() -> tuple[str, ...]:
 
 
 # A row's status: ok, flagged (ok, but its warp_error_ratio exceeds the row's qc_max_warp_ratio; counted
-# as ok too), failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
+# as ok too), failed (ran and failed), cancelled (stopped: t2vz_core.stop), invalid (manifest
+# validation), missing (no sidecar yet, or not run because the run was stopped).
 # An ok row found up to date (t2vz_core.freshness) shows "up to date" in its step columns.
 
 

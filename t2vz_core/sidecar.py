@@ -44,7 +44,7 @@ class Sidecar(BaseModel):
     job_id: str
     row: int | None = None
     mode: str | None = None
-    status: str  # ok | failed
+    status: str  # ok | failed | cancelled (stopped by a signal or a cancel in Prefect: t2vz_core.stop)
     error: str | None = None
     failed_step: str | None = None
     outputs: list[str] = []

@@ -16,6 +16,7 @@ import torch
 
 from t2vz_core.errors import InputError
 from t2vz_core.shots import check_shots
+from t2vz_core.stop import check as check_stop
 
 from .checkpoint import Checkpoint, fingerprint, shot_fingerprint
 from .conditioning import encode_branches
@@ -69,6 +70,8 @@ def generate(
     output of the same request on conditioning[s:e]). None: the whole video is one shot.
     With a sink, finished shots are skipped on a re-run and the checkpoint resumes the shot
     that was interrupted; without one, earlier shots are computed again.
+    A stop request (t2vz_core.stop) raises Cancelled at the next step boundary (its checkpoint
+    saved) or before the next decoded chunk (those written are kept): a re-run resumes there.
 
     While it runs, the UNet's (and ControlNet's) self-attention processors are swapped for
     cross-frame ones and restored afterwards (on error too); pipelines that share a UNet (a
@@ -103,6 +106,7 @@ def generate(
     if output is not None and all(sink_has(output, a, b) for spans in shot_spans for a, b in spans):
         return None  # a finished earlier run wrote everything
 
+    check_stop("before generation")  # e.g. a stop that came while the model was loading
     progress = Progress(units + sum(map(len, shot_spans)), on_progress)
     video_key = fingerprint(request, pipe, digest, scheduler)
     try:
@@ -171,6 +175,7 @@ def _decode(pipe, sdxl, latents, output_rows: range, spans, output, output_dtype
         if output is not None and sink_has(output, start, stop):
             progress.advance(f"{prefix}decode: frames {start}-{stop - 1} already written")
             continue
+        check_stop(f"VAE decode of frames {start}-{stop - 1}")  # chunks already written are kept
         rows = output_rows[start - first_frame], output_rows[stop - 1 - first_frame] + 1
         frames = decode_latents(pipe, latents[rows[0] : rows[1]], sdxl)
         if output is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import struct
 import sys
 import threading
@@ -70,7 +71,24 @@ def release_freed_memory() -> None:
         pass
 
 
+def tie_to_parent() -> None:
+    """Never outlive the parent, nor act on its terminal's Ctrl-C: the parent ends this worker
+    itself when it stops (decode.py kills it when its reader is closed). PR_SET_PDEATHSIG (Linux)
+    kills this process when the parent thread that started it ends, even by SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.environ.get("T2VZ_DECORD_PARENT_PID")
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
+    tie_to_parent()
     # Keep the data channel private: anything a library prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -244,6 +244,7 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # folder holding t2vz_core/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["T2VZ_DECORD_PARENT_PID"] = str(os.getpid())  # the worker dies with this process
     return env
 
 

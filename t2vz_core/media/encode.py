@@ -34,6 +34,7 @@ from t2vz_core.atomic import atomic_path
 from t2vz_core.media.geometry import as_chunk
 from t2vz_core.rates import to_fraction
 from t2vz_core.media.store import FrameStore
+from t2vz_core.stop import check as check_stop
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +85,19 @@ def _validate(path: Path, fmt: str, crf: int, preset: str, audio_start: float) -
 
 
 def iter_chunks(frames: Frames, chunk_size: int = 16) -> Iterator[np.ndarray]:
-    """Chunks (k, H, W, 3) from a FrameStore, one array, or an iterable of arrays."""
+    """Chunks (k, H, W, 3) from a FrameStore, one array, or an iterable of arrays.
+    A stop request (t2vz_core.stop) raises Cancelled between chunks; the file being written is
+    a temporary one (atomic_path), so nothing half-written is left."""
     if isinstance(frames, FrameStore):
-        yield from frames.iter_chunks(chunk_size)
+        source = frames.iter_chunks(chunk_size)
     elif isinstance(frames, np.ndarray):
-        chunk = as_chunk(frames)
-        for start in range(0, len(chunk), chunk_size):
-            yield chunk[start: start + chunk_size]
+        whole = as_chunk(frames)
+        source = (whole[start: start + chunk_size] for start in range(0, len(whole), chunk_size))
     else:
-        for chunk in frames:
-            yield as_chunk(chunk)
+        source = (as_chunk(chunk) for chunk in frames)
+    for chunk in source:
+        check_stop("encode")
+        yield chunk
 
 
 def _prepend(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
