@@ -111,6 +111,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Library chatter stays at warning level in runs (model loads themselves are quieter still).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    from flows.console import configure_run_console
+
+    configure_run_console(args.verbose)
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.batch import process_manifest
