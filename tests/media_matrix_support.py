@@ -20,6 +20,7 @@ from media_fixtures import frame_image, read_frame_index
 ANALYSIS_RATE = 16000  # both sides are resampled to this before comparing
 SECONDS = 1.6
 TRIM = (0.23, 1.31)  # s; inside audio packets at every rate and codec here
+MAX_LAG_S = 0.02  # the correlation looks this far either side of lag 0
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,53 @@ def lag_of_best_match(output: np.ndarray, reference: np.ndarray, max_lag: int) -
         scores.append(float(core @ ref) / denom)
     best = int(np.argmax(scores))
     return best - max_lag, scores[best]
+
+
+def check_audio(src: Path, out: Path, fmt: str, plan) -> None:
+    """The output's audio spans the video (within one audio frame) and is the source's
+    [plan.start, plan.start + duration) window: silence where the source has none."""
+    import av
+
+    with av.open(str(out)) as container:
+        tracks = [s.codec_context.name for s in container.streams.audio]
+    allowed = {"mp4": {"aac", "mp3", "mp3float", "opus", "flac"}, "webm": {"opus", "vorbis"}}[fmt]
+    assert len(tracks) == 1 and tracks[0] in allowed, tracks
+    origin = video_start(src)
+    source = decode_audio(src, origin)
+    got = decode_audio(out, video_start(out))
+    frame = max(source.frame, got.frame) + 1e-3
+    assert -1e-3 <= got.first <= frame, f"audio starts at {got.first:.4f} s"
+    assert abs(got.end - plan.duration) <= frame, (
+        f"audio ends at {got.end:.4f} s, the video at {plan.duration:.4f} s (frame {frame:.4f} s)")
+    rate, lag = ANALYSIS_RATE, round(MAX_LAG_S * ANALYSIS_RATE)
+    shift = round(plan.start * rate)  # output sample n is source sample n + shift
+    # where the source has audio inside the window, the output must be that audio
+    a = max(got.first, source.first - plan.start, 0.0) + MAX_LAG_S + 0.03
+    b = min(got.end, source.end - plan.start, plan.duration) - MAX_LAG_S - 0.03
+    assert b - a > 0.2, "too little audio to compare"
+    lo, hi = round(a * rate) - lag, round(b * rate) + lag
+    reference = np.zeros(hi - lo, np.float32)
+    part = source.samples[max(0, lo + shift): hi + shift]
+    reference[max(0, -(lo + shift)):][: len(part)] = part
+    best, score = lag_of_best_match(_padded(got.samples, lo, hi), reference, lag)
+    # Lag 0 to within the coarsest clock involved: MP4 keeps the sample clock, but
+    # Matroska/WebM count milliseconds, so there a frame's place (e.g. Opus packets of
+    # 20 ms after a 6.5 ms pre-skip) is only known to within a tick.
+    slack = 1 + round(max(source.tick, got.tick) * rate)
+    assert abs(best) <= slack and score > 0.8, f"best match at lag {best} samples ({score:.3f})"
+    # where the source has no audio inside the window, the output is silent
+    quiet = [(0.0, source.first - plan.start - frame), (source.end - plan.start + frame, got.end)]
+    for q0, q1 in quiet:
+        if q1 - q0 > 0.02:
+            gap = _padded(got.samples, round(max(q0, 0) * rate), round(q1 * rate))
+            assert np.sqrt(np.mean(gap ** 2)) < 1e-3, f"not silent from {q0:.3f} to {q1:.3f} s"
+
+
+def _padded(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    out = np.zeros(hi - lo, np.float32)
+    part = samples[max(0, lo): hi]
+    out[max(0, -lo):][: len(part)] = part
+    return out
 
 
 def video_start(path: str | os.PathLike) -> float:

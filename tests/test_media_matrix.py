@@ -21,19 +21,15 @@ import av
 import numpy as np
 import pytest
 from media_matrix_support import (
-    ANALYSIS_RATE,
-    AUDIO_CONTAINER,
     TRIM,
     VP9_FAST,
     AudioCase,
     VideoCase,
     audio_source_video,
     audio_unwritable,
-    decode_audio,
+    check_audio,
     frame_indices,
-    lag_of_best_match,
     make_source,
-    video_start,
 )
 
 from t2vz_core.media import (
@@ -52,7 +48,6 @@ OUTPUTS = ("mp4", "webm", "gif", "png")
 AUDIO_CODECS = ("aac", "mp3", "opus", "vorbis", "flac", "pcm_s16le")
 LAYOUTS = ("mono", "stereo", "5.1")
 RATES = (22050, 44100, 48000)
-MAX_LAG_S = 0.02  # the correlation looks this far either side of lag 0
 
 
 def _audio_params():
@@ -180,56 +175,11 @@ def check_video(out: Path, fmt: str, plan) -> None:
             frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)]
         assert frame_indices(frames) == expected
         return
-    import decord
-
-    reader = decord.VideoReader(str(out))
-    assert len(reader) == len(plan)
-    assert frame_indices(reader.get_batch(list(range(len(plan)))).asnumpy()) == expected
-
-
-def check_audio(src: Path, out: Path, fmt: str, plan) -> None:
-    """The output's audio spans the video (within one audio frame) and is the source's
-    [plan.start, plan.start + duration) window: silence where the source has none."""
-    with av.open(str(out)) as container:
-        tracks = [s.codec_context.name for s in container.streams.audio]
-    allowed = {"mp4": {"aac", "mp3", "mp3float", "opus", "flac"}, "webm": {"opus", "vorbis"}}[fmt]
-    assert len(tracks) == 1 and tracks[0] in allowed, tracks
-    origin = video_start(src)
-    source = decode_audio(src, origin)
-    got = decode_audio(out, video_start(out))
-    frame = max(source.frame, got.frame) + 1e-3
-    assert -1e-3 <= got.first <= frame, f"audio starts at {got.first:.4f} s"
-    assert abs(got.end - plan.duration) <= frame, (
-        f"audio ends at {got.end:.4f} s, the video at {plan.duration:.4f} s (frame {frame:.4f} s)")
-    rate, lag = ANALYSIS_RATE, round(MAX_LAG_S * ANALYSIS_RATE)
-    shift = round(plan.start * rate)  # output sample n is source sample n + shift
-    # where the source has audio inside the window, the output must be that audio
-    a = max(got.first, source.first - plan.start, 0.0) + MAX_LAG_S + 0.03
-    b = min(got.end, source.end - plan.start, plan.duration) - MAX_LAG_S - 0.03
-    assert b - a > 0.2, "too little audio to compare"
-    lo, hi = round(a * rate) - lag, round(b * rate) + lag
-    reference = np.zeros(hi - lo, np.float32)
-    part = source.samples[max(0, lo + shift): hi + shift]
-    reference[max(0, -(lo + shift)):][: len(part)] = part
-    best, score = lag_of_best_match(_padded(got.samples, lo, hi), reference, lag)
-    # Lag 0 to within the coarsest clock involved: MP4 keeps the sample clock, but
-    # Matroska/WebM count milliseconds, so there a frame's place (e.g. Opus packets of
-    # 20 ms after a 6.5 ms pre-skip) is only known to within a tick.
-    slack = 1 + round(max(source.tick, got.tick) * rate)
-    assert abs(best) <= slack and score > 0.8, f"best match at lag {best} samples ({score:.3f})"
-    # where the source has no audio inside the window, the output is silent
-    quiet = [(0.0, source.first - plan.start - frame), (source.end - plan.start + frame, got.end)]
-    for q0, q1 in quiet:
-        if q1 - q0 > 0.02:
-            gap = _padded(got.samples, round(max(q0, 0) * rate), round(q1 * rate))
-            assert np.sqrt(np.mean(gap ** 2)) < 1e-3, f"not silent from {q0:.3f} to {q1:.3f} s"
-
-
-def _padded(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    out = np.zeros(hi - lo, np.float32)
-    part = samples[max(0, lo): hi]
-    out[max(0, -lo):][: len(part)] = part
-    return out
+    # decord through t2vz's worker process, never imported here: once loaded, its bundled
+    # zlib breaks OpenCV's PNG reading in the same process ("libpng error: bad parameters
+    # to zlib"). The worker also checks decord's frame count against the container's.
+    by_decord = np.concatenate(list(iter_frames(out, plan_decode(got), backend="decord")))
+    assert frame_indices(by_decord) == expected
 
 
 # --- the matrices ------------------------------------------------------------------------
