@@ -158,6 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     from flows import lifecycle, signals
+    from flows.console import configure_run_console
+
+    configure_run_console(args.verbose)
     from flows.batch import process_manifest
     from t2vz_core.stop import stop_requested
     from tasks import progress

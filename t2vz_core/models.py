@@ -197,10 +197,10 @@ class ModelCache:
         if runtime.offload == "none":
             controlnet.to(device)
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, True)])
-        # torch_dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
+        # dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
         # .to(dtype) also warns about "modules kept in float32" when there are none.
         with _quiet_diffusers():
-            variant = pipeline_class.from_pipe(base, controlnet=controlnet, torch_dtype=dtype)
+            variant = pipeline_class.from_pipe(base, controlnet=controlnet, dtype=dtype)
         variant.set_progress_bar_config(disable=True)
         return variant
 
@@ -237,7 +237,7 @@ def _from_pretrained(cls, model_id, dtype, runtime: Runtime, **extra):
     try:
         return cls.from_pretrained(
             str(model_id),
-            torch_dtype=dtype,
+            dtype=dtype,  # diffusers 0.42 deprecates torch_dtype (a FutureWarning per load)
             use_safetensors=None if runtime.allow_pickle else True,
             **extra,
         )
