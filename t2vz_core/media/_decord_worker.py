@@ -119,7 +119,7 @@ def main() -> int:
             # (measured at 1080p -> 256 px: 636 MB peak without it, 325 MB with 128).
             # vr[i] in order also beats get_batch (700 vs 370 frames/s measured).
             start_mb = rss_mb()
-            held = sum(f.nbytes for f in pending)
+            held = 0  # bytes of output frames read in this segment (the rest is in start_mb)
             for _ in range(segment):
                 if lo == len(wanted):
                     break
