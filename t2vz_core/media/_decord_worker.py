@@ -134,10 +134,10 @@ def main() -> int:
             # unbounded queue (measured: +1.7 GB in 3 s at 512x512). It also decodes ahead
             # while we resize (a 1080p frame to 256 px takes longer than decoding it), so
             # the segment ends early once that read-ahead has grown past runahead_mb
-            # (measured at 1080p -> 256 px: 636 MB peak without it, 325 MB with 128).
+            # (measured at 1080p -> 256 px: 636 MB peak without it, 270-325 MB with 128).
             # vr[i] in order also beats get_batch (700 vs 370 frames/s measured).
             start_mb = rss_mb()
-            held = sum(f.nbytes for f in pending)
+            held = 0  # bytes of output frames read in this segment (the rest is in start_mb)
             for _ in range(segment):
                 if lo == len(wanted):
                     break
