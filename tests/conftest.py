@@ -48,7 +48,8 @@ def prefect_harness():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # Its 30 s default is too short on a 2-core machine running two test workers and their subprocesses.
+    with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
 
 
