@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t2vz_core import row_steps as steps
+from t2vz_core import pipeline
 from t2vz_core.manifest import read_manifest
-from t2vz_core.models import Runtime
+from t2vz_core.runtime import Runtime
 from t2vz_core.workdir import WorkDir
 
 
 def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
                work_dir: str | os.PathLike | None = None, device: str = "cpu",
                allowed_roots: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Every valid row of the manifest, step by step; returns {job_id: {"outputs", "seconds", "steps"}}."""
+    """Every valid row of the manifest, step by step; returns {job_id: {"outputs", "seconds", "hits", "generate"}}."""
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
     out = Path(output_dir).absolute()
     work = WorkDir(work_dir or out / ".t2vz-direct-work")
@@ -30,23 +30,8 @@ def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
     results: dict[str, dict[str, Any]] = {}
     for job in manifest.jobs:
         started = time.perf_counter()
-        hits: dict[str, bool] = {}
-        decode_ref = None
-        if job.uses_source:
-            decode_ref = steps.decode_step(job, work, steps.decode_key(job))
-            hits["decode"] = decode_ref["hit"]
-        cond_ref = decode_ref
-        if steps.control_kind(job):
-            cond_ref = steps.control_step(job, decode_ref, work, steps.control_key(job, decode_ref))
-            hits["control"] = cond_ref["hit"]
-        models = steps.resolve_models(job)
-        gen_ref = steps.generate_step(job, cond_ref, work, steps.generate_key(job, cond_ref, runtime, models),
-                                      runtime, models)
-        hits["generate"] = gen_ref["hit"]
-        enc_ref = steps.encode_step(job, gen_ref, decode_ref, work, steps.encode_key(job, gen_ref, decode_ref))
-        hits["encode"] = enc_ref["hit"]
-        published = steps.publish_step(job, enc_ref, out)
-        hits["publish"] = published["hit"]
-        results[job.job_id] = {"outputs": published["outputs"], "seconds": time.perf_counter() - started,
-                               "hits": hits, "generate": gen_ref}
+        ctx = pipeline.run_direct(job, work, runtime, out)
+        results[job.job_id] = {"outputs": ctx.results["publish"].outputs, "seconds": time.perf_counter() - started,
+                               "hits": {name: result.hit for name, result in ctx.results.items()},
+                               "generate": ctx.results["generate"]}
     return results

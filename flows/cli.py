@@ -84,21 +84,62 @@ class _Bars:
         self.rows.close()
 
 
+# ---------------------------------------------------------------- run options, from RunOptions
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunOptions field (t2vz run and t2vz serve offer the same ones)."""
+    from t2vz_core.options import RunOptions
+
+    for name, field in RunOptions.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flag = extra.get("flag", "--" + name.replace("_", "-"))
+        kind = _flag_kind(field.annotation)
+        kwargs: dict = {"dest": name, "help": field.description}
+        if kind is bool:
+            kwargs.update(action="store_true", default=None)
+        elif kind is list:
+            kwargs.update(action="append", metavar=extra.get("metavar"))
+        else:
+            kwargs.update(type=kind, metavar=extra.get("metavar"), choices=extra.get("choices"))
+        parser.add_argument(flag, **kwargs)
+
+
+def _flag_kind(annotation: object) -> type:
+    """bool, list, int or str: what an option's type annotation asks of its flag."""
+    import typing
+
+    for kind in (bool, list, int):
+        if annotation is kind or typing.get_origin(annotation) is kind:
+            return kind
+    for arg in typing.get_args(annotation):
+        if arg is not type(None):
+            return _flag_kind(arg)
+    return str
+
+
+def run_options(args: argparse.Namespace):
+    """The RunOptions the flags ask for (flags not given keep the model's defaults)."""
+    from t2vz_core.options import RunOptions
+
+    given = {name: getattr(args, name) for name in RunOptions.model_fields if getattr(args, name, None) is not None}
+    return RunOptions(**given)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    manifest, code = _read(args.manifest, args.allowed_root)
-    if manifest is None:
-        return code
-    _print_validation(manifest, args.manifest)
     from t2vz_core.errors import InputError
-    from t2vz_core.runtime import Runtime
 
     try:  # bad options fail here; a missing GPU fails in the flow, before any row needs it
-        Runtime(device=args.device, dtype=args.dtype, offload=args.offload).signature()
+        options = run_options(args)
+        options.signature()
     except InputError as exc:
         _eprint(f"t2vz: {exc}")
         return EXIT_USAGE
-    if not args.force and not manifest.errors:
-        done = _report_if_all_up_to_date(manifest, args)
+    manifest, code = _read(args.manifest, options.allowed_roots)
+    if manifest is None:
+        return code
+    _print_validation(manifest, args.manifest)
+    if not options.force and not manifest.errors:
+        done = _report_if_all_up_to_date(manifest, args.output_dir, options)
         if done is not None:  # nothing to run: no flow run (and no Prefect import) needed
             _print_report(done)
             print(f"all {len(manifest.jobs)} row(s) up to date: nothing to run (--force runs them again)")
@@ -114,24 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.console import configure_run_console
 
     configure_run_console(args.verbose)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     from flows.batch import process_manifest
     from tasks import progress
 
-    flow = process_manifest
-    if args.max_workers:
-        flow = flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.max_workers))
-        # Marks the number as chosen, so a CPU run honours it (flows.batch.rows_at_once), even 2.
-        os.environ["T2VZ_MAX_WORKERS"] = str(args.max_workers)
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)
     try:
-        state = flow(manifest_path=str(args.manifest), output_dir=str(args.output_dir), device=args.device,
-                     dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle,
-                     vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, force=args.force,
-                     allowed_roots=args.allowed_root,
-                     work_dir=str(args.work_dir) if args.work_dir else None, return_state=True)
+        state = process_manifest(manifest_path=str(args.manifest), output_dir=str(args.output_dir), options=options,
+                                 return_state=True)
     finally:
         progress.remove_listener(bars)
         bars.close()
@@ -149,18 +180,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if state.is_completed() and counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 
-def _report_if_all_up_to_date(manifest, args: argparse.Namespace) -> dict | None:
+def _report_if_all_up_to_date(manifest, output_dir: Path, options) -> dict | None:
     """When every row's outputs are current (t2vz_core.freshness), the report, rewritten; else None."""
     from t2vz_core import freshness, report
-    from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir, resolve_work_dir
+    from t2vz_core.workdir import WorkDir
 
-    out = Path(args.output_dir).absolute()
+    out = Path(output_dir).absolute()
     if not manifest.jobs or not out.is_dir():
         return None
-    work = WorkDir(resolve_work_dir(out, args.work_dir))
-    runtime = Runtime(device=args.device, dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling)
-    checks = freshness.check_rows(manifest.jobs, out, runtime, work)
+    work = WorkDir(options.resolved_work_dir(out))
+    checks = freshness.check_rows(manifest.jobs, out, options.runtime(), work)
     if not all(check.current for check in checks.values()):
         return None
     lines = report.manifest_lines(manifest, out, current=freshness.current_sidecars(checks))
@@ -210,7 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     manifest, code = _read(str(manifest_path), args.allowed_root)
     if manifest is None:
         return code
-    from flows.batch import write_manifest_report
+    from t2vz_core.report import write_manifest_report
 
     rep = write_manifest_report(manifest_path, output_dir, args.allowed_root)
     counts = rep["counts"]
@@ -253,8 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         deploy.serve(args.manifests, output_dir=args.output_dir, cron=args.cron or None, timezone=args.timezone,
-                     device=args.device, dtype=args.dtype, allowed_roots=args.allowed_root,
-                     work_dir=str(args.work_dir) if args.work_dir else None, gpus=args.gpus)
+                     options=run_options(args), gpus=args.gpus)
     except (FileNotFoundError, InputError) as exc:  # no such manifest, no server to serve from
         _eprint(f"t2vz serve: {exc}")
         return EXIT_USAGE
@@ -271,15 +299,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                                                              "(default: out/<stem> beside the manifest)")
     serve.add_argument("--cron", default="0 2 * * *", help="schedule (default nightly 02:00); '' for none")
     serve.add_argument("--timezone", help="of the cron schedule (default UTC)")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    serve.add_argument("--allowed-root", action="append", metavar="DIR")
-    serve.add_argument("--work-dir", type=Path)
+    add_run_options(serve)
     serve.add_argument("--gpus", type=int, default=1, help="runs at once on this box (one per GPU)")
     serve.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from t2vz_core.modes import MODES, SOURCE_MODES
+
     parser = argparse.ArgumentParser(prog="t2vz", description="Batch video editing with Text2Video-Zero on Prefect.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -290,23 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "manifest's folder)")
 
     run = sub.add_parser("run", help="run every row of a manifest")
-    manifest_args(run)
+    run.add_argument("manifest", help="CSV manifest, one job per row (see manifests/README.md)")
     run.add_argument("--output-dir", "-o", required=True, type=Path, help="where videos, sidecars and report go")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    run.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
-    run.add_argument("--offload", default="none", choices=["none", "model", "sequential"],
-                     help="move weights to the GPU only while used (less GPU memory, slower)")
-    run.add_argument("--allow-pickle", action="store_true",
-                     help="also load .bin/.ckpt pickle weights, which can run code when loaded: only for models "
-                          "you trust (default: safetensors only)")
-    run.add_argument("--vae-slicing", action="store_true",
-                     help="decode one frame at a time through the VAE (less GPU memory for large frames)")
-    run.add_argument("--vae-tiling", action="store_true",
-                     help="decode large frames in overlapping tiles (least memory; pixels change slightly)")
-    run.add_argument("--force", action="store_true", help="recompute every step, ignoring caches")
-    run.add_argument("--work-dir", type=Path, help="content-addressed work folder (default OUTPUT_DIR/.t2vz-work "
-                                                   "or T2VZ_WORK_DIR); share it between output folders")
-    run.add_argument("--max-workers", type=int, help="rows processed at once (default T2VZ_MAX_WORKERS or 2; one on a CPU)")
+    add_run_options(run)
     run.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show progress bars (default: only on a terminal)")
     run.add_argument("--no-progress", dest="progress", action="store_false")
@@ -332,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser("scan", help="print a manifest with one row per video in a folder")
     scan.add_argument("video_dir")
-    scan.add_argument("--mode", required=True, choices=["pose", "canny", "depth", "pix2pix"])
+    scan.add_argument("--mode", required=True, choices=[m for m in MODES if m in SOURCE_MODES])
     scan.add_argument("--prompt", required=True)
     scan.add_argument("--relative-to", help="write sources relative to this folder (default: current folder)")
     scan.add_argument("--set", action="append", metavar="COLUMN=VALUE", help="a column for every row (repeatable)")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +38,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
+
+from t2vz_core.options import RunOptions
 
 GPU_LIMIT = "t2vz-gpu"
 GPU_LIMIT_ENV = "T2VZ_GPU_LIMIT"  # how flow-run processes learn the name (tasks.config.RunConfig)
@@ -71,11 +72,7 @@ def fan_out(
     manifest_path: str,
     output_dir: str,
     shard_size: int = 1,
-    device: str = "auto",
-    dtype: str = "auto",
-    force: bool = False,
-    allowed_roots: list[str] | None = None,
-    work_dir: str | None = None,
+    options: RunOptions | None = None,
     deployment: str = SHARD_DEPLOYMENT,
     poll_seconds: float = 2.0,
 ) -> State:
@@ -90,19 +87,19 @@ def fan_out(
     """
     from prefect.deployments import run_deployment
 
-    from flows.batch import write_manifest_report
     from t2vz_core import freshness
     from t2vz_core.manifest import read_manifest
-    from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir, resolve_work_dir
+    from t2vz_core.report import write_manifest_report
+    from t2vz_core.workdir import WorkDir
 
     logger = get_run_logger()
-    manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
-    current: dict[str, dict] = {}
-    if not force:
+    options = options or RunOptions()
+    manifest = read_manifest(manifest_path, allowed_roots=options.allowed_roots)
+    current = {}
+    if not options.force:
         out = Path(output_dir).absolute()
-        work = WorkDir(resolve_work_dir(out, work_dir))
-        checks = freshness.check_rows(manifest.jobs, out, Runtime(device=device, dtype=dtype), work)
+        work = WorkDir(options.resolved_work_dir(out))
+        checks = freshness.check_rows(manifest.jobs, out, options.runtime(), work)
         current = freshness.current_sidecars(checks)
     shards = shard_job_ids([job.job_id for job in manifest.jobs if job.job_id not in current], shard_size)
     stem = Path(manifest_path).stem
@@ -114,8 +111,7 @@ def fan_out(
         run_deployment(
             deployment,
             parameters={"manifest_path": str(manifest_path), "output_dir": str(output_dir), "job_ids": job_ids,
-                        "device": device, "dtype": dtype, "force": force, "allowed_roots": allowed_roots,
-                        "work_dir": work_dir},
+                        "options": options.model_dump(mode="json")},
             flow_run_name=f"{stem}-shard-{index}of{len(shards)}",
             timeout=0,  # start them all now, wait below
             # A retry of this fan-out run finds the shard runs it already started.
@@ -126,7 +122,8 @@ def fan_out(
     finished = wait_for_flow_runs([run.id for run in started], poll_seconds)
     shard_rows = [{"shard": index, "flow_run": run.name, "state": run.state_name, "rows": ", ".join(job_ids)}
                   for index, (run, job_ids) in enumerate(zip(finished, shards), start=1)]
-    rep = write_manifest_report(manifest_path, output_dir, allowed_roots=allowed_roots, current=current)
+    rep = write_manifest_report(manifest_path, output_dir, allowed_roots=options.allowed_roots, current=current,
+                                flow_run_id=str(parent))
     publish_fan_out_artifacts(rep, shard_rows, manifest_path)
     counts = rep["counts"]
     summary = (f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
@@ -159,11 +156,12 @@ def wait_for_flow_runs(run_ids: Sequence, poll_seconds: float = 2.0) -> list:
 def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: str | os.PathLike) -> None:
     """The whole manifest's row table (same key as a shard's, so its latest version is complete),
     the shard table, and a markdown summary."""
-    stem = re.sub(r"[^a-z0-9]+", "-", Path(manifest_path).stem.lower()).strip("-") or "manifest"
-    rows = [{"row": line["row"], "job_id": line["job_id"], "status": line["status"],
-             "outputs": "; ".join(line["outputs"]), "error": line["error"]} for line in rep["rows"]]
-    create_table_artifact(rows, key=f"t2vz-report-{stem}"[:100], description=f"t2vz rows of {manifest_path}")
-    create_table_artifact(shard_rows, key=f"t2vz-shards-{stem}"[:100], description="t2vz shard flow runs")
+    from flows.batch import artifact_key, report_table
+
+    create_table_artifact(report_table(rep["rows"]), key=artifact_key("t2vz-report", manifest_path),
+                          description=f"t2vz rows of {manifest_path}")
+    create_table_artifact(shard_rows, key=artifact_key("t2vz-shards", manifest_path),
+                          description="t2vz shard flow runs")
     counts = rep["counts"]
     lines = [f"# t2vz fan-out: {Path(manifest_path).name}", "",
              f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
@@ -171,7 +169,7 @@ def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: 
              f"Report: `{Path(rep['output_dir']) / 'report.csv'}`", "",
              "| shard | flow run | state | rows |", "|---|---|---|---|"]
     lines += [f"| {r['shard']} | {r['flow_run']} | {r['state']} | {r['rows']} |" for r in shard_rows]
-    create_markdown_artifact("\n".join(lines) + "\n", key=f"t2vz-fan-out-{stem}"[:100],
+    create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("t2vz-fan-out", manifest_path),
                              description="t2vz fan-out summary")
 
 
@@ -297,9 +295,8 @@ def manifests_in(manifest_dir_or_path: str | os.PathLike) -> list[Path]:
 
 
 def serve_deployments(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-                      cron: str | None = DEFAULT_CRON, timezone: str | None = None, device: str = "auto",
-                      dtype: str = "auto", allowed_roots: list[str] | None = None,
-                      work_dir: str | None = None) -> list:
+                      cron: str | None = DEFAULT_CRON, timezone: str | None = None,
+                      options: RunOptions | None = None) -> list:
     """One `t2vz-manifest/<manifest stem>` deployment per manifest on `cron`; outputs go to
     OUTPUT_DIR/<stem> (default: `out/<stem>` beside the manifest)."""
     from prefect.deployments.runner import EntrypointType
@@ -314,7 +311,7 @@ def serve_deployments(manifest_dir_or_path: str | os.PathLike, output_dir: str |
             name=manifest.stem,
             schedules=[Cron(cron, timezone=timezone)] if cron else None,
             parameters={"manifest_path": str(manifest.resolve()), "output_dir": str(out.resolve()),
-                        "device": device, "dtype": dtype, "allowed_roots": allowed_roots, "work_dir": work_dir},
+                        "options": (options or RunOptions()).model_dump(mode="json")},
             description=f"t2vz serve: {manifest.resolve()}",
             tags=["t2vz", "serve"],
             entrypoint_type=EntrypointType.MODULE_PATH,
@@ -323,8 +320,7 @@ def serve_deployments(manifest_dir_or_path: str | os.PathLike, output_dir: str |
 
 
 def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-          cron: str | None = DEFAULT_CRON, timezone: str | None = None, device: str = "auto",
-          dtype: str = "auto", allowed_roots: list[str] | None = None, work_dir: str | None = None,
+          cron: str | None = DEFAULT_CRON, timezone: str | None = None, options: RunOptions | None = None,
           gpus: int = 1) -> None:
     """Serve the manifest(s) on this box on a schedule until interrupted (Ctrl-C): `t2vz serve`.
 
@@ -342,8 +338,7 @@ def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike
         raise InputError("t2vz serve needs a running Prefect server: start one with "
                          "`prefect server start --host 127.0.0.1` and set "
                          "PREFECT_API_URL=http://127.0.0.1:4200/api")
-    deployments = serve_deployments(manifest_dir_or_path, output_dir, cron=cron, timezone=timezone,
-                                    device=device, dtype=dtype, allowed_roots=allowed_roots, work_dir=work_dir)
+    deployments = serve_deployments(manifest_dir_or_path, output_dir, cron=cron, timezone=timezone, options=options)
     ensure_gpu_limit(gpus)
     os.environ[GPU_LIMIT_ENV] = GPU_LIMIT  # this process is the runner: its runs inherit its env
     prefect_serve(*deployments, limit=gpus)

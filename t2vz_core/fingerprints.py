@@ -11,6 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from t2vz_core.paths import is_hub_id
 from t2vz_core.errors import InputError
 
 
@@ -36,7 +37,7 @@ def model_fingerprint(model_id, revision: str | None = None) -> str:
     revision = _check_revision_target(model_id, revision)
     if folder.is_dir():
         return f"local:sha256:{_folder_digest(folder)}"
-    if not _is_repo_id(text):
+    if not is_hub_id(text):  # the manifest's rule (t2vz_core.paths), not a second one
         raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
     return f"hub:{text}@{_cached_commit(text, revision) or revision or 'unresolved'}"
 
@@ -70,16 +71,6 @@ def _file_digest(path: Path, memo_dir: Path) -> str:
         return file_digest(path, memo_dir)
     except OSError:  # an unwritable cache folder must not stop a run: hash without the disk memo
         return file_digest(path)
-
-
-def _is_repo_id(text: str) -> bool:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _cached_commit(repo_id: str, revision: str | None = None) -> str | None:

@@ -208,15 +208,6 @@ def check_model_ref(value: str, base_dir: str | os.PathLike[str] | None = None) 
     return text
 
 
-def is_hub_id_or_local(value: str, base_dir: str | os.PathLike[str] | None = None) -> bool:
-    """True when `check_model_ref` accepts `value`."""
-    try:
-        check_model_ref(value, base_dir)
-    except InputError:
-        return False
-    return True
-
-
 def check_revision(value: str) -> str:
     """A git revision (branch, tag or commit hash) for a hub model; refuses anything shell-like."""
     text = value.strip() if isinstance(value, str) else ""

@@ -1,8 +1,9 @@
-"""Run reports: a JSON sidecar per job and report.csv / report.json with one line per manifest row.
+"""Run reports: report.csv / report.json with one line per manifest row, built from the sidecars.
 
-Sidecars are the source of truth: a report can always be rebuilt from the manifest and the
-sidecars in the output folder, which is what lets shards of one manifest (separate flow runs,
-maybe on separate machines) produce one complete report at the end.
+Sidecars (t2vz_core.sidecar) are the source of truth: a report can always be rebuilt from the
+manifest and the sidecars in the output folder, which is what lets shards of one manifest
+(separate flow runs, maybe on separate machines) produce one complete report at the end. No
+Prefect here: `t2vz report` rebuilds a report without it.
 """
 
 from __future__ import annotations
@@ -10,72 +11,62 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from t2vz_core.workdir import write_json_atomic
+from t2vz_core.atomic import atomic_write_json, atomic_write_text
+from t2vz_core.sidecar import Sidecar, StaleSidecar, read_sidecar, sidecar_path
 
 if TYPE_CHECKING:
-    from t2vz_core.manifest import Manifest
+    from t2vz_core.manifest import Job, Manifest
 
-STEPS = ("decode", "control", "generate", "encode", "publish")
-REPORT_COLUMNS = ("row", "job_id", "mode", "status", "error", "outputs", "seconds", *STEPS, "sidecar")
+
+def _step_names() -> tuple[str, ...]:
+    from t2vz_core.pipeline import step_names
+
+    return step_names()
+
+
+def report_columns() -> tuple[str, ...]:
+    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", *_step_names(), "sidecar")
+
+
 # A row's status: ok, failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
 # An ok row found up to date (t2vz_core.freshness) shows "up to date" in its step columns.
-RESERVED_JOB_IDS = frozenset({"report"})  # OUTPUT_DIR/report.json belongs to the run report
 
 
-def sidecar_path(output_dir: str | os.PathLike, job_id: str) -> Path:
-    return Path(output_dir) / f"{job_id}.json"
-
-
-def write_sidecar(output_dir: str | os.PathLike, job_id: str, data: dict) -> Path:
-    if job_id in RESERVED_JOB_IDS:
-        raise ValueError(f"job_id {job_id!r} is reserved")
-    return write_json_atomic(sidecar_path(output_dir, job_id), data)
-
-
-def read_sidecar(output_dir: str | os.PathLike, job_id: str) -> dict | None:
-    try:
-        return json.loads(sidecar_path(output_dir, job_id).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def row_from_sidecar(sidecar: dict, output_dir: str | os.PathLike) -> dict:
+def row_from_sidecar(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
     """One report line from a job's sidecar."""
-    steps = sidecar.get("steps") or {}
     line = {
-        "row": sidecar.get("row"),
-        "job_id": sidecar.get("job_id"),
-        "mode": sidecar.get("mode"),
-        "status": sidecar.get("status", "failed"),
-        "error": sidecar.get("error") or "",
-        "outputs": list(sidecar.get("outputs") or []),
-        "seconds": sidecar.get("seconds"),
-        "sidecar": str(sidecar_path(output_dir, sidecar.get("job_id", ""))),
+        "row": sidecar.row,
+        "job_id": sidecar.job_id,
+        "mode": sidecar.mode,
+        "status": sidecar.status,
+        "error": sidecar.error or "",
+        "outputs": list(sidecar.outputs),
+        "seconds": sidecar.seconds,
+        "sidecar": str(sidecar_path(output_dir, sidecar.job_id)),
     }
-    for step in STEPS:
-        line[step] = (steps.get(step) or {}).get("status", "")
+    for step in _step_names():
+        record = sidecar.steps.get(step)
+        line[step] = record.status if record else ""
     return line
 
 
-def up_to_date_row(sidecar: dict, output_dir: str | os.PathLike) -> dict:
+def up_to_date_row(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
     """A report line for a row found up to date (t2vz_core.freshness): no step ran this time."""
     line = row_from_sidecar(sidecar, output_dir)
-    for step in STEPS:
+    for step in _step_names():
         if line[step] not in ("skipped", ""):
             line[step] = "up to date"
     line["up_to_date"] = True
     return line
 
 
-def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[str, dict] | None = None,
-                   current: dict[str, dict] | None = None) -> list[dict]:
+def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[str, Sidecar] | None = None,
+                   current: dict[str, Sidecar] | None = None) -> list[dict]:
     """One report line per manifest row: rows run now (`ran`), rows found up to date (`current`;
     both map job_id -> sidecar), else their sidecar on disk if it was written for this very job,
     else 'missing'; invalid rows with their validation errors."""
@@ -84,20 +75,26 @@ def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[
     for job in manifest.jobs:
         if job.job_id in ran:
             lines.append(row_from_sidecar(ran[job.job_id], output_dir))
-            continue
-        if job.job_id in current:
+        elif job.job_id in current:
             lines.append(up_to_date_row(current[job.job_id], output_dir))
-            continue
-        on_disk = read_sidecar(output_dir, job.job_id)
-        if on_disk is None or on_disk.get("job") != job.cache_dict():
-            lines.append(missing_row(job.row, job.job_id, job.mode))
         else:
-            lines.append(row_from_sidecar(on_disk, output_dir))
+            lines.append(_line_on_disk(job, output_dir))
     for row, errors in sorted(manifest.errors_by_row().items()):
         job_id = next((e.job_id for e in errors if e.job_id), None)
         messages = [f"{e.column}: {e.message}" if e.column else e.message for e in errors]
         lines.append(invalid_row(row, job_id, None, messages))
     return lines
+
+
+def _line_on_disk(job: Job, output_dir: str | os.PathLike) -> dict:
+    """The row's sidecar on disk if it was written for this very job, else a 'missing' line."""
+    try:
+        on_disk = read_sidecar(output_dir, job.job_id)
+    except StaleSidecar as exc:
+        return missing_row(job.row, job.job_id, job.mode, f"not run by this version: {exc}")
+    if on_disk is None or on_disk.job != job.cache_dict():
+        return missing_row(job.row, job.job_id, job.mode)
+    return row_from_sidecar(on_disk, output_dir)
 
 
 def manifest_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
@@ -108,15 +105,15 @@ def manifest_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
 
 def invalid_row(row: int | None, job_id: str | None, mode: str | None, messages: list[str]) -> dict:
     """A report line for a row that failed validation (it never ran and has no sidecar)."""
-    line = {c: "" for c in REPORT_COLUMNS}
+    line = {c: "" for c in report_columns()}
     line.update(row=row, job_id=job_id or "", mode=mode or "", status="invalid",
                 error="; ".join(messages), outputs=[], seconds=None, sidecar="")
     return line
 
 
-def missing_row(row: int | None, job_id: str, mode: str | None) -> dict:
+def missing_row(row: int | None, job_id: str, mode: str | None, why: str = "not run yet: no sidecar") -> dict:
     """A report line for a valid row that has not produced a sidecar (not run yet, or killed)."""
-    line = invalid_row(row, job_id, mode, ["not run yet: no sidecar"])
+    line = invalid_row(row, job_id, mode, [why])
     line["status"] = "missing"
     return line
 
@@ -140,14 +137,26 @@ def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | 
         "counts": summarize(rows),
         "rows": rows,
     }
-    write_json_atomic(output_dir / "report.json", report)
-    _write_text_atomic(output_dir / "report.csv", _rows_to_csv(rows))
+    atomic_write_json(output_dir / "report.json", report)
+    atomic_write_text(output_dir / "report.csv", _rows_to_csv(rows))
     return report
+
+
+def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
+                          allowed_roots: list[str] | None = None, current: dict[str, Sidecar] | None = None,
+                          flow_run_id: str | None = None) -> dict:
+    """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran);
+    `current`: the sidecars of rows the caller found up to date (not run), by job_id."""
+    from t2vz_core.manifest import read_manifest
+
+    manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
+    lines = manifest_lines(manifest, output_dir, current=current)
+    return write_report(output_dir, lines, manifest_extra(manifest, flow_run_id))
 
 
 def _rows_to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(REPORT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(report_columns()), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for line in rows:
         flat = dict(line)
@@ -162,19 +171,6 @@ def _cell(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
         return "'" + value
     return "" if value is None else value
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def software_versions() -> dict[str, str | None]:

@@ -1,8 +1,9 @@
-"""The pipeline of one job as pure step functions (no Prefect): decode -> control -> generate -> encode -> publish.
+"""The steps of one row as plain functions (no Prefect): decode -> control -> generate -> encode -> publish.
 
-Each step takes a `Job`, the references returned by the steps before it and a `WorkDir`, and
-returns a small JSON-able reference (a dict) to what it wrote. Frames, maps and videos live in
-the content-addressed work folder, never in memory between steps.
+Each step has a key function `*_key(ctx) -> str` and a build function `*_build(ctx, key)` that
+returns a typed result (t2vz_core.step_results) referring to what it wrote. Their order, inputs
+and outputs are declared once, in t2vz_core.pipeline; `ctx` is that module's `RowContext`. Frames,
+maps and videos live in the content-addressed work folder, never in memory between steps.
 
 Keys (sha256, see `workdir.make_key`) chain like a Merkle tree: a step's key covers the key of
 its input entry plus its own parameters, so a change anywhere re-runs exactly what depends on it:
@@ -17,38 +18,53 @@ its input entry plus its own parameters, so a change anywhere re-runs exactly wh
 Every key also covers `t2vz_core.__version__`. Publishing copies from the work folder into the
 output folder and is always re-checked (cheap), so a deleted output comes back on the next run.
 
-Models load lazily inside `generate_step`, after the work folder has been checked: a cached
-generation never loads a model.
+Models load lazily inside `generate_build`, after the work folder has been checked: a cached
+generation never loads a model. Turning a `Job` into a decode plan, control parameters or an
+engine request happens here, next to the step that consumes it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
-import uuid
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import TYPE_CHECKING, Any
 
 import t2vz_core
+from t2vz_core.atomic import atomic_copy, atomic_write_json, copy_dir_atomic, is_stale_temp
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job
+from t2vz_core.manifest.defaults import (
+    DEFAULT_CONTROLNET_SCALE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_MOTION,
+    DEFAULT_RESOLUTION,
+    default_t0_t1,
+    or_default,
+)
 from t2vz_core.paths import output_path
-from t2vz_core.workdir import Entry, WorkDir, file_digest, make_key, write_json_atomic
+from t2vz_core.rates import to_fraction
+from t2vz_core.step_results import (
+    ControlResult,
+    DecodeResult,
+    EncodeResult,
+    FramesResult,
+    GenerateResult,
+    PublishResult,
+    SourceInfo,
+    StepResult,
+)
+from t2vz_core.workdir import Entry, WorkDir, file_digest, make_key
 
-Ref = dict[str, Any]
-ProgressFn = Callable[[int, int, str], None]
+if TYPE_CHECKING:
+    from t2vz_core.media.plan import DecodeSpec
+    from t2vz_core.pipeline import RowContext
+    from t2vz_core.runtime import Runtime
 
-FRAMES = "frames"  # the FrameStore folder inside decode / control / generate entries
 VIDEO_FORMATS = ("mp4", "webm", "gif")
-
-
-# ---------------------------------------------------------------- what a job needs
 
 _warm_lock = threading.Lock()
 _warm = False
@@ -73,74 +89,78 @@ def warm_imports() -> None:
         _warm = True
 
 
-def control_kind(job: Job) -> str | None:
-    """The control maps a job extracts, or None (text2video, pix2pix, or control=given)."""
-    if job.mode in ("pose", "canny", "depth") and job.control != "given":
-        return job.mode
-    return None
-
-
-def fraction_text(fps: Fraction) -> str:
-    return f"{fps.numerator}/{fps.denominator}"
-
-
-def parse_fraction(text: str | float | Fraction) -> Fraction:
-    if isinstance(text, Fraction):
-        return text
-    if isinstance(text, float):
-        return Fraction(text).limit_denominator(1001)
-    return Fraction(str(text))
-
-
-def _ref(entry: Entry, **fields: Any) -> Ref:
-    """A step's JSON-able result: where its entry lives plus the entry's metadata."""
+def _result(cls: type[StepResult], entry: Entry, **fields: Any) -> Any:
+    """A step's typed result: where its entry lives plus the entry's metadata."""
     meta = {k: v for k, v in entry.meta.items() if k not in ("step", "key", "created", "schema", "t2vz_core")}
-    return {"step": entry.step, "key": entry.key, "path": str(entry.path), "hit": entry.hit, **meta, **fields}
-
-
-def _frames_path(ref: Ref) -> Path:
-    return Path(ref["path"]) / FRAMES
-
-
-def ref_exists(ref: Ref | None) -> bool:
-    """True when a reference (perhaps replayed from a cache) still points at a finished entry."""
-    if not ref:
-        return False
-    if ref.get("step") == "publish":
-        return all(Path(p).exists() for p in ref.get("outputs", []))
-    return (Path(ref["path"]) / "entry.json").exists()
+    return cls(step=entry.step, key=entry.key, path=str(entry.path), hit=entry.hit, **meta, **fields)
 
 
 # ---------------------------------------------------------------- decode
 
-def decode_key(job: Job, work: WorkDir | None = None) -> str:
+def decode_spec_kwargs(job: Job) -> dict[str, Any]:
+    """The row's `DecodeSpec` fields (start, end, fps, max_frames, resolution, width, height, fit)."""
+    return {
+        "start": job.start, "end": job.end, "fps": job.fps, "max_frames": job.max_frames,
+        "resolution": job.resolution, "width": job.width, "height": job.height, "fit": job.fit or "keep",
+    }
+
+
+def decode_spec(job: Job) -> DecodeSpec:
+    from t2vz_core.media.plan import DecodeSpec
+
+    return DecodeSpec(**decode_spec_kwargs(job))
+
+
+def decode_key(ctx: RowContext) -> str:
+    job = ctx.job
     if job.source is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
-    digest = file_digest(job.source, work.digest_memo if work else None)
-    return make_key("decode", {"source_sha256": digest, "spec": job.decode_spec_kwargs()})
+    digest = file_digest(job.source, ctx.work.digest_memo if ctx.work else None)
+    return make_key("decode", {"source_sha256": digest, "spec": decode_spec_kwargs(job)})
 
 
-def decode_step(job: Job, work: WorkDir, key: str, *, force: bool = False) -> Ref:
+def decode_build(ctx: RowContext, key: str) -> DecodeResult:
     """Probe and decode the source into a lossless PNG FrameStore at the planned size and fps."""
     from t2vz_core.media import decode_to_store, plan_decode, probe
 
+    job, work = ctx.job, ctx.work
+
     def build(folder: Path) -> dict:
         info = probe(job.source)
-        plan = plan_decode(info, job.decode_spec())
+        plan = plan_decode(info, decode_spec(job))
         digest = file_digest(job.source, work.digest_memo)
-        store = decode_to_store(job.source, plan, folder / FRAMES, source={"sha256": digest})
+        store = decode_to_store(job.source, plan, folder / "frames", source={"sha256": digest})
+        source_info = SourceInfo(width=info.width, height=info.height, fps=info.fps, frames=info.frame_count,
+                                 duration=info.duration, codec=info.codec, rotation=info.rotation)
         return {
-            "count": len(store), "fps": fraction_text(store.fps), "width": store.width, "height": store.height,
+            "count": len(store), "fps": store.fps, "width": store.width, "height": store.height,
             "has_audio": bool(info.has_audio), "audio_start": float(plan.start), "source_sha256": digest,
-            "source_info": {"width": info.width, "height": info.height, "fps": fraction_text(info.fps),
-                            "frames": info.frame_count, "duration": info.duration, "codec": info.codec,
-                            "rotation": info.rotation},
+            "source_info": source_info.model_dump(mode="json"),
         }
 
-    return _ref(work.produce("decode", key, build, force=force, resumable=True))
+    return _result(DecodeResult, work.produce("decode", key, build, force=ctx.force, resumable=True))
 
 
 # ---------------------------------------------------------------- control maps
+
+def control_kind(job: Job) -> str | None:
+    """The control maps a job extracts, or None (text2video, pix2pix, or control=given)."""
+    if job.uses_controlnet and job.control != "given":
+        return job.mode
+    return None
+
+
+def control_options(job: Job) -> tuple[str | None, dict[str, Any]]:
+    """(backend or None for the default, parameters set in the row) for t2vz_core.control."""
+    params: dict[str, Any] = {}
+    if job.annotator is not None:
+        params["annotator"] = job.annotator
+    if job.mode == "canny":
+        for name in ("low_threshold", "high_threshold"):
+            if getattr(job, name) is not None:
+                params[name] = getattr(job, name)
+    return job.control_backend, params
+
 
 def control_settings(job: Job) -> tuple[str, str, dict]:
     """(kind, backend, full parameters) of the maps a job extracts: the row's control_backend, annotator
@@ -150,37 +170,37 @@ def control_settings(job: Job) -> tuple[str, str, dict]:
     kind = control_kind(job)
     if kind is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} with control={job.control} extracts no maps")
-    backend, row_params = job.control_options()
+    backend, row_params = control_options(job)
     backend, params = control_params(kind, row_params, backend)
     return kind, backend, params
 
 
-def control_key(job: Job, decode_ref: Ref) -> str:
-    kind, backend, params = control_settings(job)
-    return make_key("control", {"decode": decode_ref["key"], "kind": kind, "backend": backend,
+def control_key(ctx: RowContext) -> str:
+    kind, backend, params = control_settings(ctx.job)
+    return make_key("control", {"decode": ctx.results["decode"].key, "kind": kind, "backend": backend,
                                 "params": params})
 
 
-def control_step(job: Job, decode_ref: Ref, work: WorkDir, key: str, *, force: bool = False) -> Ref:
+def control_build(ctx: RowContext, key: str) -> ControlResult:
     """Extract control maps (pose skeletons, canny edges, depth) from the decoded frames. Resumable."""
     from t2vz_core.control import control_maps_to_store
     from t2vz_core.media import FrameStore
 
-    kind, backend, params = control_settings(job)
+    kind, backend, params = control_settings(ctx.job)
+    decoded = ctx.results["decode"]
 
     def build(folder: Path) -> dict:
-        frames = FrameStore(_frames_path(decode_ref))
-        store = control_maps_to_store(kind, frames, folder / FRAMES, params, backend,
-                                      source={"decode": decode_ref["key"]})
-        return {"count": len(store), "fps": decode_ref["fps"], "width": store.width, "height": store.height,
+        store = control_maps_to_store(kind, FrameStore(decoded.frames), folder / "frames", params, backend,
+                                      source={"decode": decoded.key})
+        return {"count": len(store), "fps": decoded.fps, "width": store.width, "height": store.height,
                 "kind": kind, "backend": backend}
 
-    return _ref(work.produce("control", key, build, force=force, resumable=True))
+    return _result(ControlResult, ctx.work.produce("control", key, build, force=ctx.force, resumable=True))
 
 
 # ---------------------------------------------------------------- generate
 
-def runtime_signature(runtime: Any) -> dict[str, str]:
+def runtime_signature(runtime: Runtime) -> dict[str, str]:
     """The parts of a runtime that change generated pixels: device type, dtype and VAE tiling
     (tiles are blended at their seams; slicing and offloading leave pixels alone)."""
     device, dtype = runtime.signature()
@@ -204,7 +224,7 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
 
     family = detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
-        write_json_atomic(memo, {"family": family, "model": model, "fingerprint": fingerprint})
+        atomic_write_json(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
 
 
@@ -232,96 +252,135 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
     }
 
 
-def frame_size(job: Job, cond_ref: Ref | None) -> tuple[int, int]:
-    if cond_ref is None:
-        return job.text2video_size()
-    return int(cond_ref["width"]), int(cond_ref["height"])
+def text2video_size(job: Job) -> tuple[int, int]:
+    """(width, height) of a text2video row: width x height, or resolution x resolution."""
+    if job.width is not None and job.height is not None:
+        return job.width, job.height
+    side = job.resolution or DEFAULT_RESOLUTION
+    return side, side
 
 
-def generate_key(job: Job, cond_ref: Ref | None, runtime: Any, models: dict[str, Any]) -> str:
-    width, height = frame_size(job, cond_ref)
-    params = job.generation_kwargs()
+def frame_size(job: Job, conditioning: FramesResult | None) -> tuple[int, int]:
+    if conditioning is None:
+        return text2video_size(job)
+    return conditioning.width, conditioning.height
+
+
+def generation_params(job: Job) -> dict[str, Any]:
+    """The engine `GenerationRequest` fields this row decides (not width/height, which come from decoding).
+
+    Parameters the mode ignores are sent as their defaults (t0/t1 scaled to the step count), so
+    that the request always validates; `video_length` is None except for text2video.
+    """
+    t0, t1 = (job.t0, job.t1) if job.t0 is not None else default_t0_t1(job.num_inference_steps)
+    return {
+        "mode": job.mode,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "num_inference_steps": job.num_inference_steps,
+        "guidance_scale": job.guidance_scale,
+        "image_guidance_scale": or_default(job.image_guidance_scale, DEFAULT_IMAGE_GUIDANCE),
+        "controlnet_conditioning_scale": or_default(job.controlnet_conditioning_scale, DEFAULT_CONTROLNET_SCALE),
+        "seed": job.seed,
+        "chunk_size": job.chunk_size,
+        "motion_field_strength_x": or_default(job.motion_field_strength_x, DEFAULT_MOTION),
+        "motion_field_strength_y": or_default(job.motion_field_strength_y, DEFAULT_MOTION),
+        "t0": t0,
+        "t1": t1,
+        # None outside text2video: the frame count comes from the conditioning frames.
+        "video_length": job.video_length if job.mode == "text2video" else None,
+    }
+
+
+def generation_request(job: Job, width: int | None = None, height: int | None = None) -> dict[str, Any]:
+    """`generation_params()` plus the frame size: complete kwargs for `GenerationRequest(**...)`.
+
+    Video modes must pass the decoded width/height; text2video defaults to `text2video_size()`.
+    """
+    kwargs = generation_params(job)
+    if job.mode == "text2video":
+        default_w, default_h = text2video_size(job)
+        width, height = width or default_w, height or default_h
+    elif width is None or height is None:
+        raise InputError(f"job {job.job_id!r}: mode {job.mode} needs the decoded width and height")
+    kwargs.update(width=width, height=height)
+    return kwargs
+
+
+def generate_key(ctx: RowContext) -> str:
+    job, conditioning = ctx.job, ctx.conditioning
+    width, height = frame_size(job, conditioning)
+    params = generation_params(job)
     if job.mode != "text2video":
         # The engine's output does not depend on the chunk size in these modes (anchor reuse):
         # a smaller chunk after an out-of-memory error, or another GPU's, reuses the same entry.
         params.pop("chunk_size", None)
+    models = ctx.models
     return make_key("generate", {
-        "conditioning": cond_ref["key"] if cond_ref else None,
+        "conditioning": conditioning.key if conditioning else None,
         "params": params,
         "size": [width, height],
         "models": {k: models[k] for k in ("family", "model_fingerprint", "controlnet_fingerprint")},
-        "runtime": runtime_signature(runtime),
+        "runtime": runtime_signature(ctx.runtime),
     })
 
 
-def generate_step(
-    job: Job,
-    cond_ref: Ref | None,
-    work: WorkDir,
-    key: str,
-    runtime: Any,
-    models: dict[str, Any],
-    *,
-    force: bool = False,
-    chunk_size: int | None = None,
-    hold_device: Callable[[], ContextManager] = contextlib.nullcontext,
-    on_progress: ProgressFn | None = None,
-) -> Ref:
+def generate_build(ctx: RowContext, key: str) -> GenerateResult:
     """Run Text2Video-Zero for the job into a FrameStore. Resumable: finished chunks survive a crash.
 
-    `chunk_size` overrides the job's (after an out-of-memory error; recorded in the entry). Only
+    `ctx.chunk_size` overrides the job's (after an out-of-memory error; recorded in the entry). Only
     for pose/canny/depth/pix2pix, whose frames do not depend on it (it is not in their key).
-    `hold_device` is entered only when there is work to do (cached results never wait for it).
+    `ctx.hold_device` is entered only when there is work to do (cached results never wait for it).
     """
     from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.media import FrameStore
     from t2vz_core.models import load_pipeline
 
-    width, height = frame_size(job, cond_ref)
-    kwargs = job.request(width, height)
-    if chunk_size is not None:
+    job, conditioning, runtime, models = ctx.job, ctx.conditioning, ctx.runtime, ctx.models
+    width, height = frame_size(job, conditioning)
+    kwargs = generation_request(job, width, height)
+    if ctx.chunk_size is not None:
         if job.mode == "text2video":
             raise InputError("text2video frames depend on chunk_size: it cannot be overridden")
-        kwargs["chunk_size"] = chunk_size
-    fps = parse_fraction(cond_ref["fps"]) if cond_ref else parse_fraction(float(job.fps))
+        kwargs["chunk_size"] = ctx.chunk_size
+    fps = conditioning.fps if conditioning else to_fraction(job.fps)
     request = GenerationRequest(**kwargs)
 
     def build(folder: Path) -> dict:
         request.validate()
         warm_imports()
-        with hold_device():
+        with ctx.hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
                                  revision=models.get("revision"))
-            conditioning = FrameStore(_frames_path(cond_ref)) if cond_ref else None
+            source = FrameStore(conditioning.frames) if conditioning else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).
             meta = {"generate_key": key}
             if job.mode == "text2video":
                 meta["chunk_size"] = request.chunk_size
-            writer = FrameStore.writer(folder / FRAMES, fps=fps, meta=meta)
-            generate(pipe, request, conditioning=conditioning, output=writer,
-                     checkpoint_path=folder / "checkpoint", on_progress=on_progress)
-            writer.close()
+            with FrameStore.writer(folder / "frames", fps=fps, meta=meta) as writer:
+                generate(pipe, request, conditioning=source, output=writer,
+                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress)
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
-        count = len(FrameStore(folder / FRAMES))
-        return {"count": count, "fps": fraction_text(fps), "width": width, "height": height,
+        count = len(FrameStore(folder / "frames"))
+        return {"count": count, "fps": fps, "width": width, "height": height,
                 "chunk_size": request.chunk_size, "requested_chunk_size": job.chunk_size,
                 "runtime": {**runtime_signature(runtime), "offload": runtime.offload}}
 
-    return _ref(work.produce("generate", key, build, force=force, resumable=True))
+    return _result(GenerateResult, ctx.work.produce("generate", key, build, force=ctx.force, resumable=True))
 
 
 # ---------------------------------------------------------------- encode
 
-def keeps_audio(decode_ref: Ref | None) -> bool:
-    return bool(decode_ref and decode_ref.get("has_audio"))
+def keeps_audio(decoded: DecodeResult | None) -> bool:
+    return bool(decoded and decoded.has_audio)
 
 
-def encode_key(job: Job, gen_ref: Ref, decode_ref: Ref | None) -> str:
-    audio = {"source_sha256": decode_ref["source_sha256"], "start": decode_ref["audio_start"]} \
-        if keeps_audio(decode_ref) else None
-    return make_key("encode", {"generate": gen_ref["key"], "formats": list(job.output),
-                               "fps": gen_ref["fps"], "audio": audio})
+def encode_key(ctx: RowContext) -> str:
+    decoded, generated = ctx.results.get("decode"), ctx.results["generate"]
+    audio = {"source_sha256": decoded.source_sha256, "start": decoded.audio_start} if keeps_audio(decoded) else None
+    return make_key("encode", {"generate": generated.key, "formats": list(ctx.job.output),
+                               "fps": generated.fps, "audio": audio})
 
 
 def _container_tags(job: Job) -> dict[str, str]:
@@ -330,14 +389,14 @@ def _container_tags(job: Job) -> dict[str, str]:
             "t2vz_prompt": job.prompt, "t2vz_seed": str(job.seed)}
 
 
-def encode_step(job: Job, gen_ref: Ref, decode_ref: Ref | None, work: WorkDir, key: str,
-                *, force: bool = False) -> Ref:
+def encode_build(ctx: RowContext, key: str) -> EncodeResult:
     """Encode the generated frames into every requested format (video.mp4, video.gif, png/...)."""
     from t2vz_core.media import FrameStore, encode_video, write_png_sequence
 
+    job, decoded, generated = ctx.job, ctx.results.get("decode"), ctx.results["generate"]
+
     def build(folder: Path) -> dict:
-        frames = FrameStore(_frames_path(gen_ref))
-        fps = parse_fraction(gen_ref["fps"])
+        frames = FrameStore(generated.frames)
         files: dict[str, str] = {}
         for fmt in job.output:
             if fmt == "png":
@@ -345,13 +404,13 @@ def encode_step(job: Job, gen_ref: Ref, decode_ref: Ref | None, work: WorkDir, k
                 files[fmt] = "png"
                 continue
             name = f"video.{fmt}"
-            audio = dict(audio_source=str(job.source), audio_start=float(decode_ref["audio_start"])) \
-                if keeps_audio(decode_ref) and fmt != "gif" else {}
-            encode_video(frames, folder / name, fps, fmt=fmt, metadata=_container_tags(job), **audio)
+            audio = dict(audio_source=str(job.source), audio_start=decoded.audio_start) \
+                if keeps_audio(decoded) and fmt != "gif" else {}
+            encode_video(frames, folder / name, generated.fps, fmt=fmt, metadata=_container_tags(job), **audio)
             files[fmt] = name
-        return {"files": files, "count": len(frames), "fps": gen_ref["fps"]}
+        return {"files": files, "count": len(frames), "fps": generated.fps}
 
-    return _ref(work.produce("encode", key, build, force=force))
+    return _result(EncodeResult, ctx.work.produce("encode", key, build, force=ctx.force))
 
 
 # ---------------------------------------------------------------- publish
@@ -361,15 +420,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.stat().st_size == b.stat().st_size and file_digest(a) == file_digest(b)
     except FileNotFoundError:
         return False
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def output_digest(path: Path, memo_dir: str | os.PathLike | None = None) -> str:
@@ -389,53 +439,47 @@ def _same_tree(a: Path, b: Path) -> bool:
     return names == sorted(p.name for p in b.iterdir()) and all(_same_file(a / n, b / n) for n in names)
 
 
-def _publish_folder(src: Path, dst: Path) -> None:
-    """Swap a whole folder into place; the final path never holds a half-copied folder."""
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
-    shutil.copytree(src, tmp)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.old")
-        os.rename(dst, old)
-    os.rename(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 STALE_TEMP_S = 3600  # a temporary file this old belongs to a killed run, not a live one
 
 
 def _sweep_stale_temps(dst: Path) -> None:
     """Remove temporaries a killed run left beside `dst` (never a live run's: those are fresh)."""
+    import shutil
+
     now = time.time()
-    for leftover in dst.parent.glob(f".{dst.name}.*"):
+    for leftover in dst.parent.glob(".*"):
         try:
-            if leftover.suffix in (".tmp", ".old") and now - leftover.lstat().st_mtime > STALE_TEMP_S:
+            if is_stale_temp(leftover, dst.name) and now - leftover.lstat().st_mtime > STALE_TEMP_S:
                 shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
         except FileNotFoundError:
             pass
 
 
-def publish_step(job: Job, enc_ref: Ref, output_dir: str | os.PathLike) -> Ref:
+def output_paths(job: Job, output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where each output format of a row is published: OUTPUT_DIR/<job_id>.<ext>, or a folder for png."""
+    return {fmt: output_path(output_dir, job.job_id, "" if fmt == "png" else f".{fmt}") for fmt in job.output}
+
+
+def publish_build(ctx: RowContext, key: str | None = None) -> PublishResult:
     """Copy encoded files to OUTPUT_DIR/<job_id>.<ext> (or OUTPUT_DIR/<job_id>/ for png), atomically.
 
-    Files already identical at the destination are left alone (status 'cached'). The reference
+    Files already identical at the destination are left alone (status 'cached'). The result
     lists each output's digest, so a later run can tell an edited output without the work folder.
     """
-    out = Path(output_dir)
+    encoded = ctx.results["encode"]
+    out = Path(ctx.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     outputs, copied = [], 0
-    for fmt, name in enc_ref["files"].items():
-        src = Path(enc_ref["path"]) / name
-        dst = output_path(out, job.job_id, "" if fmt == "png" else f".{fmt}")
+    for fmt, dst in output_paths(ctx.job, out).items():
+        src = Path(encoded.path) / encoded.files[fmt]
         _sweep_stale_temps(dst)
         if fmt == "png":
             if not _same_tree(src, dst):
-                _publish_folder(src, dst)
+                copy_dir_atomic(src, dst)
                 copied += 1
         elif not _same_file(src, dst):
-            _copy_atomic(src, dst)
+            atomic_copy(src, dst)
             copied += 1
         outputs.append(str(dst))
     digests = {Path(path).name: output_digest(Path(path)) for path in outputs}  # by name: the folder may move
-    return {"step": "publish", "key": enc_ref["key"], "outputs": outputs, "digests": digests, "hit": copied == 0}
+    return PublishResult(step="publish", key=encoded.key, outputs=outputs, digests=digests, hit=copied == 0)

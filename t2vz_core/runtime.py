@@ -9,8 +9,9 @@ from __future__ import annotations
 import glob
 import re
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from t2vz_core.errors import InputError
 
@@ -23,8 +24,7 @@ _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat1
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-@dataclass(frozen=True)
-class Runtime:
+class Runtime(BaseModel):
     """Where and how pipelines run. `resolve()` turns "auto" into a concrete device and dtype.
 
     device: "auto" (cuda, else mps, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps".
@@ -36,29 +36,62 @@ class Runtime:
       used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
     vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
     allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
+
+    `Runtime("cuda", "fp16", offload="model")`: device and dtype may be given by position. A bad
+    value raises InputError (a ValidationError only through `model_validate`).
+    Every field is a `t2vz run` / `t2vz serve` option too (t2vz_core.options.RunOptions extends this).
     """
 
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "none"
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    allow_pickle: bool = False
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self) -> None:
-        device = str(self.device).strip().lower()
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: str = Field("auto", description="auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16",
+                       json_schema_extra={"choices": ["auto", "fp32", "fp16", "bf16"]})
+    offload: str = Field("none", description="move weights to the GPU only while used (less GPU memory, slower)",
+                         json_schema_extra={"choices": list(OFFLOADS)})
+    allow_pickle: bool = Field(False, description="also load .bin/.ckpt pickle weights, which can run code when "
+                                                  "loaded: only for models you trust (default: safetensors only)")
+    vae_slicing: bool = Field(False, description="decode one frame at a time through the VAE (less GPU memory "
+                                                 "for large frames)")
+    vae_tiling: bool = Field(False, description="decode large frames in overlapping tiles (least memory; pixels "
+                                                "change slightly)")
+
+    def __init__(self, *args: str, **data: Any) -> None:
+        for name, value in zip(("device", "dtype"), args, strict=False):
+            data[name] = value
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # our own message, as InputError, to callers in Python
+            raise _input_error(exc) from None
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> str:
+        device = str(value).strip().lower()
         if not _DEVICE_PATTERN.fullmatch(device):
-            raise InputError(f"device {self.device!r}: expected auto, cpu, cuda, cuda:N or mps")
-        dtype = str(self.dtype).strip().lower()
+            raise InputError(f"device {value!r}: expected auto, cpu, cuda, cuda:N or mps")
+        return device
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value: Any) -> str:
+        dtype = str(value).strip().lower()
         dtype = _DTYPE_ALIASES.get(dtype, dtype)
         if dtype != "auto" and dtype not in _DTYPE_NAMES:
-            raise InputError(f"dtype {self.dtype!r}: expected auto, fp32, fp16 or bf16")
-        offload = str(self.offload).strip().lower()
+            raise InputError(f"dtype {value!r}: expected auto, fp32, fp16 or bf16")
+        return dtype
+
+    @field_validator("offload", mode="before")
+    @classmethod
+    def _offload(cls, value: Any) -> str:
+        offload = str(value).strip().lower()
         if offload not in OFFLOADS:
-            raise InputError(f"offload {self.offload!r}: expected none, model or sequential")
-        object.__setattr__(self, "device", device)
-        object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "offload", offload)
+            raise InputError(f"offload {value!r}: expected none, model or sequential")
+        return offload
+
+    def runtime(self) -> Runtime:
+        """Just the runtime fields (for a subclass such as RunOptions)."""
+        return Runtime(**{name: getattr(self, name) for name in Runtime.model_fields})
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
         """The concrete (device, dtype); InputError when this machine cannot honour the request."""
@@ -94,6 +127,15 @@ class Runtime:
         if self.dtype == "auto":
             return "float32" if device_type == "cpu" else "float16"
         return _DTYPE_NAMES[self.dtype]
+
+
+def _input_error(exc: ValidationError) -> InputError:
+    """The InputError a field validator raised (pydantic wraps it), else the validation message."""
+    for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, InputError):
+            return cause
+    return InputError(str(exc))
 
 
 def _resolve_device(name: str) -> torch.device:

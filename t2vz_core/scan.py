@@ -19,6 +19,7 @@ from typing import Any
 
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import COLUMNS, SOURCE_MODES
+from t2vz_core.paths import RESERVED_JOB_IDS
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -57,8 +58,8 @@ def job_id_for(relative: Path, taken: set[str]) -> str:
     stem = relative.with_suffix("").as_posix()
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     base = _UNSAFE.sub("_", ascii_stem.replace("/", "_")).strip("_-")[:_MAX_ID].strip("_-") or "video"
-    if base.lower() == "report":
-        base = "report_video"  # 'report' is reserved for the run report
+    if base.lower() in RESERVED_JOB_IDS:
+        base = f"{base}_video"  # reserved for the run report
     candidate, number = base, 1
     while candidate.lower() in taken:
         number += 1

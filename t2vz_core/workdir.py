@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import t2vz_core
+from t2vz_core.atomic import atomic_write_json
 
 # Bump when the meaning of an entry changes without a t2vz_core version bump.
 WORK_SCHEMA = 1
@@ -79,7 +80,7 @@ def file_digest(path: str | os.PathLike, memo_dir: str | os.PathLike | None = No
         with _digest_lock:
             _digest_memo[memo_key] = digest
         if memo_file is not None:
-            write_json_atomic(memo_file, {"identity": identity, "sha256": digest})
+            atomic_write_json(memo_file, {"identity": identity, "sha256": digest})
     return digest
 
 
@@ -110,23 +111,6 @@ def make_key(step: str, parts: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON beside the target and rename it into place: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 @dataclass(frozen=True)
 class Entry:
     """A finished work entry. `hit` is True when this call found it instead of building it."""
@@ -136,17 +120,6 @@ class Entry:
     path: Path
     meta: dict = field(default_factory=dict)
     hit: bool = False
-
-
-def resolve_work_dir(output_dir: str | os.PathLike, work_dir: str | os.PathLike | None = None) -> Path:
-    """The work folder of a run: `work_dir` when given (absolute), else default_work_dir(output_dir)."""
-    return Path(work_dir).absolute() if work_dir else default_work_dir(output_dir)
-
-
-def default_work_dir(output_dir: str | os.PathLike) -> Path:
-    """T2VZ_WORK_DIR when set (share it between output folders), else OUTPUT_DIR/.t2vz-work."""
-    env = os.environ.get("T2VZ_WORK_DIR")
-    return Path(env).absolute() if env else Path(output_dir).absolute() / ".t2vz-work"
 
 
 class WorkDir:
@@ -248,7 +221,7 @@ class WorkDir:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **extra,
             }
-            write_json_atomic(staging / ENTRY_META, meta)
+            atomic_write_json(staging / ENTRY_META, meta)
             final = self.entry_path(step, key)
             self._install(staging, final)
             return Entry(step, key, final, meta, hit=False)

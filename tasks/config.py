@@ -1,4 +1,4 @@
-"""RunConfig: everything a row needs besides its Job, built once per flow run."""
+"""RunConfig: what every row of one flow run shares besides its Job, built once per flow run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from t2vz_core.options import RunOptions
+from t2vz_core.runtime import Runtime
 
 
 def _env_float(name: str, default: float) -> float:
@@ -19,14 +21,7 @@ def _env_float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: Path
-    work_dir: Path
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "none"
-    allow_pickle: bool = False  # also load .bin/.ckpt pickle weights (`t2vz run --allow-pickle`)
-    vae_slicing: bool = False  # decode one frame at a time (less memory for large frames)
-    vae_tiling: bool = False  # decode in overlapping tiles (large frames; pixels change slightly)
-    force: bool = False
+    options: RunOptions = field(default_factory=RunOptions)
     # Retries for transient errors only (see tasks.policy.retry_if_transient).
     retries: int = field(default_factory=lambda: int(_env_float("T2VZ_RETRIES", 2)))
     retry_delay_s: float = field(default_factory=lambda: _env_float("T2VZ_RETRY_DELAY_S", 2.0))
@@ -37,12 +32,17 @@ class RunConfig:
     manifest: str | None = None
 
     @property
+    def work_dir(self) -> Path:
+        return self.options.resolved_work_dir(self.output_dir)
+
+    @property
+    def force(self) -> bool:
+        return self.options.force
+
+    @property
     def work_tag(self) -> str:
         """Short id of the work folder: Prefect cache records point into one work folder only."""
         return hashlib.sha256(str(self.work_dir).encode()).hexdigest()[:12]
 
-    def runtime(self) -> Any:
-        from t2vz_core.runtime import Runtime
-
-        return Runtime(device=self.device, dtype=self.dtype, offload=self.offload, allow_pickle=self.allow_pickle,
-                       vae_slicing=self.vae_slicing, vae_tiling=self.vae_tiling)
+    def runtime(self) -> Runtime:
+        return self.options.runtime()

@@ -94,6 +94,12 @@ def note_out_of_memory(key: str, exc: BaseException) -> bool:
     return True
 
 
+def forget_out_of_memory(key: str) -> None:
+    """The key succeeded: a later run of it starts from the requested settings again."""
+    with _oom_guard:
+        _oom_seen.pop(key, None)
+
+
 def out_of_memory_count(key: str) -> int:
     with _oom_guard:
         return _oom_seen[key]
@@ -111,10 +117,8 @@ def lighter_runtime(runtime: Any, steps: int) -> Any:
     """text2video after OOM: its frames depend on the chunk size, so memory comes down another
     way: weights offloaded to the CPU while unused (`model`, then `sequential`); same pixels.
     Unchanged on a CPU, where offloading does not apply."""
-    import dataclasses
-
     device, _ = runtime.resolve()
     if device.type == "cpu":
         return runtime
     start = _OFFLOAD_LADDER.index(runtime.offload)
-    return dataclasses.replace(runtime, offload=_OFFLOAD_LADDER[min(len(_OFFLOAD_LADDER) - 1, start + steps)])
+    return runtime.model_copy(update={"offload": _OFFLOAD_LADDER[min(len(_OFFLOAD_LADDER) - 1, start + steps)]})

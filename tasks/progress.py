@@ -12,8 +12,10 @@ import time
 from typing import Callable
 from uuid import UUID
 
-# Share of a row's progress each step stands for (generation dominates the time).
-STEP_WEIGHTS = {"decode": 0.05, "control": 0.10, "generate": 0.75, "encode": 0.08, "publish": 0.02}
+from t2vz_core.pipeline import STEPS
+
+# Share of a row's progress each step stands for, and the share of the steps before it.
+STEP_WEIGHTS = {step.name: step.weight for step in STEPS}
 _BEFORE = {step: sum(list(STEP_WEIGHTS.values())[:i]) for i, step in enumerate(STEP_WEIGHTS)}
 
 # listener(job_id, step, done, total, message)

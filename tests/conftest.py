@@ -20,6 +20,10 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+import fault_injection  # noqa: E402
+
+fault_injection.install()  # T2VZ_FAULTS rules reach the declared steps (none unless a test sets it)
+
 
 @pytest.fixture(scope="session")
 def session_dir() -> Path:

@@ -35,6 +35,9 @@ START_TIMEOUT_S = 90
 # The CLI with a progress listener that writes JSON lines (used for `python -c`).
 _WRAPPER = """
 import json, sys
+sys.path.insert(0, %r)
+import fault_injection
+fault_injection.install()
 log = sys.argv[1]
 if log:
     from tasks import progress
@@ -44,7 +47,7 @@ if log:
     progress.add_listener(_listener)
 from flows.cli import main
 sys.exit(main(sys.argv[2:]))
-"""
+""" % str(Path(__file__).resolve().parent)
 
 
 # ---------------------------------------------------------------- one Prefect server per session

@@ -55,9 +55,10 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 def run(manifest: Path, out: Path, work: Path, **kwargs):
     """Run the flow; return (state, report dict, {job_id: sidecar})."""
     from flows.batch import process_manifest
+    from t2vz_core.options import RunOptions
 
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(out), work_dir=str(work),
-                             return_state=True, **kwargs)
+    state = process_manifest(manifest_path=str(manifest), output_dir=str(out),
+                             options=RunOptions(work_dir=str(work), **kwargs), return_state=True)
     rep = state.result(raise_on_failure=False)
     assert isinstance(rep, dict), rep
     sidecars = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "report.json"}
@@ -272,14 +273,3 @@ def test_out_of_memory_policy_keeps_pixels():
     if torch.cuda.is_available():
         assert policy.lighter_runtime(Runtime(device="cuda"), 1).offload == "model"
         assert policy.lighter_runtime(Runtime(device="cuda"), 5).offload == "sequential"
-
-
-def test_flow_runs_end_without_waiting_for_the_heartbeat_thread():
-    """flows.heartbeats still finds Prefect's hook (a Prefect upgrade that drops it shows here)."""
-    from prefect import flow_engine
-
-    import flows.batch  # noqa: F401 - applies the change
-    from flows import heartbeats
-
-    assert heartbeats.end_runs_without_heartbeat_join()
-    assert getattr(flow_engine._send_heartbeats, "_t2vz_no_join", False)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from t2vz_core import report
+from t2vz_core.sidecar import Sidecar, StaleSidecar, read_sidecar, write_sidecar
 from t2vz_core.workdir import WorkDir, canonical_json, file_digest, make_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,20 +185,44 @@ def test_sigkill_mid_build_leaves_nothing_final_and_releases_the_lock(tmp_path):
     assert seen == [["part1"]] and not entry.hit  # resumed from what the killed build wrote
 
 
+@pytest.mark.parametrize("content", [
+    '{"job_id": "a", "status": "ok"}',                  # a sidecar of t2vz before schema 2
+    '{"schema": 99, "job_id": "a", "status": "ok"}',    # one from a later version
+    '{"schema": 2, "job_id": "a", "status": 7, "x": 1}',  # the schema number, but not a sidecar
+    '[1, 2, 3]',
+    '{not json',
+])
+def test_an_older_or_foreign_sidecar_is_stale_never_a_crash(tmp_path, content):
+    from t2vz_core import freshness
+    from t2vz_core.manifest import Job
+    from t2vz_core.runtime import Runtime
+
+    (tmp_path / "a.json").write_text(content)
+    with pytest.raises(StaleSidecar, match="a.json"):
+        read_sidecar(tmp_path, "a")
+    job = Job(job_id="a", mode="text2video", prompt="a kite")
+    check = freshness.check_row(job, tmp_path, Runtime("cpu"))
+    assert not check.current and "a.json" in check.reason
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("job_id,mode,prompt\na,text2video,a kite\n")
+    [line] = report.write_manifest_report(manifest, tmp_path)["rows"]
+    assert line["status"] == "missing" and "a.json" in line["error"]
+
+
 def test_report_has_one_line_per_row_and_survives_spreadsheets(tmp_path):
     ok = {"job_id": "a", "row": 2, "mode": "canny", "status": "ok", "outputs": [str(tmp_path / "a.mp4")],
           "seconds": 1.5, "steps": {"decode": {"status": "computed"}, "generate": {"status": "cached"}}}
     bad = {"job_id": "b", "row": 4, "mode": "pose", "status": "failed", "error": "=HYPERLINK(x)", "steps": {}}
-    report.write_sidecar(tmp_path, "a", ok)
-    report.write_sidecar(tmp_path, "b", bad)
-    assert report.read_sidecar(tmp_path, "a")["status"] == "ok"
-    assert report.read_sidecar(tmp_path, "zzz") is None
+    write_sidecar(tmp_path, Sidecar(**ok))
+    write_sidecar(tmp_path, Sidecar(**bad))
+    assert read_sidecar(tmp_path, "a").status == "ok"
+    assert read_sidecar(tmp_path, "zzz") is None
     with pytest.raises(ValueError):
-        report.write_sidecar(tmp_path, "report", ok)
+        write_sidecar(tmp_path, Sidecar(**{**ok, "job_id": "report"}))
     rows = [
-        report.row_from_sidecar(report.read_sidecar(tmp_path, "b"), tmp_path),
+        report.row_from_sidecar(read_sidecar(tmp_path, "b"), tmp_path),
         report.invalid_row(3, "c", "depth", ["prompt: required", "seed: not a number"]),
-        report.row_from_sidecar(report.read_sidecar(tmp_path, "a"), tmp_path),
+        report.row_from_sidecar(read_sidecar(tmp_path, "a"), tmp_path),
         report.missing_row(5, "d", "canny"),
     ]
     rep = report.write_report(tmp_path, rows, {"manifest": "m.csv"})

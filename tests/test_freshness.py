@@ -18,6 +18,7 @@ import pytest
 
 from t2vz_core import freshness
 from t2vz_core.manifest import read_manifest
+from t2vz_core.options import RunOptions
 from t2vz_core.runtime import Runtime
 from t2vz_core.workdir import WorkDir
 
@@ -46,8 +47,8 @@ def finished(prefect_harness, tiny_models, tmp_path_factory):
             dict(job_id="canny", mode="canny", source=root / "rocket.mp4", prompt="a glass rocket", max_frames=4,
                  controlnet=tiny_models / "controlnet-canny", **common)]
     manifest = write_manifest(root / "jobs.csv", rows)
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(root / "out"), work_dir=str(root / "work"),
-                             device="cpu", return_state=True)
+    state = process_manifest(manifest_path=str(manifest), output_dir=str(root / "out"),
+                             options=RunOptions(work_dir=str(root / "work"), device="cpu"), return_state=True)
     assert state.is_completed(), state.message
     return dict(root=root, rows=rows, manifest=manifest, work=WorkDir(root / "work"))
 

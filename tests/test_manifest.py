@@ -25,6 +25,7 @@ from t2vz_core.manifest import (
     format_errors,
     read_manifest,
 )
+from t2vz_core import row_steps
 from t2vz_core.media.plan import DecodeSpec
 
 
@@ -61,7 +62,7 @@ def test_text2video_defaults_follow_the_paper_and_diffusers(folder):
     assert job.outputs == ["mp4"] and job.refresh is False
     # cells the mode does not use stay None, so they never enter a cache key
     assert (job.source, job.control, job.controlnet, job.image_guidance_scale, job.fit) == (None,) * 5
-    assert job.text2video_size() == (512, 512)
+    assert row_steps.text2video_size(job) == (512, 512)
 
 
 def test_video_mode_defaults(folder):
@@ -104,7 +105,7 @@ def test_tiny_step_counts_get_valid_t0_t1(folder):
 
     job = one_job(folder, "job_id,mode,prompt,num_inference_steps", "a,text2video,x,4")
     assert (job.t0, job.t1) == (2, 3)
-    GenerationRequest(**job.request()).validate()
+    GenerationRequest(**row_steps.generation_request(job)).validate()
 
 
 def test_numbers_are_parsed_strictly_but_kindly(folder):
@@ -141,10 +142,10 @@ def test_control_extraction_columns_are_parsed_checked_per_mode_and_keyed(folder
     assert "ignored with control=given" in manifest.warnings[0].message
     assert "ignored in mode text2video" in manifest.warnings[2].message
     c, d, p, t, q = manifest.jobs
-    assert c.control_options() == ("opencv", {"low_threshold": 50, "high_threshold": 150})
-    assert d.control_options() == ("zoe", {"annotator": str((folder / "weights").resolve())})
-    assert p.control_options() == (None, {}) and t.low_threshold is None
-    assert q.control_options() == (None, {})
+    assert row_steps.control_options(c) == ("opencv", {"low_threshold": 50, "high_threshold": 150})
+    assert row_steps.control_options(d) == ("zoe", {"annotator": str((folder / "weights").resolve())})
+    assert row_steps.control_options(p) == (None, {}) and t.low_threshold is None
+    assert row_steps.control_options(q) == (None, {})
     # Every new cell is a parameter: it moves the row's cache dict.
     assert c.cache_dict() | {"job_id": "q", "control_backend": None, "low_threshold": None,
                              "high_threshold": None} == q.cache_dict()
@@ -156,30 +157,30 @@ def test_generation_kwargs_build_a_valid_engine_request(folder, monkeypatch):
     monkeypatch.chdir(folder)
     t2v = Job(job_id="t", mode="text2video", prompt="a cat", num_inference_steps=20, width=256, height=128,
               video_length=12, seed=np.int64(5))
-    kwargs = t2v.generation_kwargs()
+    kwargs = row_steps.generation_params(t2v)
     assert set(kwargs) == {
         "mode", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "image_guidance_scale",
         "controlnet_conditioning_scale", "seed", "chunk_size", "motion_field_strength_x",
         "motion_field_strength_y", "t0", "t1", "video_length"}
     assert (kwargs["video_length"], kwargs["t0"], kwargs["t1"], kwargs["seed"]) == (12, 18, 19, 5)
-    request = GenerationRequest(**t2v.request()).validate()
+    request = GenerationRequest(**row_steps.generation_request(t2v)).validate()
     assert (request.width, request.height, request.video_length) == (256, 128, 12)
 
     pose = Job(job_id="p", mode="pose", source="clips/a.mp4", prompt="a robot", num_inference_steps=5)
-    assert pose.generation_kwargs()["video_length"] is None  # comes from the conditioning frames
-    request = GenerationRequest(**pose.request(320, 192)).validate()
+    assert row_steps.generation_params(pose)["video_length"] is None  # comes from the conditioning frames
+    request = GenerationRequest(**row_steps.generation_request(pose, 320, 192)).validate()
     assert (request.width, request.height, request.mode) == (320, 192, "pose")
     with pytest.raises(InputError, match="decoded width and height"):
-        pose.request()
+        row_steps.generation_request(pose)
 
 
 def test_decode_spec(folder, monkeypatch):
     monkeypatch.chdir(folder)
     job = Job(job_id="c", mode="canny", source="clips/a.mp4", prompt="x", start="2", end="4.5", fps=12,
               max_frames=30, width=320, height=240, fit="pad")
-    assert job.decode_spec_kwargs() == {"start": 2.0, "end": 4.5, "fps": 12.0, "max_frames": 30,
+    assert row_steps.decode_spec_kwargs(job) == {"start": 2.0, "end": 4.5, "fps": 12.0, "max_frames": 30,
                                         "resolution": None, "width": 320, "height": 240, "fit": "pad"}
-    assert job.decode_spec() == DecodeSpec(**job.decode_spec_kwargs())
+    assert row_steps.decode_spec(job) == DecodeSpec(**row_steps.decode_spec_kwargs(job))
     one_side = Job(job_id="d", mode="canny", source="clips/a.mp4", prompt="x", width=320)
     assert (one_side.resolution, one_side.height) == (None, None)
 

@@ -16,7 +16,6 @@ from t2vz_core.paths import (
     check_model_ref,
     check_revision,
     is_hub_id,
-    is_hub_id_or_local,
     output_path,
     resolve_allowed_roots,
     resolve_source,
@@ -134,7 +133,6 @@ def test_job_id_rule():
 )
 def test_hub_ids(value, ok):
     assert is_hub_id(value) is ok
-    assert is_hub_id_or_local(value) is ok
 
 
 def test_model_refs_local_folders_and_errors(tmp_path):

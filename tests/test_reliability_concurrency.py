@@ -11,13 +11,12 @@ Budget: 33 s measured on the 2-core machine with other work running (load ~2.5).
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from media_fixtures import make_video
-from reliability_support import (REPO, T2VZ, check_output_folder, decoded_frames, explain, load_report, run_cli,
+from reliability_support import (T2VZ, check_output_folder, decoded_frames, explain, load_report, run_cli,
                                  run_env, sidecar, write_manifest)
 
 pytestmark = pytest.mark.timeout(400)
@@ -45,10 +44,13 @@ def test_two_runs_at_once_then_an_up_to_date_third(tiny_models, tmp_path):
         assert proc.returncode == 0, f"exit {proc.returncode}:\n{text[-4000:]}"
 
     # a single run of the same manifest, straight through t2vz_core (own work and output folders)
-    sys.path.insert(0, str(REPO / "bench"))
-    from direct_core import run_direct
+    from t2vz_core import pipeline
+    from t2vz_core.manifest import read_manifest
+    from t2vz_core.runtime import Runtime
+    from t2vz_core.workdir import WorkDir
 
-    run_direct(manifest, tmp_path / "single")
+    for job in read_manifest(manifest).jobs:
+        pipeline.run_direct(job, WorkDir(tmp_path / "single-work"), Runtime("cpu"), tmp_path / "single")
     videos = check_output_folder(out)
     assert sorted(v.stem for v in videos) == ["canny", "p2p", "t2v"]
     for job_id in ("t2v", "canny", "p2p"):

@@ -130,21 +130,18 @@ def test_sigkill_mid_generation_then_rerun_resumes_and_loses_nothing(tiny_models
     assert not list((out / ".t2vz-work" / ".partial" / "generate").glob("*/*"))
 
     # ---- the resumed frames equal an uninterrupted generation
-    from t2vz_core import row_steps as steps
+    from t2vz_core import pipeline
     from t2vz_core.manifest import read_manifest
     from t2vz_core.media import FrameStore
-    from t2vz_core.models import Runtime
+    from t2vz_core.runtime import Runtime
     from t2vz_core.workdir import WorkDir
 
     job = next(j for j in read_manifest(manifest).jobs if j.job_id == "slow")
-    work, runtime = WorkDir(tmp_path / "reference-work"), Runtime("cpu")
-    decoded = steps.decode_step(job, work, steps.decode_key(job))
-    maps = steps.control_step(job, decoded, work, steps.control_key(job, decoded))
-    models = steps.resolve_models(job)
-    key = steps.generate_key(job, maps, runtime, models)
+    ctx = pipeline.run_direct(job, WorkDir(tmp_path / "reference-work"), Runtime("cpu"), tmp_path / "reference-out")
+    reference = ctx.results["generate"]
+    key = reference.key
     assert key == slow["resolved"]["keys"]["generate"]
-    reference = steps.generate_step(job, maps, work, key, runtime, models)
-    expected = FrameStore(Path(reference["path"]) / steps.FRAMES)[:]
-    resumed = FrameStore(out / ".t2vz-work" / "generate" / key / steps.FRAMES)[:]
+    expected = FrameStore(reference.frames)[:]
+    resumed = FrameStore(out / ".t2vz-work" / "generate" / key / "frames")[:]
     assert resumed.shape == expected.shape == (13, 48, 64, 3)
     assert np.array_equal(resumed, expected), np.abs(resumed.astype(int) - expected).max()

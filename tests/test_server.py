@@ -279,10 +279,23 @@ def test_prefect_deploy_applies_the_same_prefect_yaml(stack):
         assert [s.schedule for s in new.schedules] == [s.schedule for s in old.schedules]
 
 
-def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path) -> tuple[FlowRun, list[FlowRun]]:
+def every_option(work_dir: Path, allowed_root: Path) -> dict:
+    """A value for every RunOptions field, none of them the default where a CPU allows it (offload
+    needs an accelerator), as JSON: what a run started anywhere must record in its sidecars."""
+    from t2vz_core.options import RunOptions
+
+    options = {"device": "cpu", "dtype": "fp32", "offload": "none", "allow_pickle": True, "vae_slicing": True,
+               "vae_tiling": True, "force": True, "allowed_roots": [str(allowed_root)],
+               "work_dir": str(work_dir), "max_workers": 1}
+    assert set(options) == set(RunOptions.model_fields), "a new run option: give it a value here"
+    return options
+
+
+def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path,
+             options: dict | None = None) -> tuple[FlowRun, list[FlowRun]]:
     run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
-        "manifest_path": str(manifest), "output_dir": str(output_dir), "shard_size": 1, "device": "cpu",
-        "work_dir": str(work_dir), "poll_seconds": 0.5})
+        "manifest_path": str(manifest), "output_dir": str(output_dir), "shard_size": 1,
+        "options": options or {"device": "cpu", "work_dir": str(work_dir)}, "poll_seconds": 0.5})
     parent = stack.wait_final(run_id)
     shards = sorted(stack.children(run_id), key=lambda r: r.name)
     return parent, shards
@@ -293,8 +306,11 @@ def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir,
     output_dir = tmp_path / "out"
     since = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    parent, shards = _fan_out(stack, manifest, output_dir, work_dir)
+    # Every run option travels whole from the fan-out to its shards and into their sidecars.
+    options = every_option(work_dir, manifest.parent)
+    parent, shards = _fan_out(stack, manifest, output_dir, work_dir, options)
     first_s = time.monotonic() - t0
+    assert json.loads((output_dir / "good.json").read_text())["options"] == options
 
     # The fan-out ran on the dispatch worker and ended Failed: one row failed, one is invalid.
     assert parent.state.type == StateType.FAILED, parent.state
@@ -370,8 +386,12 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
     (folder / "daily.csv").write_text("\n".join(manifest.read_text().splitlines()[:2]) + "\n", encoding="utf-8")
     out = tmp_path / "served"
     since = datetime.now(timezone.utc)
+    served_work = tmp_path / "served-work"  # its own work folder: it generates
+    options = every_option(served_work, manifest.parent)
     proc = stack.start("serve", "-m", "flows.cli", "serve", str(folder), "--output-dir", str(out),
-                       "--cron", "30 3 * * *", "--device", "cpu")  # own work folder: it generates
+                       "--cron", "30 3 * * *", "--device", "cpu", "--dtype", "fp32", "--offload", "none",
+                       "--allow-pickle", "--vae-slicing", "--vae-tiling", "--force", "--allowed-root",
+                       str(manifest.parent), "--work-dir", str(served_work), "--max-workers", "1")
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -388,6 +408,7 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
         assert run.state.type == StateType.COMPLETED, run.state
         report = json.loads((out / "daily" / "report.json").read_text())
         assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("good", "ok")]
+        assert json.loads((out / "daily" / "good.json").read_text())["options"] == options
         # The serve process put T2VZ_GPU_LIMIT in its runs' environment: the slot was taken.
         run_resource = f"prefect.flow-run.{run.id}"
 

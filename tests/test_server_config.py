@@ -12,6 +12,7 @@ from prefect.flows import load_flow_from_entrypoint
 
 from flows import deploy
 from t2vz_core.errors import InputError
+from t2vz_core.options import RunOptions
 
 
 def test_prefect_yaml_deployments_load_and_match_the_names_the_code_uses():
@@ -86,7 +87,7 @@ def test_serve_finds_manifests_and_builds_one_scheduled_deployment_each(tmp_path
         deploy.manifests_in(tmp_path / "empty")
 
     deployments = deploy.serve_deployments(folder, tmp_path / "out", cron="15 4 * * *", timezone="Europe/Paris",
-                                           device="cpu")
+                                           options=RunOptions(device="cpu"))
     assert [d.name for d in deployments] == ["a", "b"]
     for d in deployments:
         assert d.entrypoint == "flows.batch.process_manifest"

@@ -1,8 +1,7 @@
-"""Control maps for ControlNet modes: extract from frames, store as PNG, reuse, or take given.
+"""Control maps for ControlNet modes: extract from frames, store as PNG, reuse.
 
     maps = extract_control_maps("pose", chunks)                # iterator of uint8 chunks
     store = control_maps_to_store("canny", frames_store, "work/canny", {"low_threshold": 50})
-    store = given_control_maps("skeletons.mp4", plan, "work/pose", kind="pose")
 
 Parameters are completed with defaults and recorded in the store's meta.json, so a later
 run with the same parameters (and the same source frames) reuses the maps.
@@ -13,17 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
 from t2vz_core.control import canny, depth, pose
 from t2vz_core.errors import InputError
-from t2vz_core.media.decode import DEFAULT_TIMEOUT
 from t2vz_core.media.encode import iter_chunks
-from t2vz_core.media.plan import DecodePlan
 from t2vz_core.media.store import FrameStore
-from t2vz_core.media.workflow import decode_to_store
 
 KINDS = ("canny", "pose", "depth")
 BACKENDS = {"canny": ("opencv",), "pose": ("mediapipe", "openpose", "dwpose"),
@@ -119,19 +114,3 @@ def control_maps_to_store(kind: str, frames: FrameStore | Iterable[np.ndarray],
                     writer.write(start, np.stack([mapper(f) for f in chunk]))
                 start += len(chunk)
     return FrameStore(store_path)
-
-
-def given_control_maps(path: str | os.PathLike, plan: DecodePlan, store_path: str | os.PathLike,
-                       kind: str, source: dict | str | None = None, *, backend: str = "auto",
-                       timeout: float = DEFAULT_TIMEOUT) -> FrameStore:
-    """A row with control=given: its video already is the maps; decode it, skip extraction.
-
-    Decoded with the job's plan (same frames, rate and size as any other source), into a
-    FrameStore marked as given maps of `kind`."""
-    if kind not in KINDS:
-        raise InputError(f"control kind: {kind!r} must be one of {', '.join(KINDS)}")
-    store = decode_to_store(Path(path), plan, store_path,
-                            source={"given_control": kind, "video": source}
-                            if source is not None else None,
-                            backend=backend, timeout=timeout)
-    return store

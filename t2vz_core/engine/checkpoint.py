@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from t2vz_core.atomic import atomic_path
+
 from .loop import Phase
 from .request import GenerationRequest
 
@@ -98,13 +100,8 @@ class Checkpoint:
             log.warning("checkpointing disabled: %s", exc)
             self.enabled = False
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            torch.save(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save(data, tmp)
 
     def remove(self) -> None:
         if self.enabled:

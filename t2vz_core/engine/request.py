@@ -6,9 +6,19 @@ import math
 from dataclasses import asdict, dataclass
 
 from t2vz_core.errors import InputError
-
-MODES = ("text2video", "pose", "canny", "depth", "pix2pix")
-CONTROL_MODES = ("pose", "canny", "depth")
+from t2vz_core.manifest.defaults import (
+    DEFAULT_CONTROLNET_SCALE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_MOTION,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_T0,
+    DEFAULT_T1,
+)
+from t2vz_core.modes import CONTROLNET_MODES as CONTROL_MODES
+from t2vz_core.modes import MODES, t0_t1_problem
 
 
 @dataclass(frozen=True)
@@ -33,19 +43,19 @@ class GenerationRequest:
     mode: str
     prompt: str
     negative_prompt: str = ""
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5
-    controlnet_conditioning_scale: float = 1.0
-    seed: int = 0
-    width: int = 512
-    height: int = 512
+    num_inference_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE
+    controlnet_conditioning_scale: float = DEFAULT_CONTROLNET_SCALE
+    seed: int = DEFAULT_SEED
+    width: int = DEFAULT_RESOLUTION
+    height: int = DEFAULT_RESOLUTION
     video_length: int | None = None
     chunk_size: int | None = None
-    motion_field_strength_x: float = 12.0
-    motion_field_strength_y: float = 12.0
-    t0: int = 44
-    t1: int = 47
+    motion_field_strength_x: float = DEFAULT_MOTION
+    motion_field_strength_y: float = DEFAULT_MOTION
+    t0: int = DEFAULT_T0
+    t1: int = DEFAULT_T1
 
     def validate(self, scheduler_steps: int | None = None) -> GenerationRequest:
         """Raise InputError naming the field when anything is off; returns self.
@@ -82,9 +92,10 @@ class GenerationRequest:
     def _validate_t0_t1(self, steps: int) -> None:
         _int(self, "t0", low=0)
         _int(self, "t1", low=1)
-        if not self.t0 < self.t1:
+        problem = t0_t1_problem(self.t0, self.t1, steps)
+        if problem == "t0":
             raise InputError(f"t0={self.t0} must be smaller than t1={self.t1}")
-        if self.t1 > steps - 1:
+        if problem in ("t1", "steps"):
             raise InputError(
                 f"t1={self.t1} must be at most the number of denoising steps - 1 = {steps - 1} "
                 f"(num_inference_steps={self.num_inference_steps}); lower t0/t1 or use more steps"

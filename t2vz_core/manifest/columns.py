@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-Mode = Literal["text2video", "pose", "canny", "depth", "pix2pix"]
-MODES: tuple[str, ...] = ("text2video", "pose", "canny", "depth", "pix2pix")
-CONTROLNET_MODES = frozenset({"pose", "canny", "depth"})
-SOURCE_MODES = frozenset({"pose", "canny", "depth", "pix2pix"})
+from t2vz_core.modes import CONTROLNET_MODES, MODES, SOURCE_MODES, Mode  # noqa: F401 - re-exported
 OUTPUT_FORMATS: tuple[str, ...] = ("mp4", "webm", "gif", "png")
 FITS: tuple[str, ...] = ("keep", "crop", "pad")
 

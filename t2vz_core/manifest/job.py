@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
-from t2vz_core.errors import InputError
 from t2vz_core.manifest.cells import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -45,7 +44,6 @@ from t2vz_core.manifest.defaults import (
     default_controlnet,
     default_model,
     default_t0_t1,
-    or_default,
 )
 from t2vz_core.manifest.rules import RowProblems, cross_column_problems
 from t2vz_core.paths import (
@@ -249,7 +247,8 @@ class Job(BaseModel):
             object.__setattr__(self, name, value)  # frozen model: set once, during validation
         return self
 
-    # ------------------------------------------------------------ helpers for the flows
+    # ------------------------------------------------------------ what the row is (t2vz_core.row_steps
+    # turns it into a decode plan, control parameters and an engine request)
 
     @property
     def outputs(self) -> list[str]:
@@ -269,80 +268,6 @@ class Job(BaseModel):
         if self.mode not in CONTROLNET_MODES:
             return None
         return self.controlnet or default_controlnet(self.mode, family)
-
-    def text2video_size(self) -> tuple[int, int]:
-        """(width, height) of a text2video row: width x height, or resolution x resolution."""
-        if self.width is not None and self.height is not None:
-            return self.width, self.height
-        side = self.resolution or DEFAULT_RESOLUTION
-        return side, side
-
-    def control_options(self) -> tuple[str | None, dict[str, Any]]:
-        """(backend or None for the default, parameters set in the row) for t2vz_core.control."""
-        params: dict[str, Any] = {}
-        if self.annotator is not None:
-            params["annotator"] = self.annotator
-        if self.mode == "canny":
-            for name in ("low_threshold", "high_threshold"):
-                if getattr(self, name) is not None:
-                    params[name] = getattr(self, name)
-        return self.control_backend, params
-
-    def decode_spec_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of media's `DecodeSpec` (start, end, fps, max_frames, resolution, width, height, fit)."""
-        return {
-            "start": self.start, "end": self.end, "fps": self.fps, "max_frames": self.max_frames,
-            "resolution": self.resolution, "width": self.width, "height": self.height, "fit": self.fit or "keep",
-        }
-
-    def decode_spec(self):
-        """media's `DecodeSpec` for this row (imported lazily: the manifest layer needs no media stack)."""
-        from t2vz_core.media.plan import DecodeSpec
-
-        return DecodeSpec(**self.decode_spec_kwargs())
-
-    def generation_kwargs(self) -> dict[str, Any]:
-        """The engine `GenerationRequest` fields this row decides (not width/height, which come from decoding).
-
-        Parameters the mode ignores are sent as their defaults (t0/t1 scaled to the step count), so
-        that the request always validates; `video_length` is None except for text2video.
-        """
-        t0, t1 = (self.t0, self.t1) if self.t0 is not None else default_t0_t1(self.num_inference_steps)
-        kwargs: dict[str, Any] = {
-            "mode": self.mode,
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "num_inference_steps": self.num_inference_steps,
-            "guidance_scale": self.guidance_scale,
-            "image_guidance_scale": or_default(self.image_guidance_scale, DEFAULT_IMAGE_GUIDANCE),
-            "controlnet_conditioning_scale": or_default(self.controlnet_conditioning_scale, DEFAULT_CONTROLNET_SCALE),
-            "seed": self.seed,
-            "chunk_size": self.chunk_size,
-            "motion_field_strength_x": or_default(self.motion_field_strength_x, DEFAULT_MOTION),
-            "motion_field_strength_y": or_default(self.motion_field_strength_y, DEFAULT_MOTION),
-            "t0": t0,
-            "t1": t1,
-        }
-        # None outside text2video: the frame count comes from the conditioning frames.
-        kwargs["video_length"] = self.video_length if self.mode == "text2video" else None
-        return kwargs
-
-    def request(self, width: int | None = None, height: int | None = None,
-                video_length: int | None = None) -> dict[str, Any]:
-        """`generation_kwargs()` plus the frame size: complete kwargs for `GenerationRequest(**...)`.
-
-        Video modes must pass the decoded width/height; text2video defaults to `text2video_size()`.
-        """
-        kwargs = self.generation_kwargs()
-        if self.mode == "text2video":
-            default_w, default_h = self.text2video_size()
-            width, height = width or default_w, height or default_h
-        elif width is None or height is None:
-            raise InputError(f"job {self.job_id!r}: mode {self.mode} needs the decoded width and height")
-        kwargs.update(width=width, height=height)
-        if video_length is not None:
-            kwargs["video_length"] = video_length
-        return kwargs
 
     def cache_dict(self) -> dict[str, Any]:
         """Every parameter as JSON-able values (for cache keys and the sidecar).

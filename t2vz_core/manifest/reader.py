@@ -36,10 +36,6 @@ class Manifest:
     warnings: list[ManifestError] = field(default_factory=list)
     row_count: int = 0  # non-blank data rows
 
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
     def errors_by_row(self) -> dict[int, list[ManifestError]]:
         rows: dict[int, list[ManifestError]] = {}
         for error in self.errors:

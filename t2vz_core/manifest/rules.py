@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from t2vz_core.manifest.columns import ANNOTATOR_BACKENDS, APPLIES_TO, CONTROLNET_MODES, SOURCE_MODES, STRUCTURAL
 from t2vz_core.manifest.defaults import default_t0_t1, or_default
+from t2vz_core.modes import t0_t1_problem
 
 if TYPE_CHECKING:
     from t2vz_core.manifest.job import Job
@@ -58,11 +59,12 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
         rule = (f"need 0 <= t0 < t1 <= num_inference_steps-1 (= {steps - 1}): t0 and t1 are indices into the "
                 f"{steps}-step schedule between which the first frame's latent is re-noised to make motion "
                 "(defaults 44/47 of 50 steps)")
-        if steps < 2:
+        problem = t0_t1_problem(t0, t1, steps)
+        if problem == "steps":
             add("num_inference_steps", f"text2video needs at least 2 steps ({rule})", "t0", "t1")
-        elif t1 > steps - 1:
+        elif problem == "t1":
             add("t1", f"t1={t1} is too large for num_inference_steps={steps}; {rule}", "t0", "num_inference_steps")
-        elif t0 >= t1:
+        elif problem == "t0":
             add("t0", f"t0={t0} must be smaller than t1={t1}; {rule}", "t1", "num_inference_steps")
     return problems
 
@@ -84,8 +86,11 @@ def _control_problems(job: Job, given: set[str]) -> list[Problem]:
                          f"it applies to {', '.join(sorted(ANNOTATOR_BACKENDS))}",
                          frozenset({"annotator", "control_backend", "mode"})))
     if mode == "canny":
-        low, high = or_default(job.low_threshold, 100), or_default(job.high_threshold, 200)
-        if low >= high:
-            problems.append(("low_threshold", f"low_threshold ({low}) must be smaller than high_threshold ({high})"
-                             " (defaults 100 and 200)", frozenset({"low_threshold", "high_threshold", "mode"})))
+        from t2vz_core.control.canny import DEFAULTS, threshold_problem
+
+        low = or_default(job.low_threshold, DEFAULTS["low_threshold"])
+        problem = threshold_problem(low, or_default(job.high_threshold, DEFAULTS["high_threshold"]))
+        if problem:
+            problems.append(("low_threshold", f"{problem} (defaults {DEFAULTS['low_threshold']} and "
+                             f"{DEFAULTS['high_threshold']})", frozenset({"low_threshold", "high_threshold", "mode"})))
     return problems

@@ -12,7 +12,7 @@ from t2vz_core.media.encode import FORMATS, encode_video, iter_chunks, write_png
 from t2vz_core.media.geometry import Geometry
 from t2vz_core.media.plan import DecodePlan, DecodeSpec, plan_decode
 from t2vz_core.media.probe import VideoInfo, probe
-from t2vz_core.media.rates import fraction_text, to_fraction
+from t2vz_core.rates import fraction_text, to_fraction
 from t2vz_core.media.store import FrameStore, FrameStoreWriter
 from t2vz_core.media.workflow import decode_to_store, plan_fingerprint
 

@@ -20,7 +20,7 @@ from fractions import Fraction
 from t2vz_core.errors import InputError
 from t2vz_core.media.geometry import Geometry
 from t2vz_core.media.probe import VideoInfo
-from t2vz_core.media.rates import to_fraction
+from t2vz_core.rates import to_fraction
 
 FITS = ("keep", "crop", "pad")
 MULTIPLE = 8

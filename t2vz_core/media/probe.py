@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from t2vz_core.errors import MediaError
-from t2vz_core.media.rates import snap_rate
+from t2vz_core.rates import snap_rate
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from t2vz_core.errors import InputError, MediaError, TransientError
-from t2vz_core.media.atomic import atomic_path, atomic_write_bytes, fsync_dir, replace_dir
+from t2vz_core.atomic import atomic_path, atomic_write_bytes, fsync_dir, replace_dir
 from t2vz_core.media.geometry import as_chunk
-from t2vz_core.media.rates import fraction_text, to_fraction
+from t2vz_core.rates import fraction_text, to_fraction
 
 log = logging.getLogger(__name__)
 
@@ -333,13 +333,8 @@ def _unregister(lock_path: Path, writer: FrameStoreWriter) -> None:
 
 
 def _write_durably(final: Path, data: bytes) -> None:
-    """Temp name, fsync, rename: a frame file is whole or absent (one folder fsync at close)."""
-    tmp = final.with_name(f".{final.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    """A frame file is whole or absent (the folder is fsynced once, at close)."""
+    atomic_write_bytes(final, data, sync_dir=False)
 
 
 def _lock(lock_path: Path, timeout: float | None) -> int:

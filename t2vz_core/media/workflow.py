@@ -10,7 +10,7 @@ from pathlib import Path
 
 from t2vz_core.media.decode import DEFAULT_TIMEOUT, iter_frames
 from t2vz_core.media.plan import DecodePlan
-from t2vz_core.media.rates import fraction_text
+from t2vz_core.rates import fraction_text
 from t2vz_core.media.store import FrameStore
 
 

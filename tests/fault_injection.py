@@ -1,4 +1,8 @@
-"""Fault injection for reliability tests, driven by the T2VZ_FAULTS environment variable (off when unset).
+"""Fault injection for the reliability tests, driven by T2VZ_FAULTS (off when unset).
+
+`install()` wraps the build function of every step declared in t2vz_core.pipeline, in this
+process (tests/conftest.py) or in a CLI subprocess (tests/reliability_support.py); production
+code knows nothing of it.
 
 Comma-separated rules `STEP[@JOB_ID]:KIND[:COUNT]`:
 
@@ -14,6 +18,7 @@ COUNT limits how many times a raising rule fires per process (default: always). 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
@@ -63,3 +68,29 @@ def on_progress(step: str, job_id: str, done: int) -> None:
             time.sleep(float(value))
         elif name == "kill" and done >= int(value):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install() -> None:
+    """Wrap every declared step's build: inject its faults first, and watch its progress."""
+    from t2vz_core import pipeline
+
+    if getattr(pipeline, "_faults_installed", False):
+        return
+    pipeline.STEPS = tuple(dataclasses.replace(step, build=_faulty(step.name, step.build)) for step in pipeline.STEPS)
+    pipeline._faults_installed = True
+
+
+def _faulty(name: str, build):
+    def build_with_faults(ctx, key):
+        job_id = ctx.job.job_id
+        inject(name, job_id)
+        reporter = ctx.on_progress
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            if reporter is not None:
+                reporter(done, total, message)
+            on_progress(name, job_id, done)
+
+        return build(dataclasses.replace(ctx, on_progress=progress), key)
+
+    return build_with_faults

@@ -1,5 +1,8 @@
 """Atomic file and folder writes: a crash never leaves a half-written file at a final path.
 
+Every file t2vz publishes or keeps (outputs, sidecars, reports, work-folder metadata, frames,
+checkpoints) is written through this module.
+
 Everything is first written under a temporary name in the *same* folder (so the final
 rename never crosses a filesystem), flushed to disk, then moved into place with
 `os.replace`. Readers see either the old complete file or the new complete one.
@@ -8,11 +11,15 @@ rename never crosses a filesystem), flushed to disk, then moved into place with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
+
+from t2vz_core.rates import fraction_text
 
 
 def temp_sibling(final: Path, kind: str = "tmp") -> Path:
@@ -41,8 +48,10 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `final`, on error it is removed."""
+def atomic_path(final: Path | str, *, sync_dir: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `final`, on error it is removed.
+
+    `sync_dir=False` skips the folder fsync (a writer of many files syncs the folder once)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
@@ -50,17 +59,55 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        if sync_dir:
+            fsync_dir(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
 
 
-def atomic_write_bytes(final: Path | str, data: bytes) -> Path:
-    with atomic_path(final) as tmp:
+def atomic_write_bytes(final: Path | str, data: bytes, *, sync_dir: bool = True) -> Path:
+    with atomic_path(final, sync_dir=sync_dir) as tmp:
         tmp.write_bytes(data)
     return Path(final)
+
+
+def atomic_write_text(final: Path | str, text: str) -> Path:
+    return atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def atomic_write_json(final: Path | str, data: object) -> Path:
+    """Indented JSON with a final newline; frame rates as "n/d", other values JSON lacks as text."""
+    return atomic_write_text(final, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: object) -> str:
+    return fraction_text(value) if isinstance(value, Fraction) else str(value)
+
+
+def atomic_copy(src: Path | str, final: Path | str) -> Path:
+    with atomic_path(final) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(final)
+
+
+def copy_dir_atomic(src: Path | str, final: Path | str) -> None:
+    """Copy a whole folder into place; `final` never holds a half-copied folder."""
+    final = Path(final)
+    tmp = temp_sibling(final)
+    try:
+        shutil.copytree(src, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
+def is_stale_temp(path: Path, final_name: str) -> bool:
+    """True for a temporary or set-aside name that `temp_sibling` made for `final_name`."""
+    final = Path(final_name)
+    return path.name.startswith((f".{final.stem}.tmp-", f".{final.stem}.old-"))
 
 
 def replace_dir(src: Path, final: Path) -> None:
