@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,10 +50,11 @@ def configure_run_console(verbose: bool) -> None:
 
 
 def server_log_path() -> Path:
-    """Where the temporary Prefect server's own output goes at the default level."""
-    home = os.environ.get("PREFECT_HOME")
-    folder = Path(home) if home else Path(tempfile.gettempdir())
-    return folder / _SERVER_LOG_NAME
+    """Where the temporary Prefect server's own output goes at the default level: Prefect's
+    home folder (PREFECT_HOME, ~/.prefect by default), next to its database."""
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / _SERVER_LOG_NAME
 
 
 def _send_temporary_server_output_to_log() -> None:
