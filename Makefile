@@ -25,8 +25,11 @@ browser:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
 
+# Two workers on the 2-core machine; tests/conftest.py groups the tests that share fixtures.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/python bench/run_all.py

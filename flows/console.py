@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 
-_SERVER_LOG_NAME = "t2vz-prefect-server.log"
-
 
 class _DemoteToDebug(logging.Filter):
     """Library warnings are for developers: keep them, below the console's level."""

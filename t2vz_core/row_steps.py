@@ -477,11 +477,16 @@ def keeps_audio(decoded: DecodeResult | None) -> bool:
     return bool(decoded and decoded.has_audio)
 
 
+# How encoded files are made (t2vz_core/media/encode.py). 2: audio re-encoded from planar frames
+# placed by their timestamps (any layout and sample count), MP4 on a 90 kHz movie clock.
+ENCODED_FILES = 2
+
+
 def encode_key(ctx: RowContext) -> str:
     decoded, generated = ctx.results.get("decode"), ctx.results["generate"]
     audio = {"source_sha256": decoded.source_sha256, "start": decoded.audio_start} if keeps_audio(decoded) else None
     return make_key("encode", {"generate": generated.key, "formats": list(ctx.job.output),
-                               "fps": generated.fps, "audio": audio})
+                               "fps": generated.fps, "audio": audio, "files": ENCODED_FILES})
 
 
 def _container_tags(job: Job) -> dict[str, str]:

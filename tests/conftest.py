@@ -73,3 +73,18 @@ def pickled_sd_model(tmp_path, tiny_models) -> Path:
 def no_env_allowed_roots(monkeypatch):
     """Sources confined by the manifest's folder alone: no T2VZ_ALLOWED_ROOTS from the environment."""
     monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
+
+
+# --- pytest-xdist (`make test` runs two workers): tests of one module stay on one worker, so its
+# module fixtures are built once; the three modules that share the session's reliability corpus
+# run (tests/reliability_support.corpus_run) share a worker; the media matrix's independent cases
+# spread over both.
+_SHARED_GROUPS = {"test_reliability_faults": "corpus", "test_reliability_inputs": "corpus", "test_security": "corpus"}
+_SPREAD = {"test_media_matrix"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module not in _SPREAD:
+            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))

@@ -22,6 +22,7 @@ START, END, FPS = 0.23, 1.31, 8
 def test_mono_aac_clip_into_mp4_webm_and_gif(prefect_harness, tiny_models, tmp_path, monkeypatch):
     from flows.batch import process_manifest
     from t2vz_core.media import DecodeSpec, iter_frames, plan_decode, probe
+    from t2vz_core.options import RunOptions
 
     monkeypatch.setenv("T2VZ_RETRY_DELAY_S", "0")
     source = make_source(tmp_path / "media" / "phone.mp4",
@@ -37,7 +38,7 @@ def test_mono_aac_clip_into_mp4_webm_and_gif(prefect_harness, tiny_models, tmp_p
         writer.writerow({k: str(v) for k, v in row.items()})
     out = tmp_path / "out"
     state = process_manifest(manifest_path=str(manifest), output_dir=str(out),
-                             work_dir=str(tmp_path / "work"), return_state=True)
+                             options=RunOptions(work_dir=str(tmp_path / "work")), return_state=True)
     report = state.result(raise_on_failure=False)
     assert isinstance(report, dict) and report["counts"]["ok"] == 1, report
     sidecar = json.loads((out / "wild.json").read_text())

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from t2vz_core.errors import InputError, MediaError
 from t2vz_core.atomic import atomic_path
+from t2vz_core.errors import InputError, MediaError
 from t2vz_core.media.geometry import as_chunk
-from t2vz_core.rates import to_fraction
 from t2vz_core.media.store import FrameStore
+from t2vz_core.rates import to_fraction
 from t2vz_core.stop import check as check_stop
 
 log = logging.getLogger(__name__)
