@@ -20,7 +20,7 @@ Schedulers and text2video: the motion stage (t2vz_core.engine.text2video) re-noi
 t0 latent to t1 in one DDPM jump (sqrt(alpha_bar) scaling), then continues every frame from t1 with
 a copy of the anchor's scheduler. That is exact only for a scheduler whose latents are in DDPM
 scale (init_noise_sigma 1) and whose step depends on nothing but the current latent and
-prediction. `TEXT2VIDEO_SCHEDULERS` lists those; the table in docs_your_own_models.md says why
+prediction. `TEXT2VIDEO_SCHEDULERS` lists those; the table in README.md ("Your own models") says why
 each other one is refused.
 """
 
