@@ -307,3 +307,34 @@ def make_sdxl_lora(folder: Path, out_dir: Path, seed: int = 0, rank: int = LORA_
         text_encoder_2_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder_2)),
     )
     return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+
+def write_distinct_sdxl(tiny_sdxl: Path, folder: Path, seed: int = 0, hidden_2: int = 48) -> Path:
+    """A tiny SDXL pipeline whose second text encoder is wider than the first (48 vs 32).
+
+    The tiny kit's SDXL has two 32-wide text encoders; from_single_file tells SDXL's two encoders
+    apart by their width (768 vs 1280 in real models), so a single file of the kit's SDXL cannot be
+    read back. This variant keeps the kit's tokenizers, VAE and scheduler and rebuilds the rest."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tiny_sdxl = Path(tiny_sdxl)
+    first = CLIPTextConfig.from_pretrained(tiny_sdxl / "text_encoder")
+    second = CLIPTextConfig.from_pretrained(tiny_sdxl / "text_encoder_2")
+    second.hidden_size, second.projection_dim, second.intermediate_size = hidden_2, hidden_2, 2 * hidden_2
+    unet_config = json.loads((tiny_sdxl / "unet" / "config.json").read_text())
+    time_dim = unet_config["projection_class_embeddings_input_dim"] - 32  # minus the pooled width
+    unet_config.update(cross_attention_dim=first.hidden_size + hidden_2,
+                       projection_class_embeddings_input_dim=time_dim + hidden_2)
+    torch.manual_seed(seed)
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL.from_pretrained(tiny_sdxl / "vae"),
+        text_encoder=CLIPTextModel(first).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(second).eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(tiny_sdxl / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(tiny_sdxl / "tokenizer_2"),
+        unet=UNet2DConditionModel.from_config({k: v for k, v in unet_config.items() if not k.startswith("_")}).eval(),
+        scheduler=DDIMScheduler.from_pretrained(tiny_sdxl / "scheduler"),
+    )
+    pipe.save_pretrained(folder)
+    return Path(folder)

@@ -20,8 +20,10 @@ from own_models_support import (
     kohya_copy,
     make_lora,
     make_sdxl_lora,
+    write_distinct_sdxl,
     write_original_checkpoint,
     write_original_controlnet,
+    write_original_sdxl_checkpoint,
 )
 from test_engine_oracles import ORACLE_TOL, SIZE, frames, maxdiff, pil, reference_cross_frame, shared_latents
 
@@ -196,6 +198,16 @@ def test_single_file_pix2pix_and_text2video(tiny_models, own):
     file = generate(load_pipeline("sd", own["sd_file"], runtime=CPU,
                                   sources=ModelSources(model_config=str(tiny_models / "sd"))), t2v)
     assert np.array_equal(file, folder)
+
+
+def test_single_file_sdxl_gives_the_folders_frames(tiny_models, tmp_path):
+    folder = write_distinct_sdxl(tiny_models / "sdxl", tmp_path / "sdxl")
+    file = write_original_sdxl_checkpoint(folder, tmp_path / "sdxl.safetensors")
+    request = GenerationRequest(mode="text2video", prompt="a cat", num_inference_steps=3, t0=0, t1=1, video_length=2,
+                                seed=1, width=SIZE, height=SIZE)
+    expected = generate(load_pipeline("sdxl", folder, runtime=CPU), request)
+    got = generate(load_pipeline("sdxl", file, runtime=CPU, sources=ModelSources(model_config=str(folder))), request)
+    assert np.array_equal(got, expected) and expected.std() > 10
 
 
 def test_single_file_without_configs_offline_says_what_is_missing(tiny_models, own):
