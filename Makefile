@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.t2vz-installed
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo test bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: setup browser
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Real model sizes on the CUDA device (random weights, no download): writes bench/GPU_RESULTS.md.
+# BENCH_GPU_ARGS="--budget-s 540" or "--only throughput,compile"; see bench/GPU.md.
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf out .t2vz

@@ -23,15 +23,17 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import signals
 from t2vz_core import freshness, report
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import Job, format_errors, read_manifest
 from t2vz_core.options import RunOptions
 from t2vz_core.sidecar import Sidecar
+from t2vz_core.stop import stop_requested
 from t2vz_core.workdir import WorkDir
 from tasks.config import RunConfig
 from tasks.progress import RunProgress
-from tasks.row import row_task
+from tasks.row import not_run_sidecar, row_task
 
 # Threads of the flow's task runner: an upper bound only; RunOptions.rows_at_once decides how
 # many rows really run at once (the steps of a row run inside its row task's thread).
@@ -114,7 +116,8 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
         resolved_device, _ = runtime.resolve()  # a missing GPU fails here, before any row starts
         logger.info("%d row(s) to run from %s into %s (work folder %s)", len(to_run), manifest_path, out,
                     cfg.work_dir)
-        ran = _run_rows(to_run, cfg, options.rows_at_once(resolved_device.type), manifest_path)
+        with signals.flow_stops(run_id):  # SIGTERM/SIGINT/a cancel in Prefect stop the rows cooperatively
+            ran = _run_rows(to_run, cfg, options.rows_at_once(resolved_device.type), manifest_path)
 
     lines = report.manifest_lines(manifest, out, ran, current)
     rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id))
@@ -123,7 +126,9 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
     create_markdown_artifact(_markdown(rep), key=artifact_key("t2vz-summary", manifest_path),
                              description="t2vz run summary with links to outputs")
 
-    failed = [s.job_id for s in ran.values() if s.status != "ok"]
+    failed = [s.job_id for s in ran.values() if s.status == "failed"]
+    if stop_requested():
+        return signals.cancelled_state(rep, [s.job_id for s in ran.values() if s.status == "cancelled"])
     invalid = len(manifest.errors_by_row()) if job_ids is None else 0
     logger.info("%d ok (%d up to date), %d failed, %d invalid; report: %s", len(ran) - len(failed) + len(current),
                 len(current), len(failed), invalid, out / "report.csv")
@@ -161,8 +166,11 @@ def _run_rows(jobs: list[Job], cfg: RunConfig, at_once: int, manifest_path: str)
     for job in jobs:
         if len(futures) >= at_once:
             futures[-at_once].wait()  # rows still finish in any order; this only bounds how many run
+        if stop_requested():
+            break  # the rest are reported as not run
         futures.append(row_task.submit(job, cfg, progress))
     ran = {job.job_id: _row_result(job, future) for job, future in zip(jobs, futures)}
+    ran.update({job.job_id: not_run_sidecar(job) for job in jobs[len(futures):]})
     progress.close()
     return ran
 

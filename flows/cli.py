@@ -8,7 +8,8 @@
     t2vz serve ...                              (deployments with schedules: see flows/deploy.py)
     t2vz qc EDITED.mp4 --source SOURCE.mp4 [--json]   (temporal-consistency scores: flows/qc_cli.py)
 
-Exit codes: 0 every row succeeded, 1 some row failed or was invalid, 2 unreadable manifest or bad usage.
+Exit codes: 0 every row succeeded, 1 some row failed or was invalid (or the run was cancelled in
+Prefect), 2 unreadable manifest, bad usage or no Prefect server, 130/143 stopped by SIGINT/SIGTERM.
 Heavy imports (Prefect, torch) happen inside the subcommands, so `--help` and `validate` are quick.
 """
 
@@ -96,7 +97,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         flag = extra.get("flag", "--" + name.replace("_", "-"))
         kind = _flag_kind(field.annotation)
         kwargs: dict = {"dest": name, "help": field.description}
-        if kind is bool:
+        if kind is bool and field.default is True:  # on by default: the flag turns it off
+            flag = extra.get("flag", "--no-" + name.replace("_", "-"))
+            kwargs.update(action="store_false", default=None)
+        elif kind is bool:
             kwargs.update(action="store_true", default=None)
         elif kind is list:
             kwargs.update(action="append", metavar=extra.get("metavar"))
@@ -153,17 +157,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Library chatter stays at warning level in runs (model loads themselves are quieter still).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    from flows import lifecycle, signals
+    from flows.console import configure_run_console
+
+    configure_run_console(args.verbose)
     from flows.batch import process_manifest
+    from t2vz_core.stop import stop_requested
     from tasks import progress
 
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)
-    try:
-        state = process_manifest(manifest_path=str(args.manifest), output_dir=str(args.output_dir), options=options,
-                                 return_state=True)
+    try:  # server, signals and exit: flows.lifecycle
+        outcome = lifecycle.run_flow(lambda: process_manifest(
+            manifest_path=str(args.manifest), output_dir=str(args.output_dir), options=options, return_state=True))
     finally:
         progress.remove_listener(bars)
         bars.close()
+    if outcome.exit_code is not None:
+        return outcome.exit_code
+    state = outcome.state
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict):
         _eprint(f"t2vz: the run failed before finishing: {state.message or result}")
@@ -175,6 +187,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if PREFECT_UI_URL.value():
             print(f"Prefect UI: {PREFECT_UI_URL.value()}/runs/flow-run/{state.state_details.flow_run_id}")
+    if stop_requested():
+        lifecycle.end_stopped_process(signals.exit_code_after_stop())  # after a signal: ends here
+        return signals.exit_code_after_stop()  # 130 after SIGINT, 143 after SIGTERM, 1 if cancelled in Prefect
     return EXIT_OK if state.is_completed() and counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 
@@ -201,7 +216,9 @@ def _print_report(result: dict) -> None:
         note = " (up to date)" if line.get("up_to_date") else ""
         print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}{note}")
     counts = result["counts"]
-    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid; "
+    stopped = "".join(f", {counts[key]} {name}" for key, name in (("cancelled", "cancelled"), ("missing", "not run"))
+                      if counts.get(key))
+    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid{stopped}; "
           f"{counts.get('flagged', 0)} flagged by QC (warp_error_ratio over qc_max_warp_ratio); "
           f"report: {Path(result['output_dir']) / 'report.csv'}, gallery: {Path(result['output_dir']) / 'report.html'}")
 

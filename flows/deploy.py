@@ -40,6 +40,8 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
 
 from t2vz_core.options import RunOptions
+from t2vz_core.stop import stop_reason, stop_requested
+from t2vz_core.stop import wait as stop_wait
 
 GPU_LIMIT = "t2vz-gpu"
 GPU_LIMIT_ENV = "T2VZ_GPU_LIMIT"  # how flow-run processes learn the name (tasks.config.RunConfig)
@@ -119,7 +121,10 @@ def fan_out(
         )
         for index, job_ids in enumerate(shards, start=1)
     ]
-    finished = wait_for_flow_runs([run.id for run in started], poll_seconds)
+    from flows import signals
+
+    with signals.flow_stops(current_flow_run.get_id()):  # a cancelled fan-out cancels its shards
+        finished = wait_for_flow_runs([run.id for run in started], poll_seconds)
     shard_rows = [{"shard": index, "flow_run": run.name, "state": run.state_name, "rows": ", ".join(job_ids)}
                   for index, (run, job_ids) in enumerate(zip(finished, shards), start=1)]
     rep = write_manifest_report(manifest_path, output_dir, allowed_roots=options.allowed_roots, current=current,
@@ -129,6 +134,8 @@ def fan_out(
     summary = (f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
                f"{counts['missing']} missing, of {counts['total']} rows in {len(shards)} shard(s)")
     logger.info("%s; report: %s", summary, Path(output_dir) / "report.csv")
+    if stop_requested():
+        return signals.cancelled_state(rep, [line["job_id"] for line in rep["rows"] if line["status"] == "cancelled"])
     if counts["ok"] != counts["total"]:
         return Failed(message=summary, data=rep)
     return Completed(message=summary, data=rep)
@@ -138,19 +145,40 @@ def wait_for_flow_runs(run_ids: Sequence, poll_seconds: float = 2.0) -> list:
     """Poll the API until every flow run is in a final state; returns them in the given order.
 
     Polls one run at a time (the oldest unfinished one), so waiting on many shards costs about
-    one request per poll interval, not one per shard."""
+    one request per poll interval, not one per shard. Once this process is asked to stop
+    (t2vz_core.stop: the fan-out was cancelled or signalled), the unfinished runs are cancelled
+    (cancel_flow_runs) and waited for: their rows stop at a step boundary and are reported."""
     from prefect.client.orchestration import get_client
 
     pending = list(run_ids)
     final: dict = {}
+    cancelled = False
     with get_client(sync_client=True) as client:
         while pending:
+            if stop_requested() and not cancelled:
+                cancelled = True
+                cancel_flow_runs(client, pending, f"the fan-out was stopped ({stop_reason()})")
             run = client.read_flow_run(pending[0])
             if run.state is not None and run.state.is_final():
                 final[pending.pop(0)] = run
-            else:
+            elif cancelled:
                 time.sleep(poll_seconds)
+            else:
+                stop_wait(poll_seconds)  # a stop request ends the sleep: the shards are cancelled at once
     return [final[run_id] for run_id in run_ids]
+
+
+def cancel_flow_runs(client, run_ids: Sequence, message: str) -> None:
+    """Cancel flow runs as the UI does: a run that has not started is Cancelled outright, a running
+    one is set Cancelling (its worker then SIGTERMs its process, which stops cooperatively)."""
+    from prefect.states import Cancelled, Cancelling
+
+    for run_id in run_ids:
+        state = client.read_flow_run(run_id).state
+        if state is None or state.is_final():
+            continue
+        new = Cancelled(message=message) if state.is_scheduled() or state.is_pending() else Cancelling(message=message)
+        client.set_flow_run_state(run_id, new, force=True)
 
 
 def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: str | os.PathLike) -> None:

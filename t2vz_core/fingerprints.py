@@ -15,7 +15,7 @@ from t2vz_core.paths import is_hub_id
 from t2vz_core.errors import InputError
 
 
-def _check_revision_target(model_id, revision: str | None) -> str | None:
+def check_revision_target(model_id, revision: str | None) -> str | None:
     if revision is None or not str(revision).strip():
         return None
     if Path(str(model_id)).expanduser().is_dir():
@@ -34,7 +34,7 @@ def model_fingerprint(model_id, revision: str | None = None) -> str:
     """
     text = str(model_id)
     folder = Path(text).expanduser()
-    revision = _check_revision_target(model_id, revision)
+    revision = check_revision_target(model_id, revision)
     if folder.is_dir():
         return f"local:sha256:{_folder_digest(folder)}"
     if not is_hub_id(text):  # the manifest's rule (t2vz_core.paths), not a second one

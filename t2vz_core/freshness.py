@@ -30,6 +30,7 @@ UP_TO_DATE = "up to date"
 # Why a step's key changed, in the words of the report.
 _CHANGED = {
     "decode": "its source file or decode settings changed",
+    "cuts": "its shot detection settings changed",
     "control": "its control settings changed",
     "generate": "its model, generation settings, device or dtype changed",
     "encode": "its output settings changed",

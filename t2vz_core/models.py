@@ -1,7 +1,7 @@
 """Loading diffusers pipelines once per process.
 
 - `Runtime` (t2vz_core.runtime, re-exported): where and how to run (device, dtype, CPU offload,
-  VAE slicing/tiling, pickle policy).
+  VAE slicing/tiling, pickle policy, fast paths: applied by t2vz_core.engine.fast_paths).
 - `load_pipeline(family, model_id, controlnet_id, runtime)`: the pipeline for a job, from a per-process
   `ModelCache`. A base model is loaded once; its ControlNet variants reuse its components through
   `from_pipe`, so pose and canny jobs on one base share a single UNet.
@@ -12,7 +12,9 @@
 
 A model id is a hub id ("org/name") or a local diffusers folder: both go through the same
 `from_pretrained` call. Weights are read from safetensors only unless `allow_pickle=True`
-(pickle files can run code when loaded); remote code is never trusted.
+(pickle files can run code when loaded); remote code is never trusted. A model may also be one
+original-layout checkpoint file, and a row may add LoRAs, a replacement VAE and single-file
+configs: see t2vz_core.model_sources (the `sources=` argument).
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ import torch
 
 from t2vz_core.errors import InputError, TransientError
 from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
-    _check_revision_target, digest_memo_dir, model_fingerprint)
-from t2vz_core.runtime import OFFLOADS, Runtime, _mps_available  # noqa: F401 - re-exported
+    check_revision_target, digest_memo_dir, model_fingerprint)
+from t2vz_core.model_sources import (
+    LoraState,
+    ModelSources,
+    is_single_file,
+    load_single_file_controlnet,
+    load_single_file_pipeline,
+    load_vae,
+    single_file_family,
+    sync_loras,
+)
+from t2vz_core.runtime import OFFLOADS, Runtime, mps_available  # noqa: F401 - Runtime is re-exported
 
 Family = Literal["sd", "sdxl", "pix2pix"]
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "pix2pix")
@@ -48,21 +60,17 @@ _PIPELINE_CLASSES = {
 }
 
 
-# ---------------------------------------------------------------------------- runtime
-
-
 # ---------------------------------------------------------------------------- model cache
 
 
 @dataclass
-
-
 class _Resident:
     """One base model in memory, with its ControlNet variants (which share its components)."""
 
     pipe: Any
     variants: dict[str, Any] = field(default_factory=dict)
     offload_owner: Any = None  # the pipeline whose offload hooks are installed right now
+    loras: LoraState = field(default_factory=LoraState)  # on the UNet/text encoders the variants share
 
 
 class ModelCache:
@@ -84,36 +92,44 @@ class ModelCache:
         self._counts = dict.fromkeys(("pipeline_loads", "controlnet_loads", "hits", "evictions"), 0)
 
     def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
-             revision: str | None = None):
+             revision: str | None = None, sources: ModelSources | None = None):
         runtime = runtime or Runtime()
-        revision = _check_revision_target(model_id, revision)
+        sources = sources or ModelSources()
+        revision = check_revision_target(model_id, revision)
         if family not in FAMILIES:
             raise InputError(f"model family {family!r}: expected one of {', '.join(FAMILIES)}")
         if controlnet_id is not None and family == "pix2pix":
             raise InputError("pix2pix takes no ControlNet: use family sd or sdxl with a ControlNet")
+        from t2vz_core.engine import fast_paths
+
         device, dtype = runtime.resolve()
         base_key = (family, _cache_id(model_id), revision, str(dtype), str(device), runtime.offload,
-                    runtime.allow_pickle)
+                    runtime.allow_pickle, fast_paths.cache_key(runtime), *sources.base_key())
         with self._lock:
             resident = self._resident.get(base_key)
             if resident is None:
                 self._make_room()
-                resident = _Resident(self._load_base(family, model_id, device, dtype, runtime, revision))
+                resident = _Resident(self._load_base(family, model_id, device, dtype, runtime, revision, sources))
                 self._resident[base_key] = resident
             else:
                 self._counts["hits"] += 1
             self._resident.move_to_end(base_key)
             pipe = resident.pipe
             if controlnet_id is not None:
-                variant_key = _cache_id(controlnet_id)
+                variant_key = (_cache_id(controlnet_id), sources.controlnet_config)
                 if variant_key not in resident.variants:
                     resident.variants[variant_key] = self._load_variant(
-                        family, resident.pipe, controlnet_id, device, dtype, runtime
+                        family, resident.pipe, controlnet_id, device, dtype, runtime, sources.controlnet_config
                     )
                 pipe = resident.variants[variant_key]
+            # Before the offload hooks, which wrap forward again (and restore ours when removed).
+            fast_paths.apply(pipe, runtime, device)
             _activate_offload(resident, pipe, runtime.offload, device)
             # The VAE is shared by the variants: set the options on every request.
             _set_vae_options(pipe.vae, runtime)
+            # The row's LoRA set, or none: a LoRA of an earlier row never leaks into this one.
+            with _quiet_diffusers():
+                sync_loras(pipe, resident.loras, sources.loras)
             return pipe
 
     def stats(self) -> dict[str, Any]:
@@ -139,10 +155,13 @@ class ModelCache:
             self._counts["evictions"] += 1
             _free_memory()
 
-    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime, revision: str | None):
+    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime, revision: str | None,
+                   sources: ModelSources):
         import diffusers
 
-        detected = detect_family(model_id, revision)
+        single_file = is_single_file(model_id)
+        detected = (single_file_family(str(model_id), sources.model_config) if single_file
+                    else detect_family(model_id, revision))
         if detected != family:
             raise InputError(f"model {model_id}: it is a {detected} model, but the job asks for {family}")
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, False)])
@@ -150,27 +169,38 @@ class ModelCache:
         if revision is not None:
             extra["revision"] = revision
         with _quiet_diffusers():  # no "Loading pipeline components" bars in t2vz runs
-            pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
+            if sources.vae is not None:
+                extra["vae"] = load_vae(sources.vae, dtype, runtime, str(model_id), sources.model_config,
+                                        _from_pretrained)
+            if single_file:
+                pipe = load_single_file_pipeline(pipeline_class, str(model_id), dtype, runtime, sources.model_config,
+                                                 **extra)
+            else:
+                pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
         pipe.set_progress_bar_config(disable=True)  # no per-step tqdm bars either
         self._counts["pipeline_loads"] += 1
         if runtime.offload == "none":
             pipe.to(device)
         return pipe
 
-    def _load_variant(self, family: str, base, controlnet_id, device, dtype, runtime: Runtime):
+    def _load_variant(self, family: str, base, controlnet_id, device, dtype, runtime: Runtime,
+                      controlnet_config: str | None = None):
         import diffusers
 
         with _quiet_diffusers():
-            controlnet = _from_pretrained(diffusers.ControlNetModel, controlnet_id, dtype, runtime)
+            if is_single_file(controlnet_id):
+                controlnet = load_single_file_controlnet(str(controlnet_id), dtype, runtime, controlnet_config)
+            else:
+                controlnet = _from_pretrained(diffusers.ControlNetModel, controlnet_id, dtype, runtime)
         self._counts["controlnet_loads"] += 1
         _check_controlnet_fits(controlnet, base.unet, controlnet_id)
         if runtime.offload == "none":
             controlnet.to(device)
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, True)])
-        # torch_dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
+        # dtype matters: from_pipe otherwise casts the shared modules to fp32. Its
         # .to(dtype) also warns about "modules kept in float32" when there are none.
         with _quiet_diffusers():
-            variant = pipeline_class.from_pipe(base, controlnet=controlnet, torch_dtype=dtype)
+            variant = pipeline_class.from_pipe(base, controlnet=controlnet, dtype=dtype)
         variant.set_progress_bar_config(disable=True)
         return variant
 
@@ -207,7 +237,7 @@ def _from_pretrained(cls, model_id, dtype, runtime: Runtime, **extra):
     try:
         return cls.from_pretrained(
             str(model_id),
-            torch_dtype=dtype,
+            dtype=dtype,  # diffusers 0.42 deprecates torch_dtype (a FutureWarning per load)
             use_safetensors=None if runtime.allow_pickle else True,
             **extra,
         )
@@ -275,7 +305,7 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if _mps_available():
+    if mps_available():
         torch.mps.empty_cache()
 
 
@@ -290,7 +320,7 @@ _CACHE = ModelCache()
 
 
 def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
-                  revision: str | None = None):
+                  revision: str | None = None, sources: ModelSources | None = None):
     """The diffusers pipeline for (family, model, ControlNet) on `runtime`, loaded at most once per process.
 
     family "sd": StableDiffusionPipeline, or StableDiffusionControlNetPipeline with a ControlNet;
@@ -300,8 +330,11 @@ def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | 
     revision: branch, tag or commit of a hub `model_id` (the base model only; the ControlNet loads
     its default revision). InputError with a local folder, which has no revisions.
     Loading is quiet: no diffusers/transformers progress bars or info logs, no per-step bars.
+    sources (t2vz_core.model_sources.ModelSources): LoRAs with scales (applied to the cached base,
+    replaced or removed when a later call asks for another set or none), a replacement VAE and the
+    configs of single-file checkpoints; `model_id` / `controlnet_id` may be such a file.
     """
-    return _CACHE.load(family, model_id, controlnet_id, runtime, revision)
+    return _CACHE.load(family, model_id, controlnet_id, runtime, revision, sources)
 
 
 def cache_stats() -> dict[str, Any]:

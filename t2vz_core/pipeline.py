@@ -27,6 +27,7 @@ from t2vz_core.manifest import Job
 from t2vz_core.runtime import Runtime
 from t2vz_core.step_results import (
     ControlResult,
+    CutsResult,
     DecodeResult,
     EncodeResult,
     FramesResult,
@@ -103,11 +104,21 @@ def _extracts_maps(job: Job) -> str | None:
     return f"mode {job.mode} uses no control maps"
 
 
+def _splits_shots(job: Job) -> str | None:
+    if not job.uses_source:
+        return f"{job.mode} makes one shot"
+    if job.shots == "none":
+        return "shots=none: one anchor for the whole video"
+    return None
+
+
 STEPS: tuple[Step, ...] = (
-    Step("decode", (), DecodeResult, _needs_source, row_steps.decode_key, row_steps.decode_build, 0.05),
+    Step("decode", (), DecodeResult, _needs_source, row_steps.decode_key, row_steps.decode_build, 0.04),
+    # Shot detection (the report's step column is "cuts"; its "shots" column counts the shots).
+    Step("cuts", ("decode",), CutsResult, _splits_shots, row_steps.cuts_key, row_steps.cuts_build, 0.02),
     Step("control", ("decode",), ControlResult, _extracts_maps, row_steps.control_key, row_steps.control_build,
-         0.10),
-    Step("generate", ("decode", "control"), GenerateResult, _always, row_steps.generate_key,
+         0.09),
+    Step("generate", ("decode", "control", "cuts"), GenerateResult, _always, row_steps.generate_key,
          row_steps.generate_build, 0.72, uses_device=True),
     Step("encode", ("decode", "generate"), EncodeResult, _always, row_steps.encode_key, row_steps.encode_build,
          0.08),

@@ -31,25 +31,16 @@ def _step_names() -> tuple[str, ...]:
 
 # Temporal-consistency scores (t2vz_core.qc), as the sidecar's "qc" object names them.
 QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
-# Columns that appear only when some row has them (a sidecar that records them).
-OPTIONAL_COLUMNS = ("shots",)
 
 
 def report_columns() -> tuple[str, ...]:
-    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "frames", *_step_names(),
+    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "frames", "shots", *_step_names(),
             *QC_COLUMNS, "sidecar")
 
 
-def csv_columns(rows: Iterable[dict]) -> list[str]:
-    """report.csv's columns for these rows: report_columns() plus the optional ones some row has."""
-    rows = list(rows)
-    columns = list(report_columns())
-    extra = [c for c in OPTIONAL_COLUMNS if any(c in line for line in rows)]
-    return columns[:-1] + extra + columns[-1:]
-
-
 # A row's status: ok, flagged (ok, but its warp_error_ratio exceeds the row's qc_max_warp_ratio; counted
-# as ok too), failed (ran and failed), invalid (manifest validation), missing (no sidecar yet).
+# as ok too), failed (ran and failed), cancelled (stopped: t2vz_core.stop), invalid (manifest
+# validation), missing (no sidecar yet, or not run because the run was stopped).
 # An ok row found up to date (t2vz_core.freshness) shows "up to date" in its step columns.
 
 
@@ -64,6 +55,7 @@ def row_from_sidecar(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
         "outputs": list(sidecar.outputs),
         "seconds": sidecar.seconds,
         "frames": sidecar.resolved.get("frames"),
+        "shots": len(sidecar.shots) if sidecar.shots else None,  # how many shots the output has
         "sidecar": str(sidecar_path(output_dir, sidecar.job_id)),
     }
     for step in _step_names():
@@ -72,9 +64,6 @@ def row_from_sidecar(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
     scores = sidecar.qc or {}
     for column in QC_COLUMNS:
         line[column] = scores.get(column)
-    shots = getattr(sidecar, "shots", None)
-    if shots is not None:
-        line["shots"] = len(shots)
     return line
 
 
@@ -233,7 +222,7 @@ def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os
 
 def _rows_to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=csv_columns(rows), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(report_columns()), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for line in rows:
         flat = dict(line)

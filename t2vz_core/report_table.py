@@ -45,7 +45,7 @@ def _number(value, kind: type):
 
 def report_frame(rows: list[dict], columns: list[str] | None = None) -> pd.DataFrame:
     """One DataFrame row per report line, in the lines' order, typed as the module docstring says."""
-    columns = columns or report.csv_columns(rows)
+    columns = columns or list(report.report_columns())
     data: dict[str, list] = {c: [] for c in columns}
     for line in rows:
         for column in columns:

@@ -1,4 +1,5 @@
-"""The steps of one row as plain functions (no Prefect): decode -> control -> generate -> encode -> qc -> publish.
+"""The steps of one row as plain functions (no Prefect): decode -> cuts -> control -> generate -> encode -> qc ->
+publish.
 
 Each step has a key function `*_key(ctx) -> str` and a build function `*_build(ctx, key)` that
 returns a typed result (t2vz_core.step_results) referring to what it wrote. Their order, inputs
@@ -9,10 +10,15 @@ Keys (sha256, see `workdir.make_key`) chain like a Merkle tree: a step's key cov
 its input entry plus its own parameters, so a change anywhere re-runs exactly what depends on it:
 
 - decode:   sha256 of the source file's bytes (not its path) + the decode parameters
+- cuts:     decode key + shot detector, its version and settings (threshold, min_shot_frames)
 - control:  decode key + control kind, backend and parameters
 - generate: conditioning key (control, or decode for pix2pix / control=given, none for text2video)
             + generation parameters (prompt, seed, steps, sizes...) + model and ControlNet
             fingerprints (weights' bytes or hub revision) + device type and dtype
+            + when the row names them: LoRA bytes and scales, VAE, scheduler, single-file configs
+            (t2vz_core.model_sources)
+            + the shots found by cuts when there are several (the result, not the cells: a detector
+            setting that finds the same shots reuses the generation)
 - encode:   generate key + output formats + fps + the source's bytes when its audio is kept
 - qc:       generate, decode and control keys + the scoring method and preview size (t2vz_core.qc)
 
@@ -26,6 +32,7 @@ engine request happens here, next to the step that consumes it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +57,7 @@ from t2vz_core.paths import output_path
 from t2vz_core.rates import to_fraction
 from t2vz_core.step_results import (
     ControlResult,
+    CutsResult,
     DecodeResult,
     EncodeResult,
     FramesResult,
@@ -82,9 +90,12 @@ def warm_imports() -> None:
             return
         import diffusers
 
+        from t2vz_core.model_sources import SCHEDULERS
+
         for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
                      "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
-                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline"):
+                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline",
+                     "AutoencoderKL", *(class_name for class_name, _ in SCHEDULERS.values())):
             getattr(diffusers, name)
         import t2vz_core.engine  # noqa: F401
 
@@ -113,12 +124,18 @@ def decode_spec(job: Job) -> DecodeSpec:
     return DecodeSpec(**decode_spec_kwargs(job))
 
 
+# How decoded pixels are made (t2vz_core/media/decode.py). 2: decord and PyAV both decode at
+# the source size and media.geometry resizes, so the backend that ran does not matter; in
+# version 1 decord scaled by itself (up to 51/255 apart), so those entries are not reused.
+DECODED_PIXELS = 2
+
+
 def decode_key(ctx: RowContext) -> str:
     job = ctx.job
     if job.source is None:
         raise InputError(f"job {job.job_id!r}: mode {job.mode} has no source to decode")
     digest = file_digest(job.source, ctx.work.digest_memo if ctx.work else None)
-    return make_key("decode", {"source_sha256": digest, "spec": decode_spec_kwargs(job)})
+    return make_key("decode", {"source_sha256": digest, "spec": decode_spec_kwargs(job), "pixels": DECODED_PIXELS})
 
 
 def decode_build(ctx: RowContext, key: str) -> DecodeResult:
@@ -141,6 +158,72 @@ def decode_build(ctx: RowContext, key: str) -> DecodeResult:
         }
 
     return _result(DecodeResult, work.produce("decode", key, build, force=ctx.force, resumable=True))
+
+
+# ---------------------------------------------------------------- cuts (shots)
+
+SHOT_DETECTOR = "pyscenedetect-content"
+
+
+@functools.lru_cache(maxsize=1)
+def shot_detector() -> str:
+    """The detector and its library's version (read from metadata, nothing imported; cached: a
+    lookup scans sys.path and the up-to-date check asks once per row)."""
+    from importlib import metadata
+
+    for package in ("scenedetect-headless", "scenedetect"):
+        try:
+            return f"{SHOT_DETECTOR}/{metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{SHOT_DETECTOR}/not-installed"  # the cuts step itself then fails with the import error
+
+
+def cuts_settings(ctx: RowContext) -> dict[str, Any]:
+    """The detector and its settings, completed with defaults (min_shot_frames: half a second at
+    the decoded rate), so each one moves the key."""
+    from t2vz_core.shots import DEFAULT_SHOT_THRESHOLD, default_min_shot_frames
+
+    job, decoded = ctx.job, ctx.results["decode"]
+    return {
+        "detector": shot_detector(),
+        "threshold": float(or_default(job.shot_threshold, DEFAULT_SHOT_THRESHOLD)),
+        "min_shot_frames": or_default(job.min_shot_frames, default_min_shot_frames(decoded.fps)),
+    }
+
+
+def cuts_key(ctx: RowContext) -> str:
+    return make_key("cuts", {"decode": ctx.results["decode"].key, **cuts_settings(ctx)})
+
+
+def cuts_build(ctx: RowContext, key: str) -> CutsResult:
+    """Find the decoded video's shots (reads the frames 16 at a time; writes only entry.json)."""
+    from t2vz_core.media import FrameStore
+    from t2vz_core.shots import detect_shots
+
+    settings = cuts_settings(ctx)
+    decoded = ctx.results["decode"]
+
+    def build(folder: Path) -> dict:
+        shots = detect_shots(FrameStore(decoded.frames), settings["threshold"], settings["min_shot_frames"])
+        return {"shots": shots, **settings}
+
+    return _result(CutsResult, ctx.work.produce("cuts", key, build, force=ctx.force))
+
+
+def generation_shots(ctx: RowContext) -> list[tuple[int, int]] | None:
+    """The shots generation splits the video into; None for one shot (generated as before shots existed)."""
+    cuts = ctx.results.get("cuts")
+    return list(cuts.shots) if cuts is not None and len(cuts.shots) > 1 else None
+
+
+def output_shots(ctx: RowContext) -> list[tuple[int, int]] | None:
+    """The output's shots as [start, end) frame ranges covering every frame (for the sidecar):
+    the detected ones, else one shot of every generated frame; None before they are known."""
+    cuts, generated = ctx.results.get("cuts"), ctx.results.get("generate")
+    if cuts is not None:
+        return list(cuts.shots)
+    return [(0, generated.count)] if generated is not None else None
 
 
 # ---------------------------------------------------------------- control maps
@@ -212,7 +295,8 @@ def runtime_signature(runtime: Runtime) -> dict[str, str]:
     return signature
 
 
-def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None) -> str:
+def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None,
+                 model_config: str | None = None) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
     memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
@@ -222,9 +306,10 @@ def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revi
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
+    from t2vz_core.model_sources import is_single_file, single_file_family
     from t2vz_core.models import detect_family
 
-    family = detect_family(model, revision)
+    family = single_file_family(model, model_config) if is_single_file(model) else detect_family(model, revision)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         atomic_write_json(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
@@ -235,14 +320,15 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
 
     `recorded`: an earlier result for this job (a sidecar's); its family is reused when the model's
     fingerprint is unchanged (the family is a function of the model's files)."""
-    from t2vz_core.fingerprints import model_fingerprint
+    from t2vz_core import model_sources
 
     # The row's revision is the base model's (the ControlNet loads its default revision).
-    fingerprint = model_fingerprint(job.model, job.revision)
+    # model / controlnet may also be single checkpoint files (fingerprinted by their bytes).
+    fingerprint = model_sources.weights_fingerprint(job.model, job.revision)
     if recorded and recorded.get("model_fingerprint") == fingerprint and recorded.get("family"):
         family = recorded["family"]
     else:
-        family = model_family(job.model, fingerprint, work, job.revision)
+        family = model_family(job.model, fingerprint, work, job.revision, job.base_model_config)
     controlnet = job.controlnet_for("sdxl" if family == "sdxl" else "sd")
     return {
         "family": family,
@@ -250,7 +336,8 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
         "revision": job.revision,
         "model_fingerprint": fingerprint,
         "controlnet": controlnet,
-        "controlnet_fingerprint": model_fingerprint(controlnet) if controlnet else None,
+        "controlnet_fingerprint": model_sources.weights_fingerprint(controlnet) if controlnet else None,
+        **model_sources.resolve_sources(job),  # LoRAs, VAE, scheduler, configs: only those the row sets
     }
 
 
@@ -317,14 +404,23 @@ def generate_key(ctx: RowContext) -> str:
         # The engine's output does not depend on the chunk size in these modes (anchor reuse):
         # a smaller chunk after an out-of-memory error, or another GPU's, reuses the same entry.
         params.pop("chunk_size", None)
+    from t2vz_core.model_sources import key_parts
+
     models = ctx.models
-    return make_key("generate", {
+    parts = {
         "conditioning": conditioning.key if conditioning else None,
         "params": params,
         "size": [width, height],
         "models": {k: models[k] for k in ("family", "model_fingerprint", "controlnet_fingerprint")},
         "runtime": runtime_signature(ctx.runtime),
-    })
+    }
+    sources = key_parts(models)
+    if sources:  # LoRAs, VAE, scheduler, configs; absent for rows without those cells, so their keys stay valid
+        parts["sources"] = sources
+    shots = generation_shots(ctx)
+    if shots is not None:  # one shot generates exactly as an unsplit video: same key, same entry
+        parts["shots"] = [list(shot) for shot in shots]
+    return make_key("generate", parts)
 
 
 def generate_build(ctx: RowContext, key: str) -> GenerateResult:
@@ -336,6 +432,7 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
     """
     from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.media import FrameStore
+    from t2vz_core.model_sources import ModelSources, build_scheduler
     from t2vz_core.models import load_pipeline
 
     job, conditioning, runtime, models = ctx.job, ctx.conditioning, ctx.runtime, ctx.models
@@ -347,13 +444,14 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
         kwargs["chunk_size"] = ctx.chunk_size
     fps = conditioning.fps if conditioning else to_fraction(job.fps)
     request = GenerationRequest(**kwargs)
+    shots = generation_shots(ctx)
 
     def build(folder: Path) -> dict:
         request.validate()
         warm_imports()
         with ctx.hold_device():
             pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
-                                 revision=models.get("revision"))
+                                 revision=models.get("revision"), sources=ModelSources.of(job))
             source = FrameStore(conditioning.frames) if conditioning else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).
@@ -362,7 +460,8 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
                 meta["chunk_size"] = request.chunk_size
             with FrameStore.writer(folder / "frames", fps=fps, meta=meta) as writer:
                 generate(pipe, request, conditioning=source, output=writer,
-                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress)
+                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress,
+                         scheduler=build_scheduler(job.scheduler, pipe.scheduler), shots=shots)
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / "frames"))
         return {"count": count, "fps": fps, "width": width, "height": height,

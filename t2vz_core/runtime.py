@@ -22,6 +22,8 @@ OFFLOADS: tuple[str, ...] = ("none", "model", "sequential")
 _DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# SDPA kernel choices for the attention of the UNet and ControlNet (t2vz_core.engine.fast_paths).
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "flash", "efficient", "cudnn", "math")
 
 
 class Runtime(BaseModel):
@@ -36,6 +38,20 @@ class Runtime(BaseModel):
       used) | "sequential" (submodule by submodule: least memory, slowest). Needs an accelerator.
     vae_slicing / vae_tiling: decode frames one by one / in tiles (less memory for many or large frames).
     allow_pickle: also accept .bin/.ckpt pickle weights (only for models you trust).
+
+    Fast paths, applied by t2vz_core.engine.fast_paths when a pipeline is loaded and measured by
+    bench/gpu.py; on by default only where they are known to win, no-ops where they do not apply:
+    compile: torch.compile the UNet and ControlNet (not with offload). The first chunks of each
+      shape pay the compile (minutes on a GPU), so it pays off on long runs only: off by default
+      until bench/GPU_RESULTS.md shows the win.
+    channels_last: UNet, ControlNet and VAE in NHWC memory format (tensor-core convolutions on
+      GPUs; usually slower on CPUs). Off by default until measured.
+    tf32: TF32 for the fp32 matmuls/convolutions on CUDA GPUs of compute capability 8.0 or later
+      (dtype fp32, and SDXL's VAE upcast): about the precision of fp16, several times the speed.
+      No effect on fp16/bf16 work, on older GPUs, on CPU and MPS.
+    attention_backend: SDPA kernels the UNet's and ControlNet's attention (the cross-frame one
+      included) may use: "auto" (torch picks), "flash", "efficient" (memory-efficient), "cudnn",
+      "math". A kernel that cannot run the call raises (it is not silently replaced by another).
 
     `Runtime("cuda", "fp16", offload="model")`: device and dtype may be given by position. A bad
     value raises InputError (a ValidationError only through `model_validate`).
@@ -55,6 +71,15 @@ class Runtime(BaseModel):
                                                  "for large frames)")
     vae_tiling: bool = Field(False, description="decode large frames in overlapping tiles (least memory; pixels "
                                                 "change slightly)")
+    compile: bool = Field(False, description="torch.compile the UNet and ControlNet (the first chunks of each "
+                                             "shape compile for minutes on a GPU; not with offload)")
+    channels_last: bool = Field(False, description="UNet, ControlNet and VAE in channels-last memory format "
+                                                   "(tensor-core convolutions on GPUs)")
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls/convolutions on CUDA GPUs of compute capability "
+                                         ">= 8.0 (--no-tf32: full fp32); no effect on fp16/bf16")
+    attention_backend: str = Field("auto", description="SDPA kernels the UNet/ControlNet attention may use "
+                                                       "(auto: torch picks)",
+                                   json_schema_extra={"choices": list(ATTENTION_BACKENDS)})
 
     def __init__(self, *args: str, **data: Any) -> None:
         for name, value in zip(("device", "dtype"), args, strict=False):
@@ -88,6 +113,14 @@ class Runtime(BaseModel):
         if offload not in OFFLOADS:
             raise InputError(f"offload {value!r}: expected none, model or sequential")
         return offload
+
+    @field_validator("attention_backend", mode="before")
+    @classmethod
+    def _attention_backend(cls, value: Any) -> str:
+        backend = str(value).strip().lower()
+        if backend not in ATTENTION_BACKENDS:
+            raise InputError(f"attention_backend {value!r}: expected {', '.join(ATTENTION_BACKENDS)}")
+        return backend
 
     def runtime(self) -> Runtime:
         """Just the runtime fields (for a subclass such as RunOptions)."""
@@ -144,7 +177,7 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        if _mps_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda"):
@@ -155,12 +188,12 @@ def _resolve_device(name: str) -> torch.device:
         if index >= count:
             raise InputError(f"device {name!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
         return torch.device("cuda", index)
-    if name == "mps" and not _mps_available():
+    if name == "mps" and not mps_available():
         raise InputError("device 'mps': Apple MPS is not available on this machine")
     return torch.device(name)
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     import torch
 
     mps = getattr(torch.backends, "mps", None)

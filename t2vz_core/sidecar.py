@@ -44,10 +44,13 @@ class Sidecar(BaseModel):
     job_id: str
     row: int | None = None
     mode: str | None = None
-    status: str  # ok | failed
+    status: str  # ok | failed | cancelled (stopped by a signal or a cancel in Prefect: t2vz_core.stop)
     error: str | None = None
     failed_step: str | None = None
     outputs: list[str] = []
+    # The output's shots, [start, end) frame indices covering every output frame (one pair when
+    # the video was not split); None when the row failed before they were known.
+    shots: list[tuple[int, int]] | None = None
     seconds: float | None = None
     started: str | None = None
     finished: str | None = None
@@ -60,8 +63,7 @@ class Sidecar(BaseModel):
     versions: dict[str, str | None] = {}
     manifest: str | None = None
     flow_run_id: str | None = None
-    options: dict[str, Any] = {}  # the run's RunOptions
-    work_dir: str | None = None
+    options: dict[str, Any] = {}  # the run's RunOptions, its work folder resolved
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

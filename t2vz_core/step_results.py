@@ -69,6 +69,16 @@ class DecodeResult(FramesResult):
     source_info: SourceInfo | None = None
 
 
+class CutsResult(StepResult):
+    """Where the decoded video cuts: its shots as [start, end) frame ranges covering every frame
+    (t2vz_core.shots), and the detector settings that found them."""
+
+    shots: list[tuple[int, int]]
+    threshold: float
+    min_shot_frames: int
+    detector: str
+
+
 class ControlResult(FramesResult):
     kind: str
     backend: str

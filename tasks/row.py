@@ -19,6 +19,8 @@ from t2vz_core.manifest import Job
 from t2vz_core.pipeline import RowContext, Step
 from t2vz_core.sidecar import Sidecar, StepRecord, write_sidecar
 from t2vz_core.step_results import StepResult
+from t2vz_core.stop import Cancelled, stop_reason, stop_requested
+from t2vz_core.stop import check as check_stop
 from t2vz_core.workdir import WorkDir
 from tasks.config import RunConfig
 from tasks.policy import failure_of
@@ -52,6 +54,8 @@ class RowRun:
             self.progress.step(self.job.job_id, step, done, total, message)
 
     def _generation_progress(self, done: int, total: int, message: str = "") -> None:
+        if message.endswith(": resumed"):  # the engine picked up the checkpoint of a stopped run
+            self.steps["generate"].resumed_at = f"{done}/{total}"  # StepRecord allows extra fields
         self._report("generate", done, total, message)
 
     def run_all(self) -> None:
@@ -67,6 +71,7 @@ class RowRun:
         self._report(step.name)
         record = self.steps[step.name] = StepRecord(status="running")
         try:
+            check_stop(f"before {step.name}")  # a stopped run starts no further step
             key = step.key(self.ctx) if step.key else None
             record.key = key
             # A missing work entry must be rebuilt even if Prefect still holds a record for the key.
@@ -79,7 +84,7 @@ class RowRun:
             if result is None:
                 raise failure_of(state) or RuntimeError(f"task ended in state {state.name}: {state.message}")
         except Exception as exc:
-            record.status, record.error = "failed", describe(exc)
+            record.status, record.error = "cancelled" if isinstance(exc, Cancelled) else "failed", describe(exc)
             record.seconds = round(time.perf_counter() - started, 3)
             raise StepFailed(step.name, exc) from exc
         record.status = "cached" if state.name == "Cached" or result.hit else "computed"
@@ -96,16 +101,24 @@ class RowRun:
 def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Sidecar:
     """Process one job end to end; always returns its sidecar (status ok or failed)."""
     logger = get_run_logger()
+    if stop_requested():  # the run was stopped before this row began: reported as not run
+        if progress is not None:
+            progress.finish(job.job_id, "not run")
+        return not_run_sidecar(job)
     started, wall_start = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     row = RowRun(job, cfg, progress)
-    error, failed_step, outputs = None, None, []
+    error, failed_step, outputs, status = None, None, [], None
     try:
         row.run_all()
         outputs = row.ctx.results["publish"].outputs
         logger.info("%s: done -> %s", job.job_id, ", ".join(outputs))
     except StepFailed as exc:
         error, failed_step = str(exc), exc.step
-        logger.error("%s failed at %s: %s", job.job_id, exc.step, describe(exc.exc))
+        if isinstance(exc.exc, Cancelled):  # asked to stop: what was done is kept for the re-run
+            status = "cancelled"
+            logger.warning("%s stopped at %s: %s", job.job_id, exc.step, exc.exc)
+        else:
+            logger.error("%s failed at %s: %s", job.job_id, exc.step, describe(exc.exc))
         if not isinstance(exc.exc, T2VZError):
             logger.debug("".join(traceback.format_exception(exc.exc)))
     except Exception as exc:  # noqa: BLE001 - a bug in this module must still not stop other rows
@@ -113,24 +126,33 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
         logger.error("%s: %s", job.job_id, "".join(traceback.format_exception(exc)))
     for name in pipeline.step_names():
         row.steps.setdefault(name, StepRecord(status="not run"))
+    status = status or ("failed" if error else "ok")
     if progress is not None:
-        progress.finish(job.job_id, "failed" if error else "ok")
+        progress.finish(job.job_id, status)
     sidecar = Sidecar(
-        job_id=job.job_id, row=job.row, mode=job.mode, status="failed" if error else "ok", error=error,
-        failed_step=failed_step, outputs=outputs, seconds=round(time.perf_counter() - started, 3),
+        job_id=job.job_id, row=job.row, mode=job.mode, status=status, error=error,
+        failed_step=failed_step, outputs=outputs, shots=row_steps.output_shots(row.ctx),
+        seconds=round(time.perf_counter() - started, 3),
         started=wall_start, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=row.steps,
         job=job.cache_dict(), refresh=job.refresh, resolved=_resolved(row.ctx),
         # What each step returned: lets a re-run recompute the keys (t2vz_core.freshness).
         refs={name: result.model_dump(mode="json") for name, result in row.ctx.results.items()},
         qc=row.ctx.results["qc"].qc if "qc" in row.ctx.results else None,
         versions=report.software_versions(), manifest=cfg.manifest, flow_run_id=cfg.flow_run_id,
-        options=cfg.options.model_dump(mode="json"), work_dir=str(cfg.work_dir),
+        options=cfg.options.model_dump(mode="json"),
     )
     try:
         write_sidecar(cfg.output_dir, sidecar)
     except Exception as exc:  # noqa: BLE001
         logger.error("%s: could not write its sidecar: %s", job.job_id, describe(exc))
     return sidecar
+
+
+def not_run_sidecar(job: Job) -> Sidecar:
+    """The report's record of a row the stopped run never began (not written to disk: an earlier
+    run's sidecar, if any, stays as it was)."""
+    return Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="missing", job=job.cache_dict(),
+                   error=f"not run: the run was stopped before this row began ({stop_reason()})")
 
 
 def _resolved(ctx: RowContext) -> dict[str, Any]:

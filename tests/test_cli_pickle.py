@@ -27,7 +27,7 @@ def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "clip.mp4").stat().st_size > 0
     sidecar = json.loads((out / "clip.json").read_text())
-    assert sidecar["allow_pickle"] is True and sidecar["steps"]["generate"]["status"] == "computed"
+    assert sidecar["options"]["allow_pickle"] is True and sidecar["steps"]["generate"]["status"] == "computed"
     # Quiet: no diffusers loading bars or per-step tqdm bars in the run's output.
     console = result.stdout + result.stderr
     assert "Loading pipeline components" not in console and "it/s]" not in console, console

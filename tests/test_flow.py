@@ -232,8 +232,9 @@ def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
     manifest = write_manifest(project["root"] / "prompt.csv", rows)
     out = project["root"] / "out-prompt"  # fresh outputs, shared work folder
     _, rep, sidecars = run(manifest, out, project["work"])
-    assert statuses(sidecars["canny"]) == {"decode": "cached", "control": "cached", "generate": "computed",
-                                           "encode": "computed", "qc": "computed", "publish": "computed"}
+    assert statuses(sidecars["canny"]) == {"decode": "cached", "cuts": "cached", "control": "cached",
+                                           "generate": "computed", "encode": "computed", "qc": "computed",
+                                           "publish": "computed"}
     for job_id in ("t2v", "pose", "depth", "p2p"):
         steps = statuses(sidecars[job_id])
         assert all(steps[s] in ("cached", "skipped") for s in (*GENERATING, "qc")), (job_id, steps)
@@ -259,7 +260,7 @@ def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebui
     assert all(statuses(sidecars["canny"])[s] == "computed" for s in GENERATING)
 
     # A work entry deleted behind Prefect's back (its cache record still exists) is rebuilt.
-    encode_entry = Path(sidecars["canny"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
+    encode_entry = Path(sidecars["canny"]["options"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
     shutil.rmtree(encode_entry)
     (root / "out" / "canny.mp4").unlink()
     _, _, sidecars = run(manifest, root / "out", project["work"])

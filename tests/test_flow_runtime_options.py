@@ -72,7 +72,9 @@ def test_every_option_reaches_the_sidecar_of_a_direct_flow_run(tmp_path, tiny_mo
                         f"kite,text2video,a red kite,{tiny_models / 'sd'},2,64,3\n")
     options = {"device": "cpu", "dtype": "fp32", "offload": "none", "allow_pickle": True, "vae_slicing": True,
                "vae_tiling": True, "force": True, "allowed_roots": [str(tmp_path)],
-               "work_dir": str(tmp_path / "work"), "max_workers": 1}
+               "work_dir": str(tmp_path / "work"), "max_workers": 1,
+               # fast paths (compile stays off: inductor would compile for minutes on a CPU)
+               "compile": False, "channels_last": True, "tf32": False, "attention_backend": "math"}
     assert set(options) == set(RunOptions.model_fields), "a new run option: give it a value here"
     state = process_manifest(manifest_path=str(manifest), output_dir=str(tmp_path / "out"),
                              options=RunOptions(**options), return_state=True)

@@ -368,7 +368,7 @@ def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir,
     # Second run of the unchanged manifest: the good row is up to date, so only the failed row
     # gets a shard (tried again); the report says which rows were not run.
     t1 = time.monotonic()
-    parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir)
+    parent2, shards2 = _fan_out(stack, manifest, output_dir, work_dir, {**options, "force": False})
     second_s = time.monotonic() - t1
     assert parent2.state.type == StateType.FAILED and "1 ok, 1 failed, 1 invalid" in parent2.state.message
     assert [s.parameters["job_ids"] for s in shards2] == [["broken"]]
@@ -420,3 +420,107 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
         assert run_resource in holders(acquired)
     finally:
         _stop(stack.procs.pop("serve"))
+
+
+# ------------------------------------------------------------------ cancellation (issue 16, item 4)
+
+
+@pytest.fixture(scope="module")
+def long_manifest(tmp_path_factory, tiny_models) -> Path:
+    """One canny row long enough to be cancelled mid-generation."""
+    from media_fixtures import make_video
+
+    folder = tmp_path_factory.mktemp("cancel")
+    make_video(folder / "clip.mp4", frames=8, size=(64, 64))
+    path = folder / "long.csv"
+    path.write_text("job_id,mode,source,prompt,model,controlnet,seed,num_inference_steps,resolution,output\n"
+                    f"long,canny,clip.mp4,a red ball,{tiny_models / 'sd'},{tiny_models / 'controlnet-canny'},"
+                    "1,200,64,mp4\n", encoding="utf-8")
+    return path
+
+
+def _wait_checkpoint(stack: Stack, work: Path, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not list(work.glob("**/checkpoint")):
+        if proc is not None:
+            assert proc.poll() is None, _tail(log)
+        for name, p in stack.procs.items():
+            assert p.poll() is None, f"{name} exited:\n{_tail(stack.logs / f'{name}.log')}"
+        assert time.monotonic() < deadline, "no generation started:\n" + "\n".join(
+            f"--- {n}\n{_tail(stack.logs / f'{n}.log', 1500)}" for n in stack.procs)
+        time.sleep(0.1)
+
+
+def _cancel(stack: Stack, run_id: UUID) -> None:
+    """What the UI's Cancel button and `prefect flow-run cancel` do."""
+    from prefect.client.schemas.objects import StateType as Type
+    from prefect.states import State
+
+    result = stack.client.set_flow_run_state(run_id, State(type=Type.CANCELLING))
+    assert result.status.value == "ACCEPT", result
+
+
+def test_cancelling_a_fan_out_cancels_its_running_shard(stack, long_manifest, tmp_path):
+    """The dispatch worker SIGTERMs the fan-out, which sets its shard Cancelling; the GPU worker
+    SIGTERMs the shard's process, whose row stops at a step boundary and is reported cancelled."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
+        "manifest_path": str(long_manifest), "output_dir": str(out), "shard_size": 1,
+        "options": {"device": "cpu", "work_dir": str(work)}, "poll_seconds": 0.5})
+    _wait_checkpoint(stack, work)
+    (shard,) = stack.children(run_id)
+    assert shard.state.type == StateType.RUNNING and shard.infrastructure_pid
+    started = time.monotonic()
+    _cancel(stack, run_id)
+    shard = stack.wait_final(shard.id, timeout_s=60)
+    shard_s = time.monotonic() - started
+    parent = stack.wait_final(run_id, timeout_s=60)
+    print(f"\nfan-out cancelled: its shard final after {shard_s:.1f} s, the fan-out after "
+          f"{time.monotonic() - started:.1f} s")
+    assert shard.state.type == StateType.CANCELLED, shard.state
+    assert parent.state.type == StateType.CANCELLED, parent.state
+    sidecar = json.loads((out / "long.json").read_text())
+    assert sidecar["status"] == "cancelled" and sidecar["failed_step"] == "generate", sidecar["error"]
+    assert "at frames step" in sidecar["error"]
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("long", "cancelled")]
+    assert not (out / "long.mp4").exists()
+    assert not _pid_alive(int(shard.infrastructure_pid))
+    assert list(work.glob("**/checkpoint"))  # kept: a re-run resumes from it
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cancelling_a_t2vz_run_through_the_api(stack, long_manifest, tmp_path):
+    """`t2vz run` against the server runs its flow in its own process (no worker to kill it): it
+    watches its flow run and stops once it is Cancelling. Exit code 1, the run Cancelled."""
+    out = tmp_path / "out"
+    log = tmp_path / "run.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(long_manifest), "-o", str(out),
+                                 "--device", "cpu"], env=stack.env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=tmp_path)
+    try:
+        _wait_checkpoint(stack, out / ".t2vz-work", proc, log)
+        (run,) = [r for r in stack.client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
+            if r.parameters.get("output_dir") == str(out)]
+        started = time.monotonic()
+        _cancel(stack, run.id)
+        code = proc.wait(60)
+        took = time.monotonic() - started
+    finally:
+        _stop(proc)
+    print(f"\nt2vz run cancelled through the API: exit {code} after {took:.1f} s")
+    assert code == 1, _tail(log)
+    assert "1 cancelled" in _tail(log) and "Traceback" not in log.read_text()
+    assert stack.client.read_flow_run(run.id).state.type == StateType.CANCELLED
+    sidecar = json.loads((out / "long.json").read_text())
+    assert sidecar["status"] == "cancelled" and "cancelled in Prefect" in sidecar["error"]

@@ -35,8 +35,7 @@ def test_prefect_yaml_deployments_load_and_match_the_names_the_code_uses():
     # The fan-out starts exactly the shard deployment of prefect.yaml, with parameters it accepts.
     assert inspect.signature(deploy.fan_out.fn).parameters["deployment"].default == deploy.SHARD_DEPLOYMENT
     shard_params = inspect.signature(load_flow_from_entrypoint(shard["entrypoint"]).fn).parameters
-    assert {"manifest_path", "output_dir", "job_ids", "device", "dtype", "force", "allowed_roots",
-            "work_dir"} <= set(shard_params)
+    assert {"manifest_path", "output_dir", "job_ids", "options"} <= set(shard_params)  # options: RunOptions, whole
 
 
 def test_deployment_specs_fill_env_placeholders_and_refuse_what_they_would_drop(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from t2vz_core.control import canny, depth, pose
 from t2vz_core.errors import InputError
 from t2vz_core.media.encode import iter_chunks
 from t2vz_core.media.store import FrameStore
+from t2vz_core.stop import check as check_stop
 
 KINDS = ("canny", "pose", "depth")
 BACKENDS = {"canny": ("opencv",), "pose": ("mediapipe", "openpose", "dwpose"),
@@ -106,6 +107,7 @@ def control_maps_to_store(kind: str, frames: FrameStore | Iterable[np.ndarray],
             for start in range(0, len(frames), chunk_size):
                 stop = min(start + chunk_size, len(frames))
                 if not writer.done(start, stop):
+                    check_stop(f"control maps, frame {start} of {len(frames)}")  # earlier chunks are kept
                     writer.write(start, np.stack([mapper(f) for f in frames[start:stop]]))
         else:
             start = 0

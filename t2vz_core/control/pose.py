@@ -9,6 +9,7 @@ deterministic, and a resumed run produces the same maps.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from functools import lru_cache
@@ -18,6 +19,9 @@ import numpy as np
 from t2vz_core.control.annotators import DEFAULT_ANNOTATOR, require_packages, resolve_weights
 from t2vz_core.control.openpose_render import render_openpose
 from t2vz_core.errors import InputError
+from t2vz_core.native_stderr import native_stderr_to_log
+
+log = logging.getLogger(__name__)
 
 # OpenPose-18 joint -> mediapipe landmark ("right" is the person's right in both).
 _MEDIAPIPE_FOR_OPENPOSE = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26,
@@ -70,8 +74,13 @@ def _mediapipe_pose(min_detection_confidence: float):
     try:
         import mediapipe as mp
 
-        model = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
-                                       min_detection_confidence=min_detection_confidence)
+        # The graph's threads print TFLite/absl lines on fd 2 while it starts (from the
+        # constructor to the end of the first run): log them instead, and run it once here.
+        with native_stderr_to_log(log), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "SymbolDatabase.GetPrototype", UserWarning)
+            model = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
+                                           min_detection_confidence=min_detection_confidence)
+            model.process(np.zeros((64, 64, 3), np.uint8))
     except Exception as exc:
         raise InputError(f"pose backend 'mediapipe' is unavailable ({type(exc).__name__}: "
                          f"{exc}); it needs mediapipe==0.10.14, the last release shipping "

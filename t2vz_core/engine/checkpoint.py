@@ -29,19 +29,30 @@ FORMAT = 1
 log = logging.getLogger(__name__)
 
 
-def fingerprint(request: GenerationRequest, pipe, conditioning_digest: str) -> str:
-    """Stable id of everything that determines the denoising trajectory."""
+def fingerprint(request: GenerationRequest, pipe, conditioning_digest: str, scheduler=None) -> str:
+    """Stable id of everything that determines the denoising trajectory (`scheduler`: the one used,
+    when not the pipeline's own)."""
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
     parts = {
         "format": FORMAT,
         "request": request.as_dict(),
         "pipeline": type(pipe).__name__,
         "model": str(getattr(pipe, "name_or_path", "")),
         "dtype": str(pipe.unet.dtype),
-        "scheduler": [type(pipe.scheduler).__name__, _jsonable(dict(pipe.scheduler.config))],
+        "scheduler": [type(scheduler).__name__, _jsonable(dict(scheduler.config))],
         "weights": _weights_digest(pipe),
         "conditioning": conditioning_digest,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def shot_fingerprint(video_fingerprint: str, shots: list[tuple[int, int]], index: int) -> str:
+    """The checkpoint key of shot `index` of a video split into `shots`; a video that is one
+    shot keeps the video's own key (so an unsplit run resumes exactly as before shots existed)."""
+    if len(shots) == 1:
+        return video_fingerprint
+    parts = {"video": video_fingerprint, "shots": [list(shot) for shot in shots], "index": index}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def _weights_digest(pipe) -> str:

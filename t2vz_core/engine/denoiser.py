@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 class Denoiser:
     """Predicts guided noise for rows of latents; per-frame inputs are looked up by frame index.
 
-    control: the control maps (frames.ControlMaps: uint8 in RAM, converted per chunk), ControlNet modes only.
-    image_latents: source-frame latents (frames, C, h, w) on the latents' device, pix2pix only.
+    control: the control maps (guided.ControlMaps: read and converted per chunk), ControlNet modes only.
+    image_latents: source-frame latents (frames, C, h, w) on the latents' device, pix2pix only;
+    row i is frame image_start + i (one shot's frames: see use_image_latents).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Denoiser:
         self.control = control
         self.conditioning_scale = conditioning_scale
         self.image_latents = image_latents
+        self.image_start = 0
         controlnet = getattr(pipe, "controlnet", None) if control is not None else None
         self.controlnet = controlnet
         # Shuffle-type ControlNets run on the text branch only (the pipelines' guess mode).
@@ -61,6 +63,10 @@ class Denoiser:
                 yield
             finally:
                 self._states = []
+
+    def use_image_latents(self, image_latents: torch.Tensor, start: int) -> None:
+        """pix2pix: the source latents of frames [start, start + len(image_latents)) (one shot)."""
+        self.image_latents, self.image_start = image_latents, start
 
     def set_mode(self, mode: str) -> None:
         """RECORD for the batch holding the anchor as its first row, REPLAY for the others."""
@@ -92,7 +98,7 @@ class Denoiser:
         )
 
     def _pix2pix_latents(self, frames: Sequence[int]) -> torch.Tensor:
-        image = self.image_latents[list(frames)]
+        image = self.image_latents[[frame - self.image_start for frame in frames]]
         if self.branches.kind != "pix2pix":
             return image
         return torch.cat([image, image, torch.zeros_like(image)])  # [text, image, uncond]

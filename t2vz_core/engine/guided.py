@@ -2,13 +2,15 @@
 
 Conditioning is anything with len() and slicing that returns uint8 (k, H, W, 3) arrays
 (numpy array, FrameStore...). It is read chunk by chunk: once to validate and fingerprint it
-before any model work, once more to keep control maps as uint8 (ControlMaps) or to encode
-pix2pix source latents.
+before any model work, then as the denoising needs it: control maps every step for the
+frames of each UNet chunk (ControlMaps, never the whole video), pix2pix source frames once
+per shot to encode their latents. So memory per extra frame is its latents, not its pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -55,15 +57,16 @@ def check_conditioning(request: GenerationRequest, conditioning) -> tuple[int, s
 
 
 class ControlMaps:
-    """Control maps held as uint8 (frames, H, W, 3) on the CPU, converted per chunk at use time.
+    """Control maps read from the conditioning per UNet chunk and converted at use time.
 
-    Step-major denoising needs every frame's map at every step. Kept uint8 they cost
-    3*H*W bytes per frame (768 kB at 512 px) instead of the 12*H*W of float32 (3 MB), and
-    nothing extra when the caller passed a uint8 array (it is used as is, not copied).
-    Reading them back from the conditioning object each step instead would hold only a
-    chunk, but re-decodes every PNG of a FrameStore at every step (~1.5 ms per 512 px frame
-    measured, as much as the conversion itself, plus disk reads) and trusts the files not to
-    change after the digest was taken, so the maps stay in RAM.
+    Step-major denoising needs every frame's map at every step. Holding them all (uint8,
+    768 kB per 512 px frame: 1.4 GB for a minute at 30 fps) made memory grow with the video,
+    so only the chunk being denoised is read, from the conditioning object itself (an array
+    is indexed without a copy; a FrameStore decodes the chunk's PNGs). Reading a FrameStore
+    costs ~1.5 ms per 512 px frame per step: the chunk that follows (the order of chunks
+    repeats every step, so it is known after the first step) is read on a helper thread
+    while the UNet runs the current one. The store's frames are not re-hashed per step: they
+    are the finished, content-addressed entry that check_conditioning fingerprinted.
 
     rows() is bitwise what the ControlNet pipelines' prepare_image makes of the same frames
     as float32 /255 input (a same-size nearest resize is the identity): a 256-entry table of
@@ -71,25 +74,40 @@ class ControlMaps:
     rather than x / 255 on the device because CUDA divides by a scalar as x * (1 / 255).
     """
 
-    def __init__(self, maps: np.ndarray, dtype: torch.dtype):
-        self.maps = maps
+    def __init__(self, conditioning, dtype: torch.dtype):
+        self.conditioning = conditioning
         self.dtype = dtype
         self._table32 = np.arange(256, dtype=np.float32) / 255.0
         self._tables: dict[torch.device, torch.Tensor] = {}
+        self._in_memory = isinstance(conditioning, np.ndarray)
+        self._successor: dict[tuple[int, ...], tuple[int, ...]] = {}  # chunk -> the chunk read after it
+        self._previous: tuple[int, ...] | None = None
+        self._ahead: _Read | None = None
 
     def __len__(self) -> int:
-        return len(self.maps)
-
-    @property
-    def nbytes(self) -> int:
-        return self.maps.nbytes
+        return len(self.conditioning)
 
     def rows(self, frames: Sequence[int], device: torch.device) -> torch.Tensor:
         """(k, 3, H, W) in the ControlNet's dtype on device, for these frame indices."""
-        picked = self.maps[list(frames)]
+        picked = self.read(frames)
         if device.type == "cpu":  # numpy's table lookup is the fastest conversion on the CPU
             return torch.from_numpy(self._table32[picked]).permute(0, 3, 1, 2).contiguous().to(self.dtype)
         return self._convert_on(picked, device)
+
+    def read(self, frames: Sequence[int]) -> np.ndarray:
+        """uint8 (k, H, W, 3) maps of these frames: from the read-ahead when it guessed right."""
+        key = tuple(int(f) for f in frames)
+        if self._in_memory:
+            return self.conditioning[list(key)]
+        ahead, self._ahead = self._ahead, None
+        picked = ahead.result() if ahead is not None and ahead.frames == key else read_frames(self.conditioning, key)
+        if self._previous is not None:
+            self._successor[self._previous] = key
+        self._previous = key
+        following = self._successor.get(key)
+        if following is not None:
+            self._ahead = _Read(self.conditioning, following)
+        return picked
 
     def _convert_on(self, picked: np.ndarray, device: torch.device) -> torch.Tensor:
         """Uploads uint8 (4x less to copy than float32) and looks the values up on the device."""
@@ -99,22 +117,52 @@ class ControlMaps:
         return self._tables[device][maps.long()]
 
 
+def read_frames(conditioning, frames: Sequence[int]) -> np.ndarray:
+    """uint8 (k, H, W, 3) for these frame indices, one slice per run of consecutive frames."""
+    parts, run_start = [], 0
+    for i in range(1, len(frames) + 1):
+        if i == len(frames) or frames[i] != frames[i - 1] + 1:
+            parts.append(np.asarray(conditioning[frames[run_start] : frames[i - 1] + 1]))
+            run_start = i
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class _Read:
+    """One chunk of maps read on a short-lived helper thread (PNG decoding releases the GIL)."""
+
+    def __init__(self, conditioning, frames: tuple[int, ...]):
+        self.frames = frames
+        self._value: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(conditioning,), daemon=True)
+        self._thread.start()
+
+    def _run(self, conditioning) -> None:
+        try:
+            self._value = read_frames(conditioning, self.frames)
+        except BaseException as exc:  # re-raised in the denoising thread by result()
+            self._error = exc
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def prepare_control(pipe, request: GenerationRequest, conditioning, count: int) -> ControlMaps:
-    """The control maps as uint8 in RAM (see ControlMaps); check_conditioning already
-    checked their count, size and dtype."""
-    if isinstance(conditioning, np.ndarray) and conditioning.dtype == np.uint8:
-        maps = conditioning  # already in memory: no second copy
-    else:
-        maps = np.empty((count, request.height, request.width, 3), dtype=np.uint8)
-        for start, frames in iter_conditioning(conditioning, count):
-            maps[start : start + len(frames)] = frames
-    return ControlMaps(maps, pipe.controlnet.dtype)
+    """The control maps, read per chunk as the denoising needs them (see ControlMaps);
+    check_conditioning already checked their count, size and dtype."""
+    return ControlMaps(conditioning, pipe.controlnet.dtype)
 
 
-def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Instruct-Pix2Pix image latents (VAE mode, unscaled, as the pipeline), once per frame."""
+def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, device,
+                           start: int = 0) -> torch.Tensor:
+    """Instruct-Pix2Pix image latents (VAE mode, unscaled, as the pipeline) of frames
+    [start, start + count), encoded 8 at a time from `start` (a shot encodes as its own video)."""
     parts = []
-    for _, frames in iter_conditioning(conditioning, count, chunk=8):
+    for offset in range(0, count, 8):
+        frames = np.asarray(conditioning[start + offset : start + min(offset + 8, count)])
         image = pipe.image_processor.preprocess(frames.astype(np.float32) / 255.0)
         parts.append(pipe.prepare_image_latents(image, len(frames), 1, dtype, device, False))
     return torch.cat(parts)
@@ -126,7 +174,7 @@ def frames_units(request: GenerationRequest, count: int, num_timesteps: int) -> 
 
 def denoise_frames(
     request: GenerationRequest,
-    count: int,
+    shot: tuple[int, int],
     denoiser: Denoiser,
     scheduler,
     latent_shape: tuple[int, ...],
@@ -134,17 +182,22 @@ def denoise_frames(
     dtype: torch.dtype,
     checkpoint: Checkpoint,
     progress: Progress,
-) -> tuple[torch.Tensor, range]:
-    """pose/canny/depth/pix2pix: every frame starts from the same noise (drawn once, float32)."""
+    name: str = "frames",
+) -> torch.Tensor:
+    """pose/canny/depth/pix2pix: the frames [start, stop) of one shot, as their own video: every
+    frame starts from the same noise (drawn once from the seed, float32), the shot's first frame
+    is the anchor, chunks and per-row step noise count from the shot's start. Returns the
+    shot's final latents (stop - start rows)."""
+    start, stop = shot
     timesteps = scheduler.timesteps
     resumed = checkpoint.load(scheduler, device)
     if resumed is not None:
         phase, step = resumed
-        progress.advance("frames: resumed", step * len(phase.chunks))
+        progress.advance(f"{name}: resumed", step * len(phase.chunks))
     else:
         generator = torch.Generator("cpu").manual_seed(request.seed)
         noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
-        latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(count, 1, 1, 1)
-        phase, step = Phase.start("frames", latents, range(count), request.chunk_size, scheduler, request.seed), 0
+        latents = (noise * scheduler.init_noise_sigma).to(device, dtype).repeat(stop - start, 1, 1, 1)
+        phase, step = Phase.start(name, latents, range(start, stop), request.chunk_size, scheduler, request.seed), 0
     run_steps(phase, denoiser, timesteps, step, len(timesteps), progress, checkpoint.save)
-    return phase.latents, range(count)
+    return phase.latents

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from t2vz_core.stop import check as check_stop
+
 from .attention import RECORD, REPLAY
 from .denoiser import Denoiser
 
@@ -85,7 +87,10 @@ def run_steps(
     progress: Progress,
     after_step: Callable[[Phase, int], None] | None = None,
 ) -> None:
-    """Run timesteps[first:stop] over every chunk of `phase`; after_step(phase, next_step)."""
+    """Run timesteps[first:stop] over every chunk of `phase`; after_step(phase, next_step).
+
+    A stop request (t2vz_core.stop) raises Cancelled at the next step boundary, after
+    after_step has saved that step's checkpoint, so a re-run resumes from it."""
     latents = phase.latents
     takes_eta = "eta" in inspect.signature(phase.schedulers[0].step).parameters
     for step in range(first, stop):
@@ -104,4 +109,5 @@ def run_steps(
             )
         if after_step is not None:
             after_step(phase, step + 1)
+        check_stop(f"{phase.name} step {step + 1}/{len(timesteps)}")
 

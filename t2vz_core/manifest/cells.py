@@ -19,12 +19,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "resolution": (64, 2048), "width": (64, 2048), "height": (64, 2048), "fps": (0.1, 240),
     "start": (0, 864_000), "end": (0, 864_000), "max_frames": (1, 10_000), "video_length": (1, 10_000),
     "motion_field_strength_x": (-512, 512), "motion_field_strength_y": (-512, 512), "t0": (0, 999), "t1": (0, 999),
-    "low_threshold": (1, 255), "high_threshold": (1, 255), "qc_max_warp_ratio": (0.1, 1000),
+    "low_threshold": (1, 255), "high_threshold": (1, 255),
+    "shot_threshold": (1, 255), "min_shot_frames": (1, 10_000), "qc_max_warp_ratio": (0.1, 1000),
 }
 INT_FIELDS = ("seed", "num_inference_steps", "chunk_size", "resolution", "width", "height", "max_frames",
-              "video_length", "t0", "t1", "low_threshold", "high_threshold")
+              "video_length", "t0", "t1", "low_threshold", "high_threshold", "min_shot_frames")
 FLOAT_FIELDS = ("guidance_scale", "image_guidance_scale", "controlnet_conditioning_scale", "fps",
-                "motion_field_strength_x", "motion_field_strength_y", "qc_max_warp_ratio")
+                "motion_field_strength_x", "motion_field_strength_y", "shot_threshold", "qc_max_warp_ratio")
 SIZE_FIELDS = frozenset({"resolution", "width", "height"})
 MAX_PROMPT_CHARS = 10_000
 

@@ -27,6 +27,9 @@ DEFAULT_VIDEO_LENGTH = 8
 DEFAULT_MOTION = 12.0
 DEFAULT_TEXT2VIDEO_FPS = 4.0  # the diffusers Text2Video-Zero example writes its 8 frames at 4 fps
 DEFAULT_T0, DEFAULT_T1 = 44, 47  # of 50 steps, i.e. fractions 0.88 and 0.94 of the schedule
+DEFAULT_SHOTS = "auto"  # video modes split at detected cuts; `none` keeps one anchor for the whole video
+DEFAULT_SHOT_THRESHOLD = 27.0  # PySceneDetect ContentDetector's default (t2vz_core/shots.py)
+# min_shot_frames has no fixed default: half a second at the decoded frame rate (t2vz_core/shots.py).
 
 
 def default_model(mode: str) -> str:

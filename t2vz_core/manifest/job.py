@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from t2vz_core.manifest.cells import (
     FLOAT_FIELDS,
@@ -26,6 +26,7 @@ from t2vz_core.manifest.columns import (
     EXTRACTION_COLUMNS,
     FITS,
     MODES,
+    SHOT_DETECTOR_COLUMNS,
     SOURCE_MODES,
     STRUCTURAL,
     Mode,
@@ -38,6 +39,8 @@ from t2vz_core.manifest.defaults import (
     DEFAULT_MOTION,
     DEFAULT_RESOLUTION,
     DEFAULT_SEED,
+    DEFAULT_SHOT_THRESHOLD,
+    DEFAULT_SHOTS,
     DEFAULT_STEPS,
     DEFAULT_TEXT2VIDEO_FPS,
     DEFAULT_VIDEO_LENGTH,
@@ -46,6 +49,13 @@ from t2vz_core.manifest.defaults import (
     default_t0_t1,
 )
 from t2vz_core.manifest.rules import RowProblems, cross_column_problems
+from t2vz_core.model_sources import (
+    OWN_MODEL_COLUMNS,
+    LoraWeight,
+    check_scheduler,
+    check_weights_ref,
+    parse_lora_cell,
+)
 from t2vz_core.paths import (
     RealRoots,
     check_job_id,
@@ -74,7 +84,7 @@ class Job(BaseModel):
     the current folder).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     job_id: str
     mode: Mode
@@ -108,8 +118,19 @@ class Job(BaseModel):
     motion_field_strength_y: float | None = None
     t0: int | None = None
     t1: int | None = None
+    shots: Literal["auto", "none"] | None = None
+    shot_threshold: float | None = None
+    min_shot_frames: int | None = None
     output: tuple[str, ...] = ("mp4",)
     refresh: bool = False
+    # Models users bring (t2vz_core.model_sources): LoRAs with scales, a scheduler name, a replacement
+    # VAE, and the architecture configs of single-file model / ControlNet checkpoints.
+    lora: tuple[LoraWeight, ...] = ()
+    scheduler: str | None = None
+    vae: str | None = None
+    # pydantic reserves the name model_config: the field is base_model_config, its column model_config.
+    base_model_config: str | None = Field(default=None, alias="model_config")
+    controlnet_config: str | None = None
     # Review: the report marks the row "flagged" when its warp_error_ratio (t2vz_core.qc) exceeds this.
     qc_max_warp_ratio: float | None = None
     row: int | None = None
@@ -134,10 +155,11 @@ class Job(BaseModel):
     def _job_id(cls, value: Any) -> str:
         return check_job_id(str(value))
 
-    @field_validator("mode", "control", "fit", mode="before")
+    @field_validator("mode", "control", "fit", "shots", mode="before")
     @classmethod
     def _choice(cls, value: Any, info: ValidationInfo) -> str:
-        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS}[info.field_name]
+        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS,
+                   "shots": ("auto", "none")}[info.field_name]
         text = str(value).strip().lower()
         if text not in choices:
             raise ValueError(f"unknown {info.field_name} {describe(value)}: use one of {', '.join(choices)}")
@@ -175,11 +197,29 @@ class Job(BaseModel):
             raise ValueError(f"unknown control_backend {describe(value)}: use one of {', '.join(known)}")
         return text
 
-    @field_validator("model", "controlnet", "annotator", mode="before")
+    @field_validator("annotator", "base_model_config", "controlnet_config", mode="before")
     @classmethod
     def _model_ref(cls, value: Any, info: ValidationInfo) -> str:
         base_dir, _ = _context(info)
         return check_model_ref(str(value), base_dir)
+
+    @field_validator("model", "controlnet", "vae", mode="before")
+    @classmethod
+    def _weights_ref(cls, value: Any, info: ValidationInfo) -> str:
+        # These may also be one checkpoint file in the original Stable Diffusion layout.
+        base_dir, _ = _context(info)
+        return check_weights_ref(str(value), base_dir, info.field_name)
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value: Any, info: ValidationInfo) -> tuple[LoraWeight, ...]:
+        base_dir, _ = _context(info)
+        return parse_lora_cell(value, base_dir)
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, value: Any) -> str:
+        return check_scheduler(value)
 
     @field_validator("revision", mode="before")
     @classmethod
@@ -234,6 +274,12 @@ class Job(BaseModel):
             values["image_guidance_scale"] = DEFAULT_IMAGE_GUIDANCE
         if mode in SOURCE_MODES and self.fit is None:
             values["fit"] = "keep"
+        if mode in SOURCE_MODES:
+            values["shots"] = self.shots or DEFAULT_SHOTS
+            if values["shots"] == "none":
+                values.update(dict.fromkeys(SHOT_DETECTOR_COLUMNS))  # one anchor: nothing is detected
+            elif self.shot_threshold is None:
+                values["shot_threshold"] = DEFAULT_SHOT_THRESHOLD
         if self.width is None and self.height is None and self.resolution is None:
             values["resolution"] = DEFAULT_RESOLUTION
         if mode == "text2video":
@@ -276,6 +322,11 @@ class Job(BaseModel):
 
         Leaves out `row` (position in the file), `refresh` (an instruction, not a parameter:
         toggling it must not move the cache key) and `qc_max_warp_ratio` (a review threshold the
-        report applies: changing it re-runs nothing).
+        report applies: changing it re-runs nothing), and the own-model cells when empty, so rows
+        that do not use them keep the dicts (and up-to-date sidecars) they had before those cells existed.
         """
-        return self.model_dump(mode="json", exclude={"row", "refresh", "qc_max_warp_ratio"})
+        data = self.model_dump(mode="json", exclude={"row", "refresh", "qc_max_warp_ratio"}, by_alias=True)
+        for column in OWN_MODEL_COLUMNS:
+            if not data.get(column):
+                data.pop(column, None)
+        return data

@@ -17,6 +17,8 @@ from t2vz_core.manifest.columns import (
     EXTRACTION_COLUMNS,
     MODES,
     OUTPUT_FORMATS,
+    SHOT_DETECTOR_COLUMNS,
+    SOURCE_MODES,
     STRUCTURAL,
 )
 from t2vz_core.manifest.csvfile import EXTRA_CELLS, check_header, iter_records, read_text
@@ -134,6 +136,13 @@ def read_manifest(path: str | os.PathLike[str],
                     manifest.warnings.append(ManifestError(
                         row, name, f"{name} is ignored with control=given (value {cells[name].strip()!r}): "
                         "the maps are read, not extracted", raw_id))
+                    cells[name] = ""
+        if mode in SOURCE_MODES and cells.get("shots", "").strip().lower() == "none":
+            for name in SHOT_DETECTOR_COLUMNS:
+                if cells.get(name, "").strip():
+                    manifest.warnings.append(ManifestError(
+                        row, name, f"{name} is ignored with shots=none (value {cells[name].strip()!r}): "
+                        "the whole video is one shot", raw_id))
                     cells[name] = ""
         job, problems = _validate_row(cells, row, context)
         if raw_id and "job_id" not in {column for column, _, _ in problems}:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from t2vz_core.manifest.columns import ANNOTATOR_BACKENDS, APPLIES_TO, CONTROLNET_MODES, SOURCE_MODES, STRUCTURAL
 from t2vz_core.manifest.defaults import default_t0_t1, or_default
+from t2vz_core.model_sources import source_problems
 from t2vz_core.modes import t0_t1_problem
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
     for name in sorted(STRUCTURAL & given):
         if mode not in APPLIES_TO[name]:
             hint = {"source": "text2video generates from the prompt alone; leave source empty or pick a video mode",
-                    "video_length": "use max_frames to limit how many source frames are read"}.get(
+                    "video_length": "use max_frames to limit how many source frames are read",
+                    **dict.fromkeys(("shots", "shot_threshold", "min_shot_frames"),
+                                    "text2video makes one shot; shots split a source video at its cuts")}.get(
                 name, "only pose, canny and depth use a ControlNet")
             add(name, f"{name} is not used by mode {mode}: {hint}")
     one_side = (job.width is None) != (job.height is None)
@@ -50,6 +53,7 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
     if mode in SOURCE_MODES and job.start is not None and job.end is not None and job.start >= job.end:
         add("end", f"end ({job.end:g} s) must be after start ({job.start:g} s)", "start")
     problems += _control_problems(job, given)
+    problems += source_problems(job, given)
     if "revision" in given and os.path.isabs(job.model):
         add("revision", "revision applies to hub models; the model is a local folder", "model")
     if mode == "text2video":

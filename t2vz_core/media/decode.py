@@ -1,27 +1,38 @@
 """Stream decoded frames chunk by chunk: decord in a guarded child process, or PyAV.
 
+Both backends give the same pixels for every plan, so a machine without decord (no wheel
+for macOS arm64 or Linux aarch64), a fallback mid-video and a re-run elsewhere all produce
+the same frames and the same cache entries: each decodes at the source size, converts to
+RGB with FFmpeg's default for the file's colour tags (measured identical for 8-bit files,
+BT.601/BT.709, limited and full range), and then ONE function, the plan's Geometry
+(geometry.py), resizes, turns, crops and pads. Where decord's older FFmpeg converts
+differently (10-bit and other high-depth formats, 4:2:0 of odd size: up to ~90/255 apart),
+or cannot know a file's rotation (it reads only MP4/MOV's), decord is not used
+(`decord_mismatch`).
+
 Why a child process for decord: its get_batch can hang while holding the GIL when a file
 over-reports its frame count (dmlc/decord#373). A watchdog thread cannot even run then, let
 alone interrupt C code; a process can simply be killed. So decord runs in
-`python -m t2vz_core.media._decord_worker`, which streams raw frames back over a pipe;
+`python -m t2vz_core.media._decord_worker`, which streams frames back over a pipe;
 if no message arrives within `timeout` seconds (per chunk) the worker is killed. The
 worker also contains decord's memory growth (#208, #157): measured, a decord reader left
 idle while its consumer is busy keeps decoding ahead into an unbounded queue (+1.7 GB in
 3 s at 512x512). So the worker reads a segment of frames (DECORD_SEGMENT) at full speed,
-drops the reader, and only then sends the frames; decord also scales to the output size
-while decoding. Cost: ~0.3-0.5 s to start the worker, and a re-read of the file's index
-per segment.
+applies the plan's Geometry to each (only output-size frames are held and piped), drops
+the reader, and only then sends the frames. Cost: ~0.3-0.5 s to start the worker, and a
+re-read of the file's index per segment.
 
 backend="auto" tries decord first where it is reliable and uses PyAV otherwise:
-- rotated files (decord 0.6 garbles them: measured, wrong frame shapes, get_batch raises),
-  VP8/VP9 and WebM (wrong indices, #91), GIF (decord cannot measure it) and
+- decord is not installed, or would not give PyAV's pixels (see above);
+- rotated files, VP8/VP9 and WebM (wrong indices, #91), GIF (decord cannot measure it) and
   variable-frame-rate files (#54) go straight to PyAV, which places every frame by its
   real timestamp;
 - any decord failure (a hang, a crash, an error, a frame count or frame shape that
   disagrees with the container's) falls back to PyAV, resuming after the frames already
   delivered, with a warning in the log and the reason in `stats["fallback"]`.
 With backend="decord" a hang raises DecodeTimeout (a TransientError: a retry may land on
-a less loaded machine) and other failures MediaError (permanent).
+a less loaded machine) and other failures MediaError (permanent), as does a file on which
+decord would not give PyAV's pixels.
 
 PyAV runs in this process, without a timeout: it releases the GIL, has no known hang, and
 decodes sequentially from the keyframe before the first wanted frame. Either way memory
@@ -31,7 +42,6 @@ is one chunk at a time, whatever the video length.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -56,13 +66,25 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "decord", "pyav")
 DEFAULT_TIMEOUT = 120.0
 # Frames the worker reads per decord reader before dropping it (see _decord_worker.py):
-# bounds the worker's memory to about this many decoded frames; each new reader re-reads
-# the file's index (~30 ms for a 15 MB file).
+# bounds the worker's memory to about this many output frames; each new reader re-reads
+# the file's index (~30 ms for a 15 MB file) and decodes from the keyframe before its first.
 DECORD_SEGMENT = int(os.environ.get("T2VZ_DECORD_SEGMENT", 128))
 # decord's own decoding threads: 1 holds less memory (measured 317 vs 481 MB peak) and
 # costs little here, where decoding is not the bottleneck.
 DECORD_THREADS = int(os.environ.get("T2VZ_DECORD_THREADS", 1))
+# decord decodes ahead while the worker resizes a segment's frames: a segment ends early
+# once that read-ahead holds this much (MB); each early end costs a re-seek.
+DECORD_RUNAHEAD_MB = int(os.environ.get("T2VZ_DECORD_RUNAHEAD_MB", 128))
 _DECORD_AVOID_CODECS = {"vp8", "vp9", "gif"}  # gif: decord cannot measure it
+# Decoded pixel formats whose RGB conversion by decord (its bundled FFmpeg 4.1 swscale) was
+# measured identical to PyAV's (tests/test_decoders_agree.py), with the chroma subsampling
+# (horizontal, vertical) that needs even coded sides for that to hold. Everything else,
+# 10-bit formats first of all, is decoded by PyAV.
+_DECORD_SAME_RGB = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1),
+                    "yuvj422p": (2, 1), "yuv444p": (1, 1), "yuvj444p": (1, 1),
+                    "gray": (1, 1), "bgr0": (1, 1)}
+# Containers whose display rotation decord (FFmpeg 4.1's "rotate" tag) applies itself.
+_DECORD_ROTATES = ("mov", "mp4")
 
 
 class DecodeTimeout(TransientError):
@@ -80,9 +102,12 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
 
     `stats`, when given, is filled with what happened: "backend" (the one that delivered
     the last frames), "fallback" (why decord was abandoned, or None) and, for decord,
-    "worker_peak_rss_mb"."""
+    "worker_peak_rss_mb" and "worker_readers" (decord readers opened: one per segment)."""
     if backend not in BACKENDS:
         raise InputError(f"backend: {backend!r} must be one of {', '.join(BACKENDS)}")
+    if backend == "decord" and not decord_installed():
+        raise InputError("backend: 'decord' is not installed (it has no wheel for macOS arm64 "
+                         "nor Linux aarch64); use backend='auto' or 'pyav'")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size: {chunk_size!r} must be a whole number >= 1")
     path = Path(path)
@@ -110,13 +135,38 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
 
 def choose_backend(info: VideoInfo) -> str:
     """The decoder "auto" picks for this file (see the module docstring for why)."""
-    if importlib.util.find_spec("decord") is None:
+    if not decord_installed():
         return "pyav"
     if info.rotation or info.is_vfr or info.codec in _DECORD_AVOID_CODECS:
         return "pyav"
     if "webm" in info.container and "matroska" not in info.container:
         return "pyav"
+    if decord_mismatch(info) is not None:
+        return "pyav"
     return "decord"
+
+
+def decord_installed() -> bool:
+    """False where decord has no wheel (macOS, aarch64): PyAV then decodes everything."""
+    try:
+        return importlib.util.find_spec("decord") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["decord"] is None
+        return False
+
+
+def decord_mismatch(info: VideoInfo) -> str | None:
+    """Why decord would not give PyAV's pixels for this file, or None when it gives them."""
+    subsampling = _DECORD_SAME_RGB.get(info.pix_fmt)
+    if subsampling is None:
+        return (f"decord converts {info.pix_fmt or 'this pixel format'} to RGB differently "
+                f"from PyAV")
+    sx, sy = subsampling
+    if info.coded_width % sx or info.coded_height % sy:
+        return (f"decord converts {info.pix_fmt} of odd size "
+                f"({info.coded_width}x{info.coded_height}) to RGB differently from PyAV")
+    if info.rotation and not any(name in info.container.split(",") for name in _DECORD_ROTATES):
+        return f"decord ignores the rotation of {info.container} files"
+    return None
 
 
 # --- PyAV -------------------------------------------------------------------------------
@@ -194,25 +244,23 @@ def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # folder holding t2vz_core/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["T2VZ_DECORD_PARENT_PID"] = str(os.getpid())  # the worker dies with this process
     return env
 
 
 def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
                  timeout: float, stats: dict) -> Iterator[np.ndarray]:
-    return _decord_worker_run(path, plan.indices, plan.geometry, info, chunk_size, timeout,
-                              stats)
-
-
-def _decord_worker_run(path: Path, indices, geometry, info: VideoInfo, chunk_size: int,
-                       timeout: float, stats: dict) -> Iterator[np.ndarray]:
-    request = {"path": str(path), "indices": list(indices), "chunk_size": chunk_size,
-               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS}
-    expect = (info.coded_height, info.coded_width)
-    if geometry.resize is not None and not geometry.rotation:
-        # decord scales while decoding: less memory held in the worker, less in the pipe
-        request["size"] = list(geometry.resize)
-        expect = (geometry.resize[1], geometry.resize[0])
-        geometry = dataclasses.replace(geometry, resize=None)
+    mismatch = decord_mismatch(info)
+    if mismatch is not None:
+        raise _DecordUnusable(f"{mismatch}; use backend='auto' or 'pyav'")
+    # decord decodes at the source size (upright where it applies the rotation itself) and
+    # the worker applies the plan's Geometry, as _iter_pyav does: the same pixels.
+    decoded = (info.height, info.width) if info.rotation else (info.coded_height, info.coded_width)
+    request = {"path": str(path), "indices": list(plan.indices), "chunk_size": chunk_size,
+               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS, "runahead_mb": DECORD_RUNAHEAD_MB,
+               "geometry": plan.geometry.to_dict(), "decoded_shape": list(decoded),
+               "unrotate": info.rotation}
+    expect = (plan.height, plan.width)
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=errlog, env=_worker_env(), bufsize=0)
@@ -233,6 +281,7 @@ def _decord_worker_run(path: Path, indices, geometry, info: VideoInfo, chunk_siz
                     peak = header.get("peak_rss_mb")
                     if peak is not None:
                         stats["worker_peak_rss_mb"] = max(peak, stats.get("worker_peak_rss_mb") or 0)
+                    stats["worker_readers"] = header.get("readers")
                     return
                 if header["type"] != "chunk":
                     raise _DecordUnusable(reader.describe(header))
@@ -240,7 +289,7 @@ def _decord_worker_run(path: Path, indices, geometry, info: VideoInfo, chunk_siz
                 if chunk.shape[1:] != expect + (3,):
                     raise _DecordUnusable(f"decord returned frames of shape {chunk.shape[1:]}, "
                                           f"expected {expect + (3,)}")
-                yield geometry.apply_chunk(chunk)
+                yield chunk
         finally:
             if proc.poll() is None:
                 proc.kill()

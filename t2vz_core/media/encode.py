@@ -10,8 +10,11 @@
 - Frame rate: an exact Fraction; the stream clock is 1/fps so 30000/1001 stays exact.
 - Audio: the source's first audio track, trimmed to [audio_start, audio_start + video
   duration) (seconds from the source's first video frame, i.e. DecodePlan.start). Packets
-  are copied as they are when the container accepts the codec (precision: one packet,
-  ~21 ms for AAC); otherwise decoded, cut to the sample and re-encoded (AAC / Opus).
+  are copied as they are when the container accepts the codec and the source's audio
+  covers the whole window (precision: one packet, ~21 ms for AAC); otherwise decoded,
+  resampled to a planar format (so a cut is a slice, whatever the layout), cut to the
+  sample and re-encoded (AAC / Opus; more than two channels are mixed to stereo), with
+  silence where the source has none, so the track spans the video exactly.
   Audio is interleaved with the video as it is written, so memory stays flat.
 - Provenance: `metadata` (prompt, seed, model...) goes into the container tags (MP4 with
   `use_metadata_tags`, so custom keys survive; WebM natively). GIF has no tags.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -34,6 +38,7 @@ from t2vz_core.atomic import atomic_path
 from t2vz_core.media.geometry import as_chunk
 from t2vz_core.rates import to_fraction
 from t2vz_core.media.store import FrameStore
+from t2vz_core.stop import check as check_stop
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,10 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
                 "slower", "veryslow", "placebo")
 _VP9_CPU_USED = {"ultrafast": 8, "superfast": 8, "veryfast": 7, "faster": 6, "fast": 5,
                  "medium": 4, "slow": 2, "slower": 1, "veryslow": 0, "placebo": 0}
+# Vorbis is not copied: cut mid-stream, its first packet decodes to nothing (it only primes
+# the overlap), so the copy would start two packets late.
 _COPY_AUDIO = {"mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
-               "webm": {"opus", "vorbis"}}
+               "webm": {"opus"}}
 _AUDIO_ENCODER = {"mp4": "aac", "webm": "libopus"}
 _SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".gif": "gif"}
 
@@ -62,9 +69,14 @@ def encode_video(frames: Frames, path: str | os.PathLike, fps: Fraction | int | 
     first = next(chunks, None)
     if first is None or not len(first):
         raise InputError(f"{path}: no frames to encode")
+    # The output's length, when known up front, decides whether audio can be copied.
+    count = len(frames) if isinstance(frames, FrameStore) else (
+        len(as_chunk(frames)) if isinstance(frames, np.ndarray) else None)
+    duration = float(count / fps) if count is not None else None
     with atomic_path(path) as tmp:
         _encode(tmp, _prepend(first, chunks), fps, fmt, crf, preset,
-                Path(audio_source) if audio_source else None, float(audio_start), metadata or {})
+                Path(audio_source) if audio_source else None, float(audio_start), metadata or {},
+                duration)
     return path
 
 
@@ -84,16 +96,19 @@ def _validate(path: Path, fmt: str, crf: int, preset: str, audio_start: float) -
 
 
 def iter_chunks(frames: Frames, chunk_size: int = 16) -> Iterator[np.ndarray]:
-    """Chunks (k, H, W, 3) from a FrameStore, one array, or an iterable of arrays."""
+    """Chunks (k, H, W, 3) from a FrameStore, one array, or an iterable of arrays.
+    A stop request (t2vz_core.stop) raises Cancelled between chunks; the file being written is
+    a temporary one (atomic_path), so nothing half-written is left."""
     if isinstance(frames, FrameStore):
-        yield from frames.iter_chunks(chunk_size)
+        source = frames.iter_chunks(chunk_size)
     elif isinstance(frames, np.ndarray):
-        chunk = as_chunk(frames)
-        for start in range(0, len(chunk), chunk_size):
-            yield chunk[start: start + chunk_size]
+        whole = as_chunk(frames)
+        source = (whole[start: start + chunk_size] for start in range(0, len(whole), chunk_size))
     else:
-        for chunk in frames:
-            yield as_chunk(chunk)
+        source = (as_chunk(chunk) for chunk in frames)
+    for chunk in source:
+        check_stop("encode")
+        yield chunk
 
 
 def _prepend(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -102,10 +117,13 @@ def _prepend(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarr
 
 
 def _encode(tmp: Path, chunks: Iterator[np.ndarray], fps: Fraction, fmt: str, crf: int,
-            preset: str, audio_source: Path | None, audio_start: float, metadata: dict) -> None:
+            preset: str, audio_source: Path | None, audio_start: float, metadata: dict,
+            duration: float | None) -> None:
     import av
 
-    options = {"movflags": "+faststart+use_metadata_tags"} if fmt == "mp4" else {}
+    # movie_timescale: edit lists (an audio track starting mid-packet) in 1/90000 s, not ms
+    options = {"movflags": "+faststart+use_metadata_tags", "movie_timescale": "90000"} \
+        if fmt == "mp4" else {}
     with av.open(str(tmp), "w", format=fmt, options=options) as out:
         if fmt != "gif":
             for key, value in metadata.items():
@@ -119,7 +137,7 @@ def _encode(tmp: Path, chunks: Iterator[np.ndarray], fps: Fraction, fmt: str, cr
                 size = (chunk.shape[2], chunk.shape[1])
                 stream = _video_stream(out, fmt, fps, *size, crf, preset)
                 if audio_source is not None and fmt != "gif":
-                    audio = _AudioTrack.open(out, fmt, audio_source, audio_start)
+                    audio = _AudioTrack.open(out, fmt, audio_source, audio_start, duration)
             if (chunk.shape[2], chunk.shape[1]) != size:
                 raise InputError(f"frame {count} is {chunk.shape[2]}x{chunk.shape[1]}, "
                                  f"the video is {size[0]}x{size[1]}")
@@ -185,10 +203,17 @@ def _even(frame: np.ndarray, fmt: str) -> np.ndarray:
 
 
 class _AudioTrack:
-    """Copies (or re-encodes) the source's audio for [start, start + video duration)."""
+    """The source's first audio track for [start, start + video duration) of the output.
+
+    Copied packet by packet when the container takes the codec and the source's audio
+    covers the whole window (precision: one packet at each end); otherwise decoded,
+    resampled to a planar format, cut to the sample and re-encoded, with silence where the
+    source has no audio (a late start, an early end), so the track spans the video exactly.
+    """
 
     @classmethod
-    def open(cls, out, fmt: str, source: Path, start: float) -> _AudioTrack | None:
+    def open(cls, out, fmt: str, source: Path, start: float,
+             duration: float | None) -> _AudioTrack | None:
         import av
 
         try:
@@ -199,28 +224,35 @@ class _AudioTrack:
             src.close()
             log.info("%s: no audio track to pass through", source)
             return None
-        return cls(out, fmt, src, start)
+        try:
+            return cls(out, fmt, src, start, duration)
+        except Exception:
+            src.close()
+            raise
 
-    def __init__(self, out, fmt: str, src, start: float):
+    def __init__(self, out, fmt: str, src, start: float, duration: float | None):
         import av
 
         self.out, self.src = out, src
         self.in_stream = src.streams.audio[0]
+        self.tb = self.in_stream.time_base
         video = src.streams.video[0] if src.streams.video else None
         base = 0.0
         if video is not None and video.start_time is not None and video.time_base:
             base = float(video.start_time * video.time_base)
         self.t0 = base + start  # container time of the output's first instant
-        self.copy = self.in_stream.codec_context.name in _COPY_AUDIO[fmt]
+        if duration is None and video is not None:  # streamed frames: at most the source's end
+            end = _stream_end(video)
+            duration = end - self.t0 if end is not None else None
+        name = self.in_stream.codec_context.name
+        # MP4 keeps the sample clock: packets stamped by a coarser one (Matroska's
+        # milliseconds) would carry their rounding into its sample durations.
+        fine_clock = fmt == "webm" or self.tb <= Fraction(1, self.in_stream.rate or 1)
+        self.copy = name in _COPY_AUDIO[fmt] and fine_clock and self._covers(duration)
         if self.copy:
             self.out_stream = out.add_stream_from_template(self.in_stream)
         else:
-            rate = 48000 if fmt == "webm" else (self.in_stream.rate or 48000)
-            self.out_stream = out.add_stream(_AUDIO_ENCODER[fmt], rate=rate)
-            self.out_stream.layout = "stereo" if self.in_stream.channels > 1 else "mono"
-            self.resampler = None
-            self.samples_written = 0
-        self.tb = self.in_stream.time_base
+            self._open_encoder(fmt)
         if self.t0 > 1.0 and self.tb:  # skip most of what comes before; else read from 0
             try:
                 src.seek(round((self.t0 - 1.0) / self.tb), stream=self.in_stream,
@@ -230,6 +262,35 @@ class _AudioTrack:
         self.packets = src.demux(self.in_stream)
         self.held = None  # a packet read ahead of the current video time
         self.finished = False
+
+    def _covers(self, duration: float | None) -> bool:
+        """Whether the source's audio spans [t0, t0 + duration], to within one packet."""
+        stream = self.in_stream
+        end = _stream_end(stream)
+        if duration is None or end is None or stream.start_time is None:
+            return False
+        slack = (stream.codec_context.frame_size or 1024) / (stream.rate or 48000)
+        start = float(stream.start_time * self.tb)
+        return start <= self.t0 + slack and end >= self.t0 + duration - slack
+
+    def _open_encoder(self, fmt: str) -> None:
+        import av
+
+        codec = _AUDIO_ENCODER[fmt]
+        rates = av.codec.Codec(codec, "w").audio_rates or ()
+        rate = self.in_stream.rate if self.in_stream.rate in rates else 48000
+        self.out_stream = self.out.add_stream(codec, rate=rate)
+        self.out_stream.layout = "stereo" if self.in_stream.channels > 1 else "mono"
+        self.rate = rate
+        # Planar: a cut is a slice along the sample axis, whatever the channel count.
+        self.sample_format = self.out_stream.format.planar.name
+        self.channels = self.out_stream.layout.nb_channels
+        self.resampler = av.AudioResampler(format=self.sample_format,
+                                           layout=self.out_stream.layout.name, rate=rate)
+        self.origin = round(self.t0 * rate)  # source sample (at `rate`) of output sample 0
+        self.written = 0  # output samples handed to the encoder so far
+        self.next_first = None  # output sample where the next resampled frame should begin
+        self.tick = math.ceil(self.tb * rate) + 1  # the source clock's tick, in output samples
 
     def mux_until(self, video_time: float) -> None:
         """Write source audio up to output time `video_time` (seconds)."""
@@ -246,9 +307,9 @@ class _AudioTrack:
             if t >= limit:
                 self.held = packet
                 break
-            self._emit(packet, t, limit)
+            self._emit(packet, t, video_time)
 
-    def _emit(self, packet, t: float, limit: float) -> None:
+    def _emit(self, packet, t: float, video_time: float) -> None:
         if self.copy:
             if t < self.t0 - 1e-6 and not (self.t0 == 0 and t > -0.1):
                 return  # before the window; a source's own priming packet (t < 0) is kept
@@ -259,39 +320,76 @@ class _AudioTrack:
             packet.stream = self.out_stream
             self.out.mux(packet)
             return
+        end = round(float(video_time) * self.rate)
         for frame in packet.decode():
-            self._encode_frame(frame, limit)
+            for piece in self.resampler.resample(frame):
+                self._write_piece(piece, end)
 
-    def _encode_frame(self, frame, limit: float) -> None:
+    def _write_piece(self, piece, end: int) -> None:
+        """Write the part of a resampled frame that falls in [written, end) output samples."""
+        data = piece.to_ndarray()  # planar: (channels, samples)
+        first = self.next_first
+        if piece.pts is not None and piece.time_base:
+            at = round(piece.pts * piece.time_base * self.rate) - self.origin
+            # A coarse source clock (Matroska counts milliseconds) stamps back-to-back
+            # frames up to half a tick off: only a jump of more than a tick is a real gap
+            # or overlap.
+            if first is None or abs(at - first) > self.tick:
+                first = at
+        if first is None:
+            first = self.written
+        self.next_first = first + data.shape[1]
+        if first > self.written:  # the source has no audio here: silence
+            self._write(np.zeros((self.channels, min(first, end) - self.written), data.dtype))
+        lo, hi = max(0, self.written - first), min(data.shape[1], end - first)
+        if hi > lo:
+            self._write(data[:, lo:hi])
+
+    def _write(self, samples: np.ndarray) -> None:
         import av
 
-        rate = self.out_stream.rate
-        if self.resampler is None:
-            self.resampler = av.AudioResampler(format=self.out_stream.format.name,
-                                               layout=self.out_stream.layout.name, rate=rate)
-        start = float(frame.pts * frame.time_base) if frame.pts is not None else self.t0
-        for piece in self.resampler.resample(frame):
-            data = piece.to_ndarray()
-            n = data.shape[-1]
-            first = int(round((start - self.t0) * rate))  # output sample of data[0]
-            lo = max(0, self.samples_written - first)
-            hi = min(n, int(round((limit - self.t0) * rate)) - first)
-            start += n / rate
-            if hi <= lo:
-                continue
-            cut = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[..., lo:hi]),
-                                             format=piece.format.name, layout=piece.layout.name)
-            cut.sample_rate = rate
-            cut.pts = self.samples_written
-            cut.time_base = Fraction(1, rate)
-            self.samples_written += hi - lo
-            self.out.mux(self.out_stream.encode(cut))
+        if not samples.shape[1]:
+            return
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples),
+                                           format=self.sample_format,
+                                           layout=self.out_stream.layout.name)
+        frame.sample_rate = self.rate
+        frame.pts = self.written
+        frame.time_base = Fraction(1, self.rate)
+        self.written += samples.shape[1]
+        self.out.mux(self.out_stream.encode(frame))
 
     def finish(self, video_time: float) -> None:
         self.mux_until(video_time)
         if not self.copy:
+            end = round(float(video_time) * self.rate)
+            for piece in self.resampler.resample(None):
+                self._write_piece(piece, end)
+            if end > self.written:  # the source's audio ends early: silence to the end
+                self._write(np.zeros((self.channels, end - self.written),
+                                     np.dtype(_PLANAR_DTYPES[self.sample_format])))
             self.out.mux(self.out_stream.encode(None))
         self.src.close()
+
+
+_PLANAR_DTYPES = {"u8p": "u1", "s16p": "<i2", "s32p": "<i4", "fltp": "<f4", "dblp": "<f8"}
+
+
+def _stream_end(stream) -> float | None:
+    """Container time (s) where a stream ends, from its header; None when not recorded."""
+    if stream.start_time is None or not stream.time_base:
+        return None
+    start = float(stream.start_time * stream.time_base)
+    if stream.duration:
+        return start + float(stream.duration * stream.time_base)
+    text = stream.metadata.get("DURATION")  # Matroska/WebM write it per stream
+    if text:
+        try:
+            h, m, sec = text.split(":")
+            return start + int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    return None
 
 
 def write_png_sequence(frames: Frames, directory: str | os.PathLike,

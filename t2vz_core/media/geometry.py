@@ -1,7 +1,8 @@
 """Per-frame geometry shared by every decoder: turn upright, resize, crop or pad.
 
-Kept free of decoder details so that decord (in its worker process) and PyAV produce the
-same pixels for the same plan.
+The one place frames change size or orientation: decord (in its worker process) and PyAV
+both decode at the source size and hand every frame to `Geometry.apply`, so they produce
+the same pixels for the same plan.
 """
 
 from __future__ import annotations
@@ -45,14 +46,6 @@ class Geometry:
             left, top, right, bottom = self.pad
             out = np.pad(out, ((top, bottom), (left, right), (0, 0)))
         return np.ascontiguousarray(out)
-
-    def apply_chunk(self, frames: np.ndarray) -> np.ndarray:
-        if self == IDENTITY:
-            return np.ascontiguousarray(frames)
-        return np.stack([self.apply(f) for f in frames]) if len(frames) else frames
-
-
-IDENTITY = Geometry()
 
 
 def _resize(frame: np.ndarray, upright_size: tuple[int, int], rotation: int) -> np.ndarray:

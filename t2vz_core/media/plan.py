@@ -5,8 +5,9 @@ Output frame k is shown at T_k = start + k / fps (exact Fractions: 29.97 fps sta
 is <= T_k. So 60 -> 15 fps picks every 4th frame, 30 -> 60 repeats each frame, and a
 variable-rate file becomes constant-rate without drift.
 
-Sizes keep the aspect ratio with both sides multiples of 8 (what the diffusion engine
-needs); `crop` / `pad` give an exact width x height instead.
+Sizes are display sizes (non-square pixels stretched, see VideoInfo). They keep the display
+aspect ratio with both sides multiples of 8 (what the diffusion engine needs); `crop` /
+`pad` give an exact width x height instead.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def _clock(info: VideoInfo):
 
 
 def _geometry(info: VideoInfo, spec: DecodeSpec) -> tuple[int, int, Geometry]:
-    src_w, src_h = info.width, info.height  # upright
+    src_w, src_h = info.width, info.height  # upright display size
     fit = spec.fit
     if fit not in FITS:
         raise InputError(f"fit: {fit!r} must be one of {', '.join(FITS)}")
@@ -181,12 +182,13 @@ def _geometry(info: VideoInfo, spec: DecodeSpec) -> tuple[int, int, Geometry]:
         scale = spec.width / src_w
     elif spec.height is not None:
         scale = spec.height / src_h
-    else:
-        return src_w, src_h, Geometry(rot, None, None, None)
+    else:  # the display size: frames with non-square pixels are stretched to it
+        resize = None if (src_w, src_h) == info.stored_size else (src_w, src_h)
+        return src_w, src_h, Geometry(rot, resize, None, None)
     w, h = _round8(src_w * scale), _round8(src_h * scale)
     if spec.width is not None and spec.height is not None:
         w, h = min(w, spec.width), min(h, spec.height)
-    resize = None if (w, h) == (src_w, src_h) else (w, h)
+    resize = None if (w, h) == info.stored_size else (w, h)
     return w, h, Geometry(rot, resize, None, None)
 
 

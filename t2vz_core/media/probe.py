@@ -28,10 +28,14 @@ MAX_PIXELS = 8192 * 8192
 class VideoInfo:
     """What a decode plan needs to know about a file.
 
-    width/height are the upright display size (after rotation); rotation is the clockwise
+    width/height are the upright display size (after rotation, and with non-square pixels
+    stretched to the display aspect as players do: a 64x48 frame with a 3:2 sample aspect
+    ratio shows as 96x48; coded_width/coded_height are the stored size); rotation is the clockwise
     turn in degrees (0/90/180/270) that makes decoded frames upright, like the legacy
     `rotate` tag. `pts` are the presentation timestamps of all frames in `time_base`
     units, sorted (frame index i = i-th frame in presentation order, as in decord).
+    `pix_fmt` is the decoded pixel format (e.g. "yuv420p", "yuv420p10le"): it decides
+    whether decord converts to RGB exactly as PyAV does (decode.decord_mismatch).
     """
 
     path: Path
@@ -49,8 +53,18 @@ class VideoInfo:
     coded_height: int = 0
     audio_codec: str | None = None
     time_base: Fraction = Fraction(1, 1)
+    pix_fmt: str = ""
     metadata: dict = field(default_factory=dict, repr=False, compare=False)
     pts: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    sample_aspect_ratio: Fraction = Fraction(1)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """Upright size of the decoded frames before any resize: the coded size, turned."""
+        w, h = (self.coded_width, self.coded_height) if self.coded_width else (self.width, self.height)
+        if self.coded_width and self.rotation in (90, 270):
+            w, h = h, w
+        return w, h
 
     def frame_times(self) -> list[Fraction]:
         """Exact time of every frame in seconds, the first frame at 0."""
@@ -101,9 +115,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if announced and announced - duration > max(2 / fps, announced * 0.01):
             raise MediaError(path, f"truncated: header announces {announced:.2f} s of video, "
                                    f"{duration:.2f} s readable")
-        rotation = _first_frame_rotation(path)
+        rotation, pix_fmt = _first_frame(path)
         audio = container.streams.audio[0] if container.streams.audio else None
+        sar = _sample_aspect_ratio(stream)
         width, height = ctx.width, ctx.height
+        if sar != 1:  # non-square pixels: the display is wider or narrower than the storage
+            width = max(1, round(ctx.width * sar))
         if rotation in (90, 270):
             width, height = height, width
         return VideoInfo(
@@ -112,8 +129,17 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             codec=ctx.name, container=container.format.name, is_vfr=is_vfr,
             coded_width=ctx.width, coded_height=ctx.height,
             audio_codec=audio.codec_context.name if audio is not None else None,
-            time_base=Fraction(tb), metadata=dict(container.metadata), pts=tuple(pts),
+            time_base=Fraction(tb), pix_fmt=pix_fmt, metadata=dict(container.metadata), pts=tuple(pts),
+            sample_aspect_ratio=sar,
         )
+
+
+def _sample_aspect_ratio(stream) -> Fraction:
+    """The pixel aspect ratio, container first (as FFmpeg guesses it); 1 when unset or absurd."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar and Fraction(1, 8) <= sar <= 8:
+            return Fraction(sar)
+    return Fraction(1)
 
 
 def _announced_duration(stream) -> float | None:
@@ -167,8 +193,9 @@ def _demux_video(container, stream, path) -> tuple[list[int], bool, int]:
     return pts, corrupt, last_duration
 
 
-def _first_frame_rotation(path: Path) -> int:
-    """Decode the first frame: proves the codec works and reads the display matrix.
+def _first_frame(path: Path) -> tuple[int, str]:
+    """Decode the first frame: proves the codec works, reads the display matrix (as a
+    clockwise rotation) and the decoded pixel format.
 
     A fresh open rather than a seek back: some formats (raw streams) cannot seek.
     """
@@ -180,7 +207,7 @@ def _first_frame_rotation(path: Path) -> int:
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 ccw = frame.rotation  # counter-clockwise degrees of the display matrix
-                return (-int(round(ccw / 90.0)) * 90) % 360
+                return (-int(round(ccw / 90.0)) * 90) % 360, frame.format.name
     except av.error.FFmpegError as exc:
         raise MediaError(path, f"cannot decode video: {_reason(exc)}") from None
     raise MediaError(path, "no decodable video frame")

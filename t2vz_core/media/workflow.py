@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -12,6 +13,7 @@ from t2vz_core.media.decode import DEFAULT_TIMEOUT, iter_frames
 from t2vz_core.media.plan import DecodePlan
 from t2vz_core.rates import fraction_text
 from t2vz_core.media.store import FrameStore
+from t2vz_core.stop import check as check_stop
 
 
 def plan_fingerprint(plan: DecodePlan) -> dict:
@@ -47,8 +49,12 @@ def decode_to_store(path: str | os.PathLike, plan: DecodePlan, store_path: str |
         if start < len(plan):
             rest = dataclasses.replace(plan, indices=plan.indices[start:],
                                        timestamps=plan.timestamps[start:])
-            for chunk in iter_frames(path, rest, chunk_size=chunk_size, backend=backend,
-                                     timeout=timeout):
-                writer.write(start, chunk)
-                start += len(chunk)
+            # closing(): a stop between chunks ends the decord worker now, not when the
+            # exception's traceback is freed.
+            with contextlib.closing(iter_frames(path, rest, chunk_size=chunk_size, backend=backend,
+                                                timeout=timeout)) as chunks:
+                for chunk in chunks:
+                    writer.write(start, chunk)
+                    start += len(chunk)
+                    check_stop(f"decode, {start} of {len(plan)} frames written")  # a re-run resumes here
     return FrameStore(store_path)
