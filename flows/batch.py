@@ -55,12 +55,12 @@ def artifact_key(prefix: str, manifest_path: str | Path) -> str:
     return f"{prefix}-{stem}"[:100]
 
 
-def _summary_markdown(lines: list[dict]) -> str:
+def mode_status_markdown(lines: list[dict]) -> str:
     """Per mode and status: rows, frames, timings, median QC scores (t2vz_core.report_table)."""
     from t2vz_core import report_table as tables
 
     summary = tables.summarize_by_mode_status(tables.report_frame(lines))
-    return "## By mode and status\n\n" + tables.summary_markdown(summary) + "\n## Rows\n"
+    return "## By mode and status\n\n" + tables.summary_markdown(summary)
 
 
 def _markdown(rep: dict) -> str:
@@ -72,7 +72,7 @@ def _markdown(rep: dict) -> str:
            f"{counts['missing']} not run, of {counts['total']} rows. Report: "
            f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()}); gallery: "
            f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})", "",
-           _summary_markdown(rep["rows"]),
+           mode_status_markdown(rep["rows"]), "## Rows", "",
            "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
     shown = rep["rows"][:MARKDOWN_ROWS]
     for line in shown:

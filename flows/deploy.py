@@ -184,7 +184,7 @@ def cancel_flow_runs(client, run_ids: Sequence, message: str) -> None:
 def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: str | os.PathLike) -> None:
     """The whole manifest's row table (same key as a shard's, so its latest version is complete),
     the shard table, and a markdown summary."""
-    from flows.batch import artifact_key, report_table
+    from flows.batch import artifact_key, mode_status_markdown, report_table
 
     create_table_artifact(report_table(rep["rows"]), key=artifact_key("t2vz-report", manifest_path),
                           description=f"t2vz rows of {manifest_path}")
@@ -194,7 +194,9 @@ def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: 
     lines = [f"# t2vz fan-out: {Path(manifest_path).name}", "",
              f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
              f"{counts['missing']} missing, of {counts['total']} rows. "
-             f"Report: `{Path(rep['output_dir']) / 'report.csv'}`", "",
+             f"Report: `{Path(rep['output_dir']) / 'report.csv'}`; gallery: "
+             f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})", "",
+             mode_status_markdown(rep["rows"]), "## Shards", "",
              "| shard | flow run | state | rows |", "|---|---|---|---|"]
     lines += [f"| {r['shard']} | {r['flow_run']} | {r['state']} | {r['rows']} |" for r in shard_rows]
     create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("t2vz-fan-out", manifest_path),

@@ -29,10 +29,13 @@ from t2vz_core.atomic import atomic_write_text
 from t2vz_core.previews import PREVIEW_DIR, PREVIEW_KINDS
 
 GALLERY_NAME = "report.html"
-STEP_NAMES = ("decode", "control", "generate", "qc", "encode", "publish")
+STEP_NAMES = ("decode", "control", "generate", "encode", "qc", "publish")  # t2vz_core.pipeline's order
 QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
 # Filter order; statuses not listed here (future ones) follow in alphabetical order.
 STATUS_ORDER = ("ok", "up to date", "flagged", "failed", "invalid", "missing")
+# A row's previews are shown when its qc step (which makes them) belongs to the recorded run: not for
+# failed rows, which would show an older run's, nor rows not run yet.
+PREVIEWED = frozenset({"computed", "cached", "up to date"})
 _QC_LABELS = {"warp_error": "warp error", "source_warp_error": "source warp error",
               "warp_error_ratio": "warp error ratio", "flicker": "flicker", "source_flicker": "source flicker"}
 
@@ -230,7 +233,8 @@ def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
              f'<h2>row {_e(line.get("row") if line.get("row") is not None else "?")} · {_e(job_id or "?")}</h2>',
              f'<span class="badge mode">{_e(mode or "no mode")}</span>',
              "</div>"]
-    parts.append(_previews(job_id, mode, folder))
+    if line.get("qc") in PREVIEWED:  # previews are those of the run this row's sidecar records
+        parts.append(_previews(job_id, mode, folder))
     if job.get("prompt"):
         parts.append(f'<p class="prompt">{_e(job["prompt"])}</p>')
     facts = []

@@ -52,11 +52,13 @@ def _store(path: Path, frames: np.ndarray, fps: int = 8) -> FrameStore:
 def _sidecar(out: Path, job_id: str, row: int, mode: str, status: str = "ok", *, prompt: str = "a prompt",
              error: str | None = None, outputs=(), qc: dict | None = None, controlnet: str | None = None,
              ) -> Sidecar:
-    steps = {name: {"status": "computed", "seconds": 0.5} for name in ("decode", "control", "generate", "encode")}
+    steps = {name: {"status": "computed", "seconds": 0.5} for name in ("decode", "control", "generate", "encode",
+                                                                        "qc", "publish")}
     if mode in ("text2video", "pix2pix"):
         steps["control"] = {"status": "skipped"}
     if status == "failed":
         steps["generate"] = {"status": "failed", "seconds": 0.2}
+        steps.update({name: {"status": "not run"} for name in ("encode", "qc", "publish")})
     sidecar = Sidecar(job_id=job_id, row=row, mode=mode, status=status, error=error,
                       outputs=[str(p) for p in outputs], seconds=2.25, steps=steps, qc=qc, resolved={"frames": 16},
                       job={"job_id": job_id, "mode": mode, "prompt": prompt, "negative_prompt": "blurry", "seed": row,
@@ -87,7 +89,7 @@ def make_review_folder(root: Path) -> tuple[Path, list[dict]]:
     current = _sidecar(out, "pix-current", 3, "pix2pix", outputs=[video], qc=_qc(2.5))
     previews.write_row_previews(out, "canny-flagged", source=source, control=control, output=output)
     flagged = _sidecar(out, "canny-flagged", 4, "canny", outputs=[video], qc=_qc(4.0))
-    previews.write_row_previews(out, "pose-failed", source=source, control=control)
+    previews.write_row_previews(out, "pose-failed", source=source, control=control, output=output)  # older run's
     failed = _sidecar(out, "pose-failed", 5, "pose", "failed", prompt=XSS_PROMPT, error=XSS_ERROR)
     previews.write_row_previews(out, "t2v", output=output)
     t2v = _sidecar(out, "t2v", 6, "text2video", outputs=[video], qc=_qc(None, warp=2.0))

@@ -62,6 +62,9 @@ def test_qc_scores_and_failed_row_error_are_shown(review):
     assert 'data-ratio=""' in t2v and '<td class="source_warp_error">-</td>' in t2v
     assert "no source (text2video)" in t2v
     assert "seed: &#x27;abc&#x27; is not a whole number" in page
+    failed = page[page.index('data-job="pose-failed"'):page.index('data-job="t2v"')]
+    assert "<img" not in failed  # its previews on disk are an older run's: not shown
+    assert "generate 0.20 (failed)" in failed
 
 
 def test_status_precedence():

@@ -89,7 +89,7 @@ def test_the_gallery_in_chromium(page, browser):
 
     # every preview shown decodes (lazy images load once scrolled into view)
     images = driver.find_elements(By.CSS_SELECTOR, ".previews img")
-    assert len(images) == 11  # 3 + 2 + 3 + 2 + 1 previews written by the fixture
+    assert len(images) == 9  # 3 + 2 + 3 + 1: not the failed row's (an older run's)
     for image in images:
         driver.execute_script("arguments[0].scrollIntoView();", image)
         WebDriverWait(driver, 15).until(

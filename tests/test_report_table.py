@@ -47,20 +47,22 @@ def test_the_frame_writes_report_csv_byte_for_byte():
     assert "'=HYPERLINK" in report_table.frame_to_csv(frame) and frame.loc[1, "error"].startswith("=HYPERLINK")
 
 
-def test_typed_columns_qc_scores_and_optional_shots():
-    rows = [_line(2, "a", frames=8, warp_error=3.5, warp_error_ratio=1.25, shots=2),
-            _line(3, "b", frames=None, warp_error=None, warp_error_ratio=None)]
+def test_typed_columns_qc_scores_and_shots():
+    rows = [_line(2, "a", frames=8, shots=2, warp_error=3.5, warp_error_ratio=1.25),
+            _line(3, "b", frames=None, shots=None, warp_error=None, warp_error_ratio=None)]
     frame = report_table.report_frame(rows)
-    assert list(frame.columns)[-7:] == [*report.QC_COLUMNS, "shots", "sidecar"]  # shots: some row has it
-    assert "shots" not in report_table.report_frame(rows[1:]).columns
+    assert list(frame.columns) == list(report.report_columns())
+    assert list(frame.columns)[-6:] == [*report.QC_COLUMNS, "sidecar"]
     assert str(frame["row"].dtype) == "Int64" and str(frame["frames"].dtype) == "Int64"
     assert str(frame["shots"].dtype) == "Int64" and frame["seconds"].dtype == "float64"
     assert math.isnan(frame.loc[1, "warp_error"]) and frame.loc[0, "outputs"] == []
     csv_text = report_table.frame_to_csv(frame)
     assert csv_text == report._rows_to_csv(rows)
     header, first, second = csv_text.splitlines()
-    assert header.endswith(",warp_error,source_warp_error,warp_error_ratio,flicker,source_flicker,shots,sidecar")
-    assert first.endswith(",3.5,,1.25,,,2,/out/a.json") and second.endswith(",,,,,,,/out/b.json")
+    assert ",seconds,frames,shots," in header
+    assert header.endswith(",warp_error,source_warp_error,warp_error_ratio,flicker,source_flicker,sidecar")
+    assert first.endswith(",3.5,,1.25,,,/out/a.json") and second.endswith(",,,,,,/out/b.json")
+    assert ",2.000,8,2," in first and ",2.000,,," in second
 
 
 def test_write_report_writes_csv_json_parquet_and_html(tmp_path):
