@@ -286,7 +286,9 @@ def every_option(work_dir: Path, allowed_root: Path) -> dict:
 
     options = {"device": "cpu", "dtype": "fp32", "offload": "none", "allow_pickle": True, "vae_slicing": True,
                "vae_tiling": True, "force": True, "allowed_roots": [str(allowed_root)],
-               "work_dir": str(work_dir), "max_workers": 1}
+               "work_dir": str(work_dir), "max_workers": 1,
+               # fast paths (compile stays off: inductor would compile for minutes on a CPU)
+               "compile": False, "channels_last": True, "tf32": False, "attention_backend": "math"}
     assert set(options) == set(RunOptions.model_fields), "a new run option: give it a value here"
     return options
 
@@ -391,7 +393,8 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
     proc = stack.start("serve", "-m", "flows.cli", "serve", str(folder), "--output-dir", str(out),
                        "--cron", "30 3 * * *", "--device", "cpu", "--dtype", "fp32", "--offload", "none",
                        "--allow-pickle", "--vae-slicing", "--vae-tiling", "--force", "--allowed-root",
-                       str(manifest.parent), "--work-dir", str(served_work), "--max-workers", "1")
+                       str(manifest.parent), "--work-dir", str(served_work), "--max-workers", "1",
+                       "--channels-last", "--no-tf32", "--attention-backend", "math")
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
