@@ -1041,7 +1041,7 @@ class Bench:
             # the Instruct-Pix2Pix UNet is also resident here, so its size comes off the measured peaks.
             extra = sum(p.numel() * p.element_size() for p in sd.pix2pix_unet.parameters())
             cap = (peaks[small] + peaks[big]) / 2 - extra
-            spec["memory_fraction"] = cap / total
+            spec["memory_fraction"] = min(max(cap / total, 0.01), 1.0)
             how = (f"child's allocator capped at {cap / 2**30:.2f} GiB (torch.cuda.set_per_process_memory_fraction"
                    f" {spec['memory_fraction']:.4f}), between the peaks of chunk {small} "
                    f"({(peaks[small] - extra) / 2**30:.2f} GiB) and chunk {big} ({(peaks[big] - extra) / 2**30:.2f} GiB)")
