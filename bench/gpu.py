@@ -609,6 +609,7 @@ class Bench:
         return float("inf") if self.budget_s is None else self.budget_s - (time.perf_counter() - self.started)
 
     def run(self, names: list[str]) -> None:
+        self.names = names
         try:
             for name in names:
                 if self.left_s() < ESTIMATE_S[name] * (0.05 if self.s.smoke else 1):
@@ -1051,7 +1052,10 @@ class Bench:
                    "(simulated; the real allocator cap runs on the GPU)")
         manifest = self.manifest("oom", [self.row("oom-canny", "canny", frames, big, 2)])
         out = self.tmp / "oom-out"
-        result = self.wait_child(self.cli_child(manifest, out, {**spec, "workers": 1}), out)
+        proc = self.cli_child(manifest, out, {**spec, "workers": 1})
+        if "gpu_limit" in self.names:  # neither check measures speed: the workers start meanwhile
+            self.start_gpu_limit_workers()
+        result = self.wait_child(proc, out)
         row = (result["report"].get("rows") or [{}])[0]
         sidecar = read_sidecar(out, row)
         effective = (sidecar.get("resolved") or {}).get("effective_chunk_size")
@@ -1064,19 +1068,25 @@ class Bench:
                           "fails with out-of-memory, tasks.policy records it, the retry runs with the chunk halved; "
                           "the sidecar's effective_chunk_size says what ran."]}
 
-    def section_gpu_limit(self) -> dict:
+    def start_gpu_limit_workers(self) -> None:
+        """Two `t2vz run` processes (one canny row each) under the `t2vz-gpu` limit, started together."""
         s = self.s
         env = self.cli_env()
         subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", "t2vz-gpu", "--limit", "1"], env=env,
                        check=True, capture_output=True, cwd=ROOT)
         limited = {**env, "T2VZ_GPU_LIMIT": "t2vz-gpu"}
-        procs = []
+        self.gpu_limit_workers = []
         for seed, name in enumerate(("worker-a", "worker-b"), start=10):
             manifest = self.manifest(name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps,
                                                      seed=seed)])
             out = self.tmp / f"{name}-out"
-            procs.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
-        results = [self.wait_child(proc, out) for proc, out in procs]
+            self.gpu_limit_workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
+
+    def section_gpu_limit(self) -> dict:
+        if not getattr(self, "gpu_limit_workers", None):
+            self.start_gpu_limit_workers()
+        results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
+        self.gpu_limit_workers = []
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
         return {"workers": 2, "generations": len(holds), "overlaps_s": overlaps,
@@ -1561,8 +1571,9 @@ def child(spec: dict, cli_args: list[str]) -> int:
     quiet_libraries()
     if spec.get("memory_fraction"):
         torch.cuda.set_per_process_memory_fraction(float(spec["memory_fraction"]))
+    stack = contextlib.ExitStack()  # held until the process ends: the simulation must outlive this block
     if spec.get("simulate_oom_above"):
-        simulated_oom(int(spec["simulate_oom_above"])).__enter__()  # for the whole child process
+        stack.enter_context(simulated_oom(int(spec["simulate_oom_above"])))
     from flows import cli
     from tasks import policy
 
@@ -1594,7 +1605,8 @@ def child(spec: dict, cli_args: list[str]) -> int:
 
     policy.note_out_of_memory = counting_note
     started = time.perf_counter()
-    rc = cli.main(cli_args)
+    with stack:
+        rc = cli.main(cli_args)
     run_s = time.perf_counter() - started
     out = Path(cli_args[cli_args.index("--output-dir") + 1])
     rows, cpu_s = [], 0.0

@@ -56,8 +56,9 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert all(row["ok"] for row in sections["precision"]["rows"])
     e2e = sections["e2e"]
     assert e2e["statuses"] == ["ok"] * 4 and e2e["generations"] == 4 and e2e["fps_end_to_end"] > 0
-    assert sections["oom_retry"]["halved_after_oom"] and sections["oom_retry"]["effective_chunk"] == 2
-    assert sections["gpu_limit"]["one_at_a_time"]
+    assert sections["oom_retry"]["halved_after_oom"] and sections["oom_retry"]["effective_chunk"] == 2, \
+        sections["oom_retry"]
+    assert sections["gpu_limit"]["one_at_a_time"], sections["gpu_limit"]
     assert all(row["max_chunk"] for row in sections["max_chunk"]["rows"])
     assert {row["mode"] for row in sections["sdxl"]["rows"]} == {"canny", "text2video"}
     assert sections["compile"]["no_recompiles_in_second_video"]
