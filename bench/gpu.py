@@ -120,16 +120,20 @@ class Settings:
     peak_tflops: float | None = None
     check_size: int | None = None  # finite/precision frame size (None: size, SDXL sdxl_size)
     check_modes: tuple[str, ...] = ("canny", "pix2pix", "text2video")
+    max_chunk_cases: tuple[tuple[str, str], ...] = tuple((m, w) for m in ("canny", "pix2pix", "text2video")
+                                                        for w in ("size", "size_large"))
+    simulated_memory_rows: int | None = None  # CPU smoke: UNet batches above this raise OutOfMemoryError
 
     @classmethod
     def make(cls, smoke: bool, peak_tflops: float | None) -> Settings:
         if smoke:
             return cls(True, "cpu", "fp32", CONFIGS / "smoke", size=64, size_large=96, sdxl_size=64, steps=2, t0=0, t1=1,
                        frames=3, chunks=(2,), sdxl_frames=3, sdxl_chunks=(2,), warmup_steps=0, check_steps=2,
-                       check_frames=2, e2e_frames=3, e2e_steps=2, max_chunk_cap=4, compile_backend="eager",
+                       check_frames=2, e2e_frames=3, e2e_steps=2, compile_backend="eager",
                        compile_mode="pix2pix", precisions=("bf16",), peak_tflops=peak_tflops,
                        # bf16 convolutions have no fast CPU kernel (aten's slow_conv2d): one mode, 16 px
-                       check_size=16, check_modes=("canny",))
+                       check_size=16, check_modes=("canny",), max_chunk_cap=8,
+                       max_chunk_cases=(("canny", "size"),), simulated_memory_rows=6)
         return cls(False, "cuda", "fp16", CONFIGS, size=512, size_large=768, sdxl_size=1024, steps=50, t0=44, t1=47,
                    frames=24, chunks=(8, 16, 24), sdxl_frames=16, sdxl_chunks=(8,), warmup_steps=2, check_steps=4,
                    check_frames=3, e2e_frames=16, e2e_steps=50, max_chunk_cap=512, compile_backend="inductor",
@@ -605,6 +609,7 @@ class Bench:
         return float("inf") if self.budget_s is None else self.budget_s - (time.perf_counter() - self.started)
 
     def run(self, names: list[str]) -> None:
+        self.names = names
         try:
             for name in names:
                 if self.left_s() < ESTIMATE_S[name] * (0.05 if self.s.smoke else 1):
@@ -677,7 +682,8 @@ class Bench:
         for model, call in calls.items():
             flops = count_flops(call)
             rows.append({"model": model, "shape": f"2x{'8' if 'Pix' in model else '4'}x{latent}x{latent}",
-                         "tflop_call": round(flops / 1e12, 4), "tflop_sample": round(flops / 2e12, 4)})
+                         "flops_call": flops, "tflop_call": round(flops / 1e12, 4),
+                         "tflop_sample": round(flops / 2e12, 4)})
         by = {r["model"]: r["tflop_sample"] for r in rows}
         peak = self.peak_tflops()
         per_frame_unet = by["SD1.5 UNet"] * 2 * s.steps  # CFG: two UNet samples per frame and step
@@ -923,9 +929,11 @@ class Bench:
 
         return write_csv(self.tmp / f"{name}.csv", rows)
 
-    def row(self, job_id: str, mode: str, frames: int, chunk: int, steps: int) -> dict:
+    def row(self, job_id: str, mode: str, frames: int, chunk: int, steps: int, seed: int = 1) -> dict:
+        """A manifest row on the saved models; rows must differ (seed), or the content-addressed work
+        folder would run two identical rows once."""
         models = self.models_on_disk()
-        row = {"job_id": job_id, "mode": mode, "prompt": PROMPTS[mode], "seed": 1, "num_inference_steps": steps,
+        row = {"job_id": job_id, "mode": mode, "prompt": PROMPTS[mode], "seed": seed, "num_inference_steps": steps,
                "chunk_size": chunk, "resolution": self.s.size, "output": "mp4"}
         if mode == "text2video":
             row.update(model=str(models["sd"]), video_length=frames)
@@ -963,10 +971,9 @@ class Bench:
 
     def section_e2e(self) -> dict:
         s = self.s
-        rows = [self.row("canny-a", "canny", s.e2e_frames, s.chunks[0], s.e2e_steps),
-                self.row("pix2pix", "pix2pix", s.e2e_frames, s.chunks[0], s.e2e_steps),
-                self.row("text2video", "text2video", s.e2e_frames, s.chunks[0], s.e2e_steps),
-                self.row("canny-b", "canny", s.e2e_frames, s.chunks[0], s.e2e_steps)]
+        rows = [self.row(job_id, mode, s.e2e_frames, s.chunks[0], s.e2e_steps, seed=seed) for seed, (job_id, mode)
+                in enumerate((("canny-a", "canny"), ("pix2pix", "pix2pix"), ("text2video", "text2video"),
+                              ("canny-b", "canny")), start=1)]
         manifest = self.manifest("e2e", rows)
         env = self.cli_env()
         out = self.tmp / "e2e-out"
@@ -986,7 +993,8 @@ class Bench:
                                                                sorted(holds, key=lambda h: h["start"])[1:])]
         cpu_steps = result["summary"].get("cpu_step_seconds", 0.0)
         value = {
-            "rows": len(rows), "statuses": statuses, "frames": frames, "wall_s": round(ended - started, 2),
+            "rows": len(rows), "statuses": statuses, "generations": len(holds), "frames": frames,
+            "wall_s": round(ended - started, 2),
             "fps_end_to_end": round(frames / (ended - started), 3) if frames else None,
             "run_s (CLI main, after imports)": result["summary"].get("run_s"),
             "fps_run": round(frames / result["summary"]["run_s"], 3) if frames and result["summary"].get("run_s") else None,
@@ -1034,7 +1042,7 @@ class Bench:
             # the Instruct-Pix2Pix UNet is also resident here, so its size comes off the measured peaks.
             extra = sum(p.numel() * p.element_size() for p in sd.pix2pix_unet.parameters())
             cap = (peaks[small] + peaks[big]) / 2 - extra
-            spec["memory_fraction"] = cap / total
+            spec["memory_fraction"] = min(max(cap / total, 0.01), 1.0)
             how = (f"child's allocator capped at {cap / 2**30:.2f} GiB (torch.cuda.set_per_process_memory_fraction"
                    f" {spec['memory_fraction']:.4f}), between the peaks of chunk {small} "
                    f"({(peaks[small] - extra) / 2**30:.2f} GiB) and chunk {big} ({(peaks[big] - extra) / 2**30:.2f} GiB)")
@@ -1044,7 +1052,10 @@ class Bench:
                    "(simulated; the real allocator cap runs on the GPU)")
         manifest = self.manifest("oom", [self.row("oom-canny", "canny", frames, big, 2)])
         out = self.tmp / "oom-out"
-        result = self.wait_child(self.cli_child(manifest, out, {**spec, "workers": 1}), out)
+        proc = self.cli_child(manifest, out, {**spec, "workers": 1})
+        if "gpu_limit" in self.names:  # neither check measures speed: the workers start meanwhile
+            self.start_gpu_limit_workers()
+        result = self.wait_child(proc, out)
         row = (result["report"].get("rows") or [{}])[0]
         sidecar = read_sidecar(out, row)
         effective = (sidecar.get("resolved") or {}).get("effective_chunk_size")
@@ -1057,18 +1068,25 @@ class Bench:
                           "fails with out-of-memory, tasks.policy records it, the retry runs with the chunk halved; "
                           "the sidecar's effective_chunk_size says what ran."]}
 
-    def section_gpu_limit(self) -> dict:
+    def start_gpu_limit_workers(self) -> None:
+        """Two `t2vz run` processes (one canny row each) under the `t2vz-gpu` limit, started together."""
         s = self.s
         env = self.cli_env()
         subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", "t2vz-gpu", "--limit", "1"], env=env,
                        check=True, capture_output=True, cwd=ROOT)
         limited = {**env, "T2VZ_GPU_LIMIT": "t2vz-gpu"}
-        procs = []
-        for name in ("worker-a", "worker-b"):
-            manifest = self.manifest(name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps)])
+        self.gpu_limit_workers = []
+        for seed, name in enumerate(("worker-a", "worker-b"), start=10):
+            manifest = self.manifest(name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps,
+                                                     seed=seed)])
             out = self.tmp / f"{name}-out"
-            procs.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
-        results = [self.wait_child(proc, out) for proc, out in procs]
+            self.gpu_limit_workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
+
+    def section_gpu_limit(self) -> dict:
+        if not getattr(self, "gpu_limit_workers", None):
+            self.start_gpu_limit_workers()
+        results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
+        self.gpu_limit_workers = []
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
         return {"workers": 2, "generations": len(holds), "overlaps_s": overlaps,
@@ -1129,12 +1147,18 @@ class Bench:
         s = self.s
         sd = self.sd
         rows = []
-        for mode in ("canny", "pix2pix", "text2video"):
-            for size in (s.size, s.size_large):
+        memory = simulated_oom(s.simulated_memory_rows) if s.simulated_memory_rows else contextlib.nullcontext()
+        with memory:
+            for mode, which in s.max_chunk_cases:
+                size = getattr(s, which)
                 fits, peak, probes = largest_chunk(s, sd, mode, size)
                 rows.append({"mode": mode, "size": size, "max_chunk": fits, "peak": peak, "probes": probes})
                 log(f"  {mode} {size} px: largest chunk {fits}")
-        return {"rows": rows, "notes": [
+        notes = []
+        if s.simulated_memory_rows:
+            notes.append(f"CPU smoke: canny at {s.size} px only, the 'memory' simulated (UNet batches above "
+                         f"{s.simulated_memory_rows} rows raise torch.OutOfMemoryError), so the search itself runs.")
+        return {"rows": rows, "notes": notes + [
             "Probe: one generate with video_length = chunk_size = c (one UNet batch of c frames per guidance branch, "
             "one VAE call of c frames), 2 steps; torch.OutOfMemoryError means it does not fit. c doubles from 8 "
             f"until it fails (or reaches {s.max_chunk_cap}), then a binary search; the device's other resident "
@@ -1468,7 +1492,7 @@ class UtilizationSampler:
 
     def _run_smi(self) -> None:
         proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                 "-i", "0", f"-lms={int(self.period_s * 1000)}"], stdout=subprocess.PIPE, text=True)
+                                 "-i", "0", f"--loop-ms={int(self.period_s * 1000)}"], stdout=subprocess.PIPE, text=True)
         try:
             while not self._stop.is_set():
                 line = proc.stdout.readline()
@@ -1515,6 +1539,28 @@ def read_sidecar(out: Path, row: dict) -> dict:
         return {}
 
 
+@contextlib.contextmanager
+def simulated_oom(limit_rows: int):
+    """CPU smoke only: UNet calls on more than limit_rows rows raise torch.OutOfMemoryError, as a
+    GPU's allocator would for a batch that does not fit (the code paths after it are the real ones)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    original = UNet2DConditionModel.forward
+
+    def forward(self, sample, *args, **kwargs):
+        if sample.shape[0] > limit_rows:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated by bench/gpu.py: batch {sample.shape[0]} "
+                                         f"> {limit_rows} rows)")
+        return original(self, sample, *args, **kwargs)
+
+    UNet2DConditionModel.forward = forward
+    try:
+        yield
+    finally:
+        UNet2DConditionModel.forward = original
+
+
 # ================================================================ child: one `t2vz run` with probes
 
 def child(spec: dict, cli_args: list[str]) -> int:
@@ -1525,19 +1571,9 @@ def child(spec: dict, cli_args: list[str]) -> int:
     quiet_libraries()
     if spec.get("memory_fraction"):
         torch.cuda.set_per_process_memory_fraction(float(spec["memory_fraction"]))
+    stack = contextlib.ExitStack()  # held until the process ends: the simulation must outlive this block
     if spec.get("simulate_oom_above"):
-        from diffusers import UNet2DConditionModel
-
-        limit = int(spec["simulate_oom_above"])
-        original = UNet2DConditionModel.forward
-
-        def forward(self, sample, *args, **kwargs):
-            if sample.shape[0] > limit:
-                raise torch.OutOfMemoryError(f"CUDA out of memory (simulated by bench/gpu.py: batch {sample.shape[0]} "
-                                             f"> {limit})")
-            return original(self, sample, *args, **kwargs)
-
-        UNet2DConditionModel.forward = forward
+        stack.enter_context(simulated_oom(int(spec["simulate_oom_above"])))
     from flows import cli
     from tasks import policy
 
@@ -1569,7 +1605,8 @@ def child(spec: dict, cli_args: list[str]) -> int:
 
     policy.note_out_of_memory = counting_note
     started = time.perf_counter()
-    rc = cli.main(cli_args)
+    with stack:
+        rc = cli.main(cli_args)
     run_s = time.perf_counter() - started
     out = Path(cli_args[cli_args.index("--output-dir") + 1])
     rows, cpu_s = [], 0.0
