@@ -286,12 +286,15 @@ def control_build(ctx: RowContext, key: str) -> ControlResult:
 # ---------------------------------------------------------------- generate
 
 def runtime_signature(runtime: Runtime) -> dict[str, str]:
-    """The parts of a runtime that change generated pixels: device type, dtype and VAE tiling
-    (tiles are blended at their seams; slicing and offloading leave pixels alone)."""
+    """The parts of a runtime that change generated pixels: device type, dtype, VAE tiling (tiles
+    are blended at their seams) and TF32 for fp32 on a GPU (its matmuls round to 10 mantissa
+    bits); slicing and offloading leave pixels alone."""
     device, dtype = runtime.signature()
     signature = {"device": device, "dtype": dtype}
     if runtime.vae_tiling:
         signature["vae_tiling"] = "on"  # absent when off, so existing keys stay valid
+    if runtime.tf32 and device == "cuda" and dtype == "float32":
+        signature["tf32"] = "on"
     return signature
 
 

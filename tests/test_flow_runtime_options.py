@@ -80,3 +80,11 @@ def test_every_option_reaches_the_sidecar_of_a_direct_flow_run(tmp_path, tiny_mo
                              options=RunOptions(**options), return_state=True)
     assert state.is_completed(), state.message
     assert json.loads((tmp_path / "out" / "kite.json").read_text())["options"] == options
+
+
+def test_tf32_keys_fp32_generation_on_a_gpu_only():
+    # TF32 only changes fp32 matmuls on CUDA: it names the key there and nowhere else.
+    assert runtime_signature(Runtime("cuda", "fp32")) == {"device": "cuda", "dtype": "float32", "tf32": "on"}
+    assert runtime_signature(Runtime("cuda", "fp32", tf32=False)) == {"device": "cuda", "dtype": "float32"}
+    assert runtime_signature(Runtime("cuda", "fp16")) == {"device": "cuda", "dtype": "float16"}
+    assert runtime_signature(Runtime("cpu", tf32=True)) == {"device": "cpu", "dtype": "float32"}
