@@ -218,6 +218,8 @@ def _stop_mid_generation(manifest: Path, out: Path, home: Path, sig: signal.Sign
     return proc.wait(), took, tree
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_signal_stops_the_run_at_a_step_boundary_and_the_rerun_resumes(two_rows, tmp_path, sig):
     out, home = tmp_path / "out", tmp_path / "home"
@@ -280,6 +282,8 @@ def test_a_server_that_cannot_start_is_one_line_and_exit_2(two_rows, tmp_path):
     assert not (out / "report.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
     """Prefect's own default failed at three runs at once on 2 cores (20 s start timeout)."""
     from media_fixtures import make_text_file
