@@ -224,6 +224,21 @@ def test_unchanged_rerun_runs_only_the_failed_row_and_loads_no_model(project):
     assert set(task_runs_of(state)) == {"row-broken", "decode-broken"}
 
 
+def test_sidecars_report_and_table_artifact_count_shots(project):
+    from flows.batch import report_table
+
+    sidecars, rep = project["sidecars"], project["report"]
+    for job_id in OK_ROWS:  # 4 frames: too short for a cut (half a second), one shot each
+        assert sidecars[job_id]["shots"] == [[0, 4]], job_id
+    assert statuses(sidecars["canny"])["cuts"] == "computed" and statuses(sidecars["t2v"])["cuts"] == "skipped"
+    assert sidecars["broken"]["shots"] is None  # failed before its shots were known
+    by_id = {line["job_id"]: line for line in report_table(rep["rows"])}
+    assert by_id["canny"]["shots"] == 1 and by_id["canny"]["cuts"] == "computed"
+    assert by_id["broken"]["shots"] is None and by_id["invalid"]["shots"] == ""
+    with open(project["out"] / "report.csv", newline="") as f:
+        assert {r["job_id"]: r["shots"] for r in csv.DictReader(f)}["pose"] == "1"
+
+
 def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
     rows = [dict(r) for r in project["rows"]]
     for row in rows:
