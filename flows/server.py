@@ -16,7 +16,7 @@ a killed run left its server behind. Instead:
 * it runs in its own session: a Ctrl-C meant for one run does not reach a server others use.
 
 When runs are many, long-lived or spread over machines, start a real server instead
-(`prefect server start`, PREFECT_API_URL): see docs_process_life.md.
+(`prefect server start`, PREFECT_API_URL): see README.md, "The local server".
 """
 
 from __future__ import annotations
