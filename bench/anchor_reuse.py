@@ -1,6 +1,7 @@
 """Anchor reuse: UNet work per output frame per step, t2vz vs the anchor-in-every-chunk recipe.
 
-    .venv/bin/python bench/anchor_reuse.py [--frames 32] [--chunk 8] [--steps 6] [--repeats 3] [--threads N] [--no-text2video]
+    .venv/bin/python bench/anchor_reuse.py [--frames 32] [--chunk 8] [--steps 6] [--repeats 3] [--threads N]
+        [--no-text2video]
 
 Tiny random-weight models on the CPU (written to a temporary folder). The recipe is what
 Text2Video-Zero users run for long videos: the diffusers pipeline called once per chunk with
@@ -72,17 +73,29 @@ def controlnet_case(models: Path, args) -> dict:
     n, size, seed = args.frames, 64, 0
     rng = np.random.default_rng(0)
     maps = ((rng.random((n, size, size, 3)) > 0.8) * 255).astype(np.uint8)
-    request = GenerationRequest(mode="canny", prompt="a man dancing", num_inference_steps=args.steps, seed=seed,
-                                width=size, height=size, chunk_size=args.chunk)
+    request = GenerationRequest(
+        mode="canny",
+        prompt="a man dancing",
+        num_inference_steps=args.steps,
+        seed=seed,
+        width=size,
+        height=size,
+        chunk_size=args.chunk,
+    )
     latent = torch.randn((1, 4, size // 2, size // 2), generator=torch.Generator("cpu").manual_seed(seed))
 
     def recipe():
         out = []
         for start, end in recipe_spans(n, args.chunk):
             frame_ids = [0] + list(range(start, end))
-            images = pipe(prompt=[request.prompt] * len(frame_ids), image=[PIL.Image.fromarray(maps[i]) for i in frame_ids],
-                          latents=latent.repeat(len(frame_ids), 1, 1, 1), num_inference_steps=args.steps,
-                          guidance_scale=request.guidance_scale, output_type="np").images
+            images = pipe(
+                prompt=[request.prompt] * len(frame_ids),
+                image=[PIL.Image.fromarray(maps[i]) for i in frame_ids],
+                latents=latent.repeat(len(frame_ids), 1, 1, 1),
+                num_inference_steps=args.steps,
+                guidance_scale=request.guidance_scale,
+                output_type="np",
+            ).images
             out.append(images[1:])
         return np.concatenate(out)
 
@@ -114,21 +127,39 @@ def text2video_case(models: Path, args) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts = {k: pipe.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
-        reference = TextToVideoZeroPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                            requires_safety_checker=False)
+        reference = TextToVideoZeroPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     reference.set_progress_bar_config(disable=True)
     n, steps = args.frames, max(args.steps, 4)
     kw = dict(num_inference_steps=steps, t0=steps - 4, t1=steps - 2)  # like 44/47 of 50: late in the schedule
-    request = GenerationRequest(mode="text2video", prompt="a dog running", seed=0, width=64, height=64,
-                                video_length=n, chunk_size=args.chunk, **kw)
+    request = GenerationRequest(
+        mode="text2video",
+        prompt="a dog running",
+        seed=0,
+        width=64,
+        height=64,
+        video_length=n,
+        chunk_size=args.chunk,
+        **kw,
+    )
 
     def recipe():
         out, generator = [], torch.Generator("cpu")
         for start, end in recipe_spans(n, args.chunk):
             frame_ids = [0] + list(range(start, end))
             generator.manual_seed(request.seed)
-            out.append(reference(prompt=request.prompt, video_length=len(frame_ids), height=64, width=64,
-                                 generator=generator, frame_ids=frame_ids, **kw).images[1:])
+            out.append(
+                reference(
+                    prompt=request.prompt,
+                    video_length=len(frame_ids),
+                    height=64,
+                    width=64,
+                    generator=generator,
+                    frame_ids=frame_ids,
+                    **kw,
+                ).images[1:]
+            )
         return np.concatenate(out)
 
     def ours():
@@ -182,8 +213,10 @@ def main() -> None:
 
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
-    print(f"{args.frames} frames, chunk size {args.chunk}, {args.steps} steps, tiny models, CPU, "
-          f"{torch.get_num_threads()} torch threads; recipe formula 1 + 1/(chunk-1) = {1 + 1 / (args.chunk - 1):.3f}")
+    print(
+        f"{args.frames} frames, chunk size {args.chunk}, {args.steps} steps, tiny models, CPU, "
+        f"{torch.get_num_threads()} torch threads; recipe formula 1 + 1/(chunk-1) = {1 + 1 / (args.chunk - 1):.3f}"
+    )
     with tempfile.TemporaryDirectory(prefix="t2vz-bench-") as folder:
         write_tiny_models(Path(folder))
         controlnet_case(Path(folder), args)

@@ -19,9 +19,13 @@ from t2vz_core.runtime import Runtime
 from t2vz_core.workdir import WorkDir
 
 
-def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
-               work_dir: str | os.PathLike | None = None, device: str = "cpu",
-               allowed_roots: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def run_direct(
+    manifest_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    work_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    allowed_roots: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Every valid row of the manifest, step by step; returns {job_id: {"outputs", "seconds", "hits", "generate"}}."""
     manifest = read_manifest(manifest_path, allowed_roots=allowed_roots)
     out = Path(output_dir).absolute()
@@ -31,7 +35,10 @@ def run_direct(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
     for job in manifest.jobs:
         started = time.perf_counter()
         ctx = pipeline.run_direct(job, work, runtime, out)
-        results[job.job_id] = {"outputs": ctx.results["publish"].outputs, "seconds": time.perf_counter() - started,
-                               "hits": {name: result.hit for name, result in ctx.results.items()},
-                               "generate": ctx.results["generate"]}
+        results[job.job_id] = {
+            "outputs": ctx.results["publish"].outputs,
+            "seconds": time.perf_counter() - started,
+            "hits": {name: result.hit for name, result in ctx.results.items()},
+            "generate": ctx.results["generate"],
+        }
     return results

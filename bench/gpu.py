@@ -62,8 +62,8 @@ import threading
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -74,18 +74,62 @@ RESULTS = BENCH / "GPU_RESULTS.md"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-SECTIONS = ("env", "flops", "throughput", "fast_paths", "finite", "precision", "e2e", "oom_retry", "gpu_limit",
-            "offload", "max_chunk", "sdxl", "compile")
+SECTIONS = (
+    "env",
+    "flops",
+    "throughput",
+    "fast_paths",
+    "finite",
+    "precision",
+    "e2e",
+    "oom_retry",
+    "gpu_limit",
+    "offload",
+    "max_chunk",
+    "sdxl",
+    "compile",
+)
 # Rough seconds a section needs on an H100 (to skip it rather than be cut off under --budget-s).
-ESTIMATE_S = {"env": 1, "flops": 15, "throughput": 240, "fast_paths": 60, "finite": 40, "precision": 40, "e2e": 120,
-              "oom_retry": 60, "gpu_limit": 60, "offload": 90, "max_chunk": 120, "sdxl": 240, "compile": 300}
-PROMPTS = {"canny": "a glass sculpture of a dancer, studio light", "pix2pix": "make it a snowy winter night",
-           "text2video": "a horse galloping on a street"}
+ESTIMATE_S = {
+    "env": 1,
+    "flops": 15,
+    "throughput": 240,
+    "fast_paths": 60,
+    "finite": 40,
+    "precision": 40,
+    "e2e": 120,
+    "oom_retry": 60,
+    "gpu_limit": 60,
+    "offload": 90,
+    "max_chunk": 120,
+    "sdxl": 240,
+    "compile": 300,
+}
+PROMPTS = {
+    "canny": "a glass sculpture of a dancer, studio light",
+    "pix2pix": "make it a snowy winter night",
+    "text2video": "a horse galloping on a street",
+}
 GOAL_RATIO, GOAL_PEAK_SHARE = 1.5, 0.40
 # Dense (no sparsity) fp16 tensor-core peak, TFLOPS, by device name (NVIDIA data sheets).
-PEAK_FP16_TFLOPS = (("GH200", 989.4), ("H200", 989.4), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4),
-                    ("H800", 989.4), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
-                    ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.2), ("V100", 125.0), ("T4", 65.0))
+PEAK_FP16_TFLOPS = (
+    ("GH200", 989.4),
+    ("H200", 989.4),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H800", 989.4),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.2),
+    ("V100", 125.0),
+    ("T4", 65.0),
+)
 # Precision tolerance against fp32, on output pixel values in [0, 1]: mean |difference|.
 TOLERANCE = {"fp16": 2 / 255, "bf16": 6 / 255}
 
@@ -120,27 +164,75 @@ class Settings:
     peak_tflops: float | None = None
     check_size: int | None = None  # finite/precision frame size (None: size, SDXL sdxl_size)
     check_modes: tuple[str, ...] = ("canny", "pix2pix", "text2video")
-    max_chunk_cases: tuple[tuple[str, str], ...] = tuple((m, w) for m in ("canny", "pix2pix", "text2video")
-                                                        for w in ("size", "size_large"))
+    max_chunk_cases: tuple[tuple[str, str], ...] = tuple(
+        (m, w) for m in ("canny", "pix2pix", "text2video") for w in ("size", "size_large")
+    )
     simulated_memory_rows: int | None = None  # CPU smoke: UNet batches above this raise OutOfMemoryError
 
     @classmethod
     def make(cls, smoke: bool, peak_tflops: float | None) -> Settings:
         if smoke:
-            return cls(True, "cpu", "fp32", CONFIGS / "smoke", size=64, size_large=96, sdxl_size=64, steps=2, t0=0, t1=1,
-                       frames=3, chunks=(2,), sdxl_frames=3, sdxl_chunks=(2,), warmup_steps=0, check_steps=2,
-                       check_frames=2, e2e_frames=3, e2e_steps=2, compile_backend="eager",
-                       compile_mode="pix2pix", precisions=("bf16",), peak_tflops=peak_tflops,
-                       # bf16 convolutions have no fast CPU kernel (aten's slow_conv2d): one mode, 16 px
-                       check_size=16, check_modes=("canny",), max_chunk_cap=8,
-                       max_chunk_cases=(("canny", "size"),), simulated_memory_rows=6)
-        return cls(False, "cuda", "fp16", CONFIGS, size=512, size_large=768, sdxl_size=1024, steps=50, t0=44, t1=47,
-                   frames=24, chunks=(8, 16, 24), sdxl_frames=16, sdxl_chunks=(8,), warmup_steps=2, check_steps=4,
-                   check_frames=3, e2e_frames=16, e2e_steps=50, max_chunk_cap=512, compile_backend="inductor",
-                   compile_mode="canny", precisions=("fp16", "bf16"), peak_tflops=peak_tflops)
+            return cls(
+                True,
+                "cpu",
+                "fp32",
+                CONFIGS / "smoke",
+                size=64,
+                size_large=96,
+                sdxl_size=64,
+                steps=2,
+                t0=0,
+                t1=1,
+                frames=3,
+                chunks=(2,),
+                sdxl_frames=3,
+                sdxl_chunks=(2,),
+                warmup_steps=0,
+                check_steps=2,
+                check_frames=2,
+                e2e_frames=3,
+                e2e_steps=2,
+                compile_backend="eager",
+                compile_mode="pix2pix",
+                precisions=("bf16",),
+                peak_tflops=peak_tflops,
+                # bf16 convolutions have no fast CPU kernel (aten's slow_conv2d): one mode, 16 px
+                check_size=16,
+                check_modes=("canny",),
+                max_chunk_cap=8,
+                max_chunk_cases=(("canny", "size"),),
+                simulated_memory_rows=6,
+            )
+        return cls(
+            False,
+            "cuda",
+            "fp16",
+            CONFIGS,
+            size=512,
+            size_large=768,
+            sdxl_size=1024,
+            steps=50,
+            t0=44,
+            t1=47,
+            frames=24,
+            chunks=(8, 16, 24),
+            sdxl_frames=16,
+            sdxl_chunks=(8,),
+            warmup_steps=2,
+            check_steps=4,
+            check_frames=3,
+            e2e_frames=16,
+            e2e_steps=50,
+            max_chunk_cap=512,
+            compile_backend="inductor",
+            compile_mode="canny",
+            precisions=("fp16", "bf16"),
+            peak_tflops=peak_tflops,
+        )
 
 
 # ================================================================ small helpers (no torch at import)
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -218,6 +310,7 @@ def quiet_libraries() -> None:
 
 # ================================================================ models from the committed configs
 
+
 def load_config(settings: Settings, name: str) -> dict:
     return json.loads((settings.configs / f"{name}.json").read_text())
 
@@ -238,8 +331,11 @@ def build(settings: Settings, name: str, kind: str, dtype, seed: int):
         elif kind == "controlnet":
             module = ControlNetModel.from_config(config)
             # A fresh ControlNet's zero convolutions output zero; trained ones do not.
-            for conv in [module.controlnet_cond_embedding.conv_out, module.controlnet_mid_block,
-                         *module.controlnet_down_blocks]:
+            for conv in [
+                module.controlnet_cond_embedding.conv_out,
+                module.controlnet_mid_block,
+                *module.controlnet_down_blocks,
+            ]:
                 conv.reset_parameters()
         elif kind == "text":
             module = CLIPTextModel(CLIPTextConfig(**config))
@@ -276,18 +372,30 @@ class SD15:
         self.pipes = self._pipes()
 
     def _pipes(self) -> dict:
-        from diffusers import (StableDiffusionControlNetPipeline, StableDiffusionInstructPix2PixPipeline,
-                               StableDiffusionPipeline)
+        from diffusers import (
+            StableDiffusionControlNetPipeline,
+            StableDiffusionInstructPix2PixPipeline,
+            StableDiffusionPipeline,
+        )
         from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-            TextToVideoZeroPipeline)
+            TextToVideoZeroPipeline,
+        )
 
-        common = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                      safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        common = dict(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         pipes = {
-            "canny": StableDiffusionControlNetPipeline(unet=self.unet, controlnet=self.controlnet,
-                                                       scheduler=scheduler(self.settings), **common),
-            "pix2pix": StableDiffusionInstructPix2PixPipeline(unet=self.pix2pix_unet, scheduler=scheduler(self.settings),
-                                                              **common),
+            "canny": StableDiffusionControlNetPipeline(
+                unet=self.unet, controlnet=self.controlnet, scheduler=scheduler(self.settings), **common
+            ),
+            "pix2pix": StableDiffusionInstructPix2PixPipeline(
+                unet=self.pix2pix_unet, scheduler=scheduler(self.settings), **common
+            ),
             "text2video": StableDiffusionPipeline(unet=self.unet, scheduler=scheduler(self.settings), **common),
             "recipe_text2video": TextToVideoZeroPipeline(unet=self.unet, scheduler=scheduler(self.settings), **common),
         }
@@ -330,14 +438,24 @@ class SDXL:
     def _pipes(self) -> dict:
         from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
         from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero_sdxl import (
-            TextToVideoZeroSDXLPipeline)
+            TextToVideoZeroSDXLPipeline,
+        )
 
-        common = dict(vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
-                      tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet)
+        common = dict(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=self.unet,
+        )
         pipes = {
-            "canny": StableDiffusionXLControlNetPipeline(controlnet=self.controlnet, scheduler=scheduler(self.settings),
-                                                         add_watermarker=False, **common),
-            "text2video": StableDiffusionXLPipeline(scheduler=scheduler(self.settings), add_watermarker=False, **common),
+            "canny": StableDiffusionXLControlNetPipeline(
+                controlnet=self.controlnet, scheduler=scheduler(self.settings), add_watermarker=False, **common
+            ),
+            "text2video": StableDiffusionXLPipeline(
+                scheduler=scheduler(self.settings), add_watermarker=False, **common
+            ),
             "recipe_text2video": TextToVideoZeroSDXLPipeline(scheduler=scheduler(self.settings), **common),
         }
         for pipe in pipes.values():
@@ -354,6 +472,7 @@ class SDXL:
 
 
 # ================================================================ inputs (the same frames for both sides)
+
 
 def control_maps(count: int, size: int):
     """Canny-like edge maps (uint8, count x size x size x 3): a ring and a bar that move."""
@@ -380,7 +499,7 @@ def source_frames(count: int, size: int):
         frames[i, ..., 1] = (yy * 255 // max(size - 1, 1)).astype(np.uint8)
         frames[i, ..., 2] = 96
         x0 = int((size // 2) * i / max(count, 1))
-        frames[i, size // 4: size // 2, x0: x0 + size // 4] = (230, 40, 40)
+        frames[i, size // 4 : size // 2, x0 : x0 + size // 4] = (230, 40, 40)
     return frames
 
 
@@ -392,17 +511,36 @@ def conditioning(mode: str, count: int, size: int):
 
 # ================================================================ the two implementations
 
-def run_t2vz(settings: Settings, pipe, mode: str, frames: int, chunk: int | None, steps: int, size: int,
-             cond=None, output_dtype=None):
+
+def run_t2vz(
+    settings: Settings,
+    pipe,
+    mode: str,
+    frames: int,
+    chunk: int | None,
+    steps: int,
+    size: int,
+    cond=None,
+    output_dtype=None,
+):
     """t2vz_core.engine.generate on the pipeline: uint8 (frames, H, W, 3), or float32 with output_dtype."""
     import numpy as np
 
     from t2vz_core.engine import GenerationRequest, generate
 
     t0, t1 = (settings.t0, settings.t1) if steps == settings.steps else (0, 1)
-    request = GenerationRequest(mode=mode, prompt=PROMPTS[mode], num_inference_steps=steps, width=size, height=size,
-                                chunk_size=chunk, video_length=frames if mode == "text2video" else None, t0=t0, t1=t1,
-                                seed=0)
+    request = GenerationRequest(
+        mode=mode,
+        prompt=PROMPTS[mode],
+        num_inference_steps=steps,
+        width=size,
+        height=size,
+        chunk_size=chunk,
+        video_length=frames if mode == "text2video" else None,
+        t0=t0,
+        t1=t1,
+        seed=0,
+    )
     return generate(pipe, request, cond, output_dtype=output_dtype or np.uint8)
 
 
@@ -410,7 +548,8 @@ def run_t2vz(settings: Settings, pipe, mode: str, frames: int, chunk: int | None
 def recipe_processors(groups: int, *models):
     """diffusers' CrossFrameAttnProcessor2_0 on the models for the duration (the docs recipe)."""
     from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-        CrossFrameAttnProcessor2_0)
+        CrossFrameAttnProcessor2_0,
+    )
 
     originals = [model.attn_processors for model in models]
     for model in models:
@@ -445,9 +584,18 @@ def run_recipe(settings: Settings, family, mode: str, frames: int, chunk: int, s
         pipe = family.pipes["recipe_text2video"]
         for ids in recipe_chunks(frames, chunk):
             generator.manual_seed(0)
-            result = pipe(prompt=PROMPTS[mode], video_length=len(ids), height=size, width=size,
-                          num_inference_steps=steps, generator=generator, frame_ids=ids, t0=t0, t1=t1,
-                          output_type="np")
+            result = pipe(
+                prompt=PROMPTS[mode],
+                video_length=len(ids),
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                generator=generator,
+                frame_ids=ids,
+                t0=t0,
+                t1=t1,
+                output_type="np",
+            )
             out.append(np.asarray(result.images)[1:])
         return (np.concatenate(out) * 255).round().astype(np.uint8)
     images = [Image.fromarray(frame) for frame in cond]
@@ -455,20 +603,36 @@ def run_recipe(settings: Settings, family, mode: str, frames: int, chunk: int, s
         pipe = family.pipes["canny"]
         vsf = 2 ** (len(family.vae.config.block_out_channels) - 1)
         # The docs: one latent, repeated for every frame of the chunk.
-        latent = torch.randn((1, 4, size // vsf, size // vsf), generator=generator.manual_seed(0),
-                             device=settings.device, dtype=family.dtype)
+        latent = torch.randn(
+            (1, 4, size // vsf, size // vsf),
+            generator=generator.manual_seed(0),
+            device=settings.device,
+            dtype=family.dtype,
+        )
         with recipe_processors(2, family.unet, family.controlnet):
             for ids in recipe_chunks(frames, chunk):
-                result = pipe(prompt=[PROMPTS[mode]] * len(ids), image=[images[i] for i in ids], height=size, width=size,
-                              num_inference_steps=steps, latents=latent.repeat(len(ids), 1, 1, 1), output_type="np")
+                result = pipe(
+                    prompt=[PROMPTS[mode]] * len(ids),
+                    image=[images[i] for i in ids],
+                    height=size,
+                    width=size,
+                    num_inference_steps=steps,
+                    latents=latent.repeat(len(ids), 1, 1, 1),
+                    output_type="np",
+                )
                 out.append(result.images[1:])
     elif mode == "pix2pix" and not sdxl:
         pipe = family.pipes["pix2pix"]
         with recipe_processors(3, family.pix2pix_unet):
             for ids in recipe_chunks(frames, chunk):
                 generator.manual_seed(0)
-                result = pipe(prompt=[PROMPTS[mode]] * len(ids), image=[images[i] for i in ids],
-                              num_inference_steps=steps, generator=generator, output_type="np")
+                result = pipe(
+                    prompt=[PROMPTS[mode]] * len(ids),
+                    image=[images[i] for i in ids],
+                    num_inference_steps=steps,
+                    generator=generator,
+                    output_type="np",
+                )
                 out.append(result.images[1:])
     else:
         raise ValueError(mode)
@@ -487,13 +651,16 @@ def warmup(settings: Settings, fn) -> None:
 
 # ================================================================ results file
 
+
 class Results:
     """Every section's numbers and notes; rewrites the markdown (and json) after each section."""
 
     def __init__(self, path: Path, settings: Settings):
         self.path, self.settings = path, settings
-        self.data: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-                           "sections": {}}
+        self.data: dict = {
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+            "sections": {},
+        }
         self.started = time.perf_counter()
 
     def put(self, section: str, value: dict) -> None:
@@ -519,11 +686,17 @@ def render(data: dict) -> str:
     smoke = s["smoke"]
     out = ["# t2vz on a GPU: real model sizes (bench/gpu.py)", ""]
     if smoke:
-        out += ["**SMOKE RUN**: tiny models on the CPU, a few frames and steps; these numbers say only that the "
-                "code runs. The real figures come from `make bench-gpu` on a CUDA machine.", ""]
-    out += [f"Settings: {s['size']} px (SDXL {s['sdxl_size']} px), {s['steps']} steps, CFG 7.5, {s['frames']} frames, "
-            f"chunk sizes {', '.join(map(str, s['chunks']))}, dtype {s['dtype_name']}, device {s['device']}. "
-            f"Total time of this run: {data.get('elapsed_s')} s.", ""]
+        out += [
+            "**SMOKE RUN**: tiny models on the CPU, a few frames and steps; these numbers say only that the "
+            "code runs. The real figures come from `make bench-gpu` on a CUDA machine.",
+            "",
+        ]
+    out += [
+        f"Settings: {s['size']} px (SDXL {s['sdxl_size']} px), {s['steps']} steps, CFG 7.5, {s['frames']} frames, "
+        f"chunk sizes {', '.join(map(str, s['chunks']))}, dtype {s['dtype_name']}, device {s['device']}. "
+        f"Total time of this run: {data.get('elapsed_s')} s.",
+        "",
+    ]
     for name in SECTIONS:
         value = sections.get(name)
         out += [f"## {name}", ""]
@@ -543,16 +716,46 @@ def render(data: dict) -> str:
 
 
 def render_plain(value: dict) -> list[str]:
-    rows = [[k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v]
-            for k, v in value.items() if k not in ("notes", "error")]
+    rows = [
+        [k, json.dumps(v, default=str) if isinstance(v, (dict, list)) else v]
+        for k, v in value.items()
+        if k not in ("notes", "error")
+    ]
     return [table(["what", "value"], rows), ""]
 
 
 def render_throughput(value: dict) -> list[str]:
-    rows = [[r["family"], r["mode"], r["chunk"], r["frames"], r["t2vz_fps"], gib(r["t2vz_peak"]), r["recipe_fps"],
-             gib(r["recipe_peak"]), r["ratio"]] for r in value.get("rows", [])]
-    out = [table(["model", "mode", "chunk", "frames", "t2vz frames/s", "t2vz peak GiB", "recipe frames/s",
-                  "recipe peak GiB", "t2vz / recipe"], rows), ""]
+    rows = [
+        [
+            r["family"],
+            r["mode"],
+            r["chunk"],
+            r["frames"],
+            r["t2vz_fps"],
+            gib(r["t2vz_peak"]),
+            r["recipe_fps"],
+            gib(r["recipe_peak"]),
+            r["ratio"],
+        ]
+        for r in value.get("rows", [])
+    ]
+    out = [
+        table(
+            [
+                "model",
+                "mode",
+                "chunk",
+                "frames",
+                "t2vz frames/s",
+                "t2vz peak GiB",
+                "recipe frames/s",
+                "recipe peak GiB",
+                "t2vz / recipe",
+            ],
+            rows,
+        ),
+        "",
+    ]
     if value.get("goal"):
         out += [table(["goal (canny, chunk 8)", "value", "target", "met"], value["goal"]), ""]
     return out
@@ -563,31 +766,58 @@ def render_rows(key: str, headers: list[str], fields: list[str]):
         rows = [[r.get(f) if not f.endswith("peak") else gib(r.get(f)) for f in fields] for r in value.get(key, [])]
         extra = {k: v for k, v in value.items() if k not in (key, "notes", "error")}
         return [table(headers, rows), ""] + (render_plain(extra) if extra else [])
+
     return render_fn
 
 
 RENDER = {
     "throughput": render_throughput,
     "sdxl": render_throughput,
-    "flops": render_rows("models", ["model", "input shape", "TFLOP per call", "TFLOP per sample"],
-                         ["model", "shape", "tflop_call", "tflop_sample"]),
-    "finite": render_rows("rows", ["dtype", "model", "mode", "finite", "min", "max"],
-                          ["dtype", "family", "mode", "finite", "min", "max"]),
-    "precision": render_rows("rows", ["dtype", "mode", "mean abs diff", "max abs diff", "tolerance (mean)", "ok"],
-                             ["dtype", "mode", "mean_abs", "max_abs", "tolerance", "ok"]),
-    "max_chunk": render_rows("rows", ["mode", "px", "largest chunk that fits", "peak GiB at it", "probes"],
-                             ["mode", "size", "max_chunk", "peak", "probes"]),
-    "offload": render_rows("rows", ["offload", "frames/s", "peak GiB", "max abs diff vs none", "ok"],
-                           ["offload", "fps", "peak", "max_abs_diff", "ok"]),
-    "fast_paths": render_rows("rows", ["fast path", "setting", "value", "unit", "against default"],
-                              ["path", "setting", "value", "unit", "vs_default"]),
-    "compile": render_rows("rows", ["variant", "first video s (incl. compile)", "graphs compiled in 1st video",
-                                    "graphs compiled in 2nd video", "frames/s (2nd video)", "vs eager"],
-                           ["variant", "first_s", "graphs_first", "graphs_second", "fps", "vs_eager"]),
+    "flops": render_rows(
+        "models",
+        ["model", "input shape", "TFLOP per call", "TFLOP per sample"],
+        ["model", "shape", "tflop_call", "tflop_sample"],
+    ),
+    "finite": render_rows(
+        "rows", ["dtype", "model", "mode", "finite", "min", "max"], ["dtype", "family", "mode", "finite", "min", "max"]
+    ),
+    "precision": render_rows(
+        "rows",
+        ["dtype", "mode", "mean abs diff", "max abs diff", "tolerance (mean)", "ok"],
+        ["dtype", "mode", "mean_abs", "max_abs", "tolerance", "ok"],
+    ),
+    "max_chunk": render_rows(
+        "rows",
+        ["mode", "px", "largest chunk that fits", "peak GiB at it", "probes"],
+        ["mode", "size", "max_chunk", "peak", "probes"],
+    ),
+    "offload": render_rows(
+        "rows",
+        ["offload", "frames/s", "peak GiB", "max abs diff vs none", "ok"],
+        ["offload", "fps", "peak", "max_abs_diff", "ok"],
+    ),
+    "fast_paths": render_rows(
+        "rows",
+        ["fast path", "setting", "value", "unit", "against default"],
+        ["path", "setting", "value", "unit", "vs_default"],
+    ),
+    "compile": render_rows(
+        "rows",
+        [
+            "variant",
+            "first video s (incl. compile)",
+            "graphs compiled in 1st video",
+            "graphs compiled in 2nd video",
+            "frames/s (2nd video)",
+            "vs eager",
+        ],
+        ["variant", "first_s", "graphs_first", "graphs_second", "fps", "vs_eager"],
+    ),
 }
 
 
 # ================================================================ sections
+
 
 class Bench:
     def __init__(self, settings: Settings, results: Results, tmp: Path, budget_s: float | None):
@@ -613,8 +843,13 @@ class Bench:
         try:
             for name in names:
                 if self.left_s() < ESTIMATE_S[name] * (0.05 if self.s.smoke else 1):
-                    self.results.put(name, {"skipped": f"time budget: {self.left_s():.0f} s left, the section needs "
-                                                       f"about {ESTIMATE_S[name]} s"})
+                    self.results.put(
+                        name,
+                        {
+                            "skipped": f"time budget: {self.left_s():.0f} s left, the section needs "
+                            f"about {ESTIMATE_S[name]} s"
+                        },
+                    )
                     continue
                 log(f"section {name}")
                 started = time.perf_counter()
@@ -636,19 +871,31 @@ class Bench:
     def section_env(self) -> dict:
         import torch
 
-        info = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
-                "cuda (torch build)": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        info = {
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda (torch build)": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
         for name in ("diffusers", "transformers", "accelerate", "prefect"):
             info[name] = metadata.version(name)
         if self.s.device == "cuda":
             props = torch.cuda.get_device_properties(0)
-            info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                        memory_gib=round(props.total_memory / 2**30, 1), driver=nvidia_smi_field("driver_version"),
-                        peak_fp16_tflops=self.peak_tflops())
+            info.update(
+                gpu=props.name,
+                capability=f"{props.major}.{props.minor}",
+                memory_gib=round(props.total_memory / 2**30, 1),
+                driver=nvidia_smi_field("driver_version"),
+                peak_fp16_tflops=self.peak_tflops(),
+            )
         else:
-            info.update(gpu="none (CPU smoke run)", cpu=platform.processor() or platform.machine(),
-                        threads=torch.get_num_threads())
+            info.update(
+                gpu="none (CPU smoke run)",
+                cpu=platform.processor() or platform.machine(),
+                threads=torch.get_num_threads(),
+            )
         return info
 
     def peak_tflops(self) -> float | None:
@@ -681,26 +928,36 @@ class Bench:
         }
         for model, call in calls.items():
             flops = count_flops(call)
-            rows.append({"model": model, "shape": f"2x{'8' if 'Pix' in model else '4'}x{latent}x{latent}",
-                         "flops_call": flops, "tflop_call": round(flops / 1e12, 4),
-                         "tflop_sample": round(flops / 2e12, 4)})
+            rows.append(
+                {
+                    "model": model,
+                    "shape": f"2x{'8' if 'Pix' in model else '4'}x{latent}x{latent}",
+                    "flops_call": flops,
+                    "tflop_call": round(flops / 1e12, 4),
+                    "tflop_sample": round(flops / 2e12, 4),
+                }
+            )
         by = {r["model"]: r["tflop_sample"] for r in rows}
         peak = self.peak_tflops()
         per_frame_unet = by["SD1.5 UNet"] * 2 * s.steps  # CFG: two UNet samples per frame and step
         per_frame_both = (by["SD1.5 UNet"] + by["SD1.5 ControlNet"]) * 2 * s.steps
-        value = {"models": rows, "peak_fp16_tflops": peak,
-                 "canny_tflop_per_frame_unet": round(per_frame_unet, 3),
-                 "canny_tflop_per_frame_unet_controlnet": round(per_frame_both, 3),
-                 "limit_fps_unet": round(peak / per_frame_unet, 3) if peak else None,
-                 "limit_fps_unet_controlnet": round(peak / per_frame_both, 3) if peak else None,
-                 "notes": [
-                     "Counted with torch.utils.flop_counter.FlopCounterMode around one call at batch 2 (CFG) and "
-                     f"{s.size} px ({latent}x{latent} latents) on the run's device: matmuls, convolutions and "
-                     "attention (SDPA), 2 FLOPs per multiply-add; elementwise ops and norms are not counted.",
-                     "limit_fps = peak / (TFLOP per sample x 2 CFG branches x steps): the frames/s the GPU's dense "
-                     "fp16 tensor peak allows. The issue's goal uses the UNet alone; canny also runs the ControlNet "
-                     "every step, so the UNet+ControlNet limit is the one a canny run can actually approach.",
-                     "Peak: NVIDIA data-sheet dense fp16 (no sparsity) by GPU name, or --peak-tflops."]}
+        value = {
+            "models": rows,
+            "peak_fp16_tflops": peak,
+            "canny_tflop_per_frame_unet": round(per_frame_unet, 3),
+            "canny_tflop_per_frame_unet_controlnet": round(per_frame_both, 3),
+            "limit_fps_unet": round(peak / per_frame_unet, 3) if peak else None,
+            "limit_fps_unet_controlnet": round(peak / per_frame_both, 3) if peak else None,
+            "notes": [
+                "Counted with torch.utils.flop_counter.FlopCounterMode around one call at batch 2 (CFG) and "
+                f"{s.size} px ({latent}x{latent} latents) on the run's device: matmuls, convolutions and "
+                "attention (SDPA), 2 FLOPs per multiply-add; elementwise ops and norms are not counted.",
+                "limit_fps = peak / (TFLOP per sample x 2 CFG branches x steps): the frames/s the GPU's dense "
+                "fp16 tensor peak allows. The issue's goal uses the UNet alone; canny also runs the ControlNet "
+                "every step, so the UNet+ControlNet limit is the one a canny run can actually approach.",
+                "Peak: NVIDIA data-sheet dense fp16 (no sparsity) by GPU name, or --peak-tflops.",
+            ],
+        }
         self.flops = value
         return value
 
@@ -708,16 +965,21 @@ class Bench:
     def section_throughput(self) -> dict:
         s = self.s
         rows = self.grid(self.sd, ("canny", "pix2pix", "text2video"), s.frames, s.chunks, s.size)
-        value = {"rows": rows, "goal": self.goal(rows), "notes": [
-            f"One run: for each mode and chunk size, a warm-up of {s.warmup_steps} steps on the same shapes, then "
-            "t2vz and the recipe timed back to back (device synchronized; peak = torch.cuda.max_memory_allocated "
-            "reset before each timed run, weights included).",
-            "t2vz: t2vz_core.engine.generate with the default Runtime fast paths (denoising step-major, anchor "
-            "frame evaluated once per step, one VAE call per chunk). Recipe: the diffusers docs' pipelines with "
-            "CrossFrameAttnProcessor2_0 (batch_size 2, or 3 for Instruct-Pix2Pix), called per chunk with frame 0 "
-            "prepended (chunk_ids = arange(0, n, chunk - 1)); text2video: TextToVideoZeroPipeline with frame_ids, "
-            "reseeded per chunk. Both decode to uint8 arrays (recipe: output_type='np').",
-            "Same weights (one set of modules), same control maps / source frames, same steps, CFG 7.5."]}
+        value = {
+            "rows": rows,
+            "goal": self.goal(rows),
+            "notes": [
+                f"One run: for each mode and chunk size, a warm-up of {s.warmup_steps} steps on the same shapes, then "
+                "t2vz and the recipe timed back to back (device synchronized; peak = torch.cuda.max_memory_allocated "
+                "reset before each timed run, weights included).",
+                "t2vz: t2vz_core.engine.generate with the default Runtime fast paths (denoising step-major, anchor "
+                "frame evaluated once per step, one VAE call per chunk). Recipe: the diffusers docs' pipelines with "
+                "CrossFrameAttnProcessor2_0 (batch_size 2, or 3 for Instruct-Pix2Pix), called per chunk with frame 0 "
+                "prepended (chunk_ids = arange(0, n, chunk - 1)); text2video: TextToVideoZeroPipeline with frame_ids, "
+                "reseeded per chunk. Both decode to uint8 arrays (recipe: output_type='np').",
+                "Same weights (one set of modules), same control maps / source frames, same steps, CFG 7.5.",
+            ],
+        }
         self.throughput = rows
         return value
 
@@ -734,6 +996,7 @@ class Bench:
             pipe = t2vz_pipe(family, mode)
             fast_paths.apply(pipe, Runtime(device=s.device), torch.device(s.device))  # the defaults
             for chunk in chunks:
+
                 def ours(steps, chunk=chunk):
                     return run_t2vz(s, pipe, mode, frames, chunk, steps, size, cond)
 
@@ -748,30 +1011,60 @@ class Bench:
                 t_theirs, peak_theirs, out_theirs = measure(s.device, lambda: theirs(s.steps))
                 free_memory(s.device)
                 assert out_ours.shape == out_theirs.shape, (out_ours.shape, out_theirs.shape)
-                rows.append({"family": "SDXL" if isinstance(family, SDXL) else "SD1.5", "mode": mode, "chunk": chunk,
-                             "frames": frames, "t2vz_s": round(t_ours, 3), "t2vz_fps": round(frames / t_ours, 3),
-                             "t2vz_peak": peak_ours, "recipe_s": round(t_theirs, 3),
-                             "recipe_fps": round(frames / t_theirs, 3), "recipe_peak": peak_theirs,
-                             "ratio": round(t_theirs / t_ours, 3)})
+                rows.append(
+                    {
+                        "family": "SDXL" if isinstance(family, SDXL) else "SD1.5",
+                        "mode": mode,
+                        "chunk": chunk,
+                        "frames": frames,
+                        "t2vz_s": round(t_ours, 3),
+                        "t2vz_fps": round(frames / t_ours, 3),
+                        "t2vz_peak": peak_ours,
+                        "recipe_s": round(t_theirs, 3),
+                        "recipe_fps": round(frames / t_theirs, 3),
+                        "recipe_peak": peak_theirs,
+                        "ratio": round(t_theirs / t_ours, 3),
+                    }
+                )
                 log(f"    t2vz {frames / t_ours:.3f} frames/s, recipe {frames / t_theirs:.3f} frames/s")
         return rows
 
     def goal(self, rows: list[dict], best_fps: float | None = None, best_label: str = "default fast paths"):
-        row = next((r for r in rows if r["mode"] == "canny" and r["chunk"] == (8 if not self.s.smoke else self.s.chunks[0])),
-                   None)
+        row = next(
+            (r for r in rows if r["mode"] == "canny" and r["chunk"] == (8 if not self.s.smoke else self.s.chunks[0])),
+            None,
+        )
         if row is None:
             return None
         fps = best_fps or row["t2vz_fps"]
-        out = [[f"t2vz / recipe frames/s ({best_label})", round(fps / row["recipe_fps"], 3), f">= {GOAL_RATIO}",
-                fps / row["recipe_fps"] >= GOAL_RATIO]]
+        out = [
+            [
+                f"t2vz / recipe frames/s ({best_label})",
+                round(fps / row["recipe_fps"], 3),
+                f">= {GOAL_RATIO}",
+                fps / row["recipe_fps"] >= GOAL_RATIO,
+            ]
+        ]
         flops = getattr(self, "flops", None)
         if flops and flops.get("limit_fps_unet"):
             share = fps / flops["limit_fps_unet"]
-            out.append([f"share of the UNet-FLOPs limit ({flops['limit_fps_unet']} frames/s)", round(share, 3),
-                        f">= {GOAL_PEAK_SHARE}", share >= GOAL_PEAK_SHARE])
+            out.append(
+                [
+                    f"share of the UNet-FLOPs limit ({flops['limit_fps_unet']} frames/s)",
+                    round(share, 3),
+                    f">= {GOAL_PEAK_SHARE}",
+                    share >= GOAL_PEAK_SHARE,
+                ]
+            )
             both = fps / flops["limit_fps_unet_controlnet"]
-            out.append([f"share of the UNet+ControlNet limit ({flops['limit_fps_unet_controlnet']} frames/s)",
-                        round(both, 3), "(informative)", ""])
+            out.append(
+                [
+                    f"share of the UNet+ControlNet limit ({flops['limit_fps_unet_controlnet']} frames/s)",
+                    round(both, 3),
+                    "(informative)",
+                    "",
+                ]
+            )
         else:
             out.append(["share of the FLOPs limit", None, f">= {GOAL_PEAK_SHARE}", "no GPU peak known"])
         return out
@@ -796,75 +1089,139 @@ class Bench:
             return frames / seconds, peak
 
         default_fps, default_peak = fps(label="default")
-        rows.append({"path": "default Runtime()", "setting": "", "value": round(default_fps, 3), "unit": "frames/s",
-                     "vs_default": 1.0})
+        rows.append(
+            {
+                "path": "default Runtime()",
+                "setting": "",
+                "value": round(default_fps, 3),
+                "unit": "frames/s",
+                "vs_default": 1.0,
+            }
+        )
         # channels_last
         fast_paths.apply(pipe, Runtime(device=s.device, channels_last=True), torch.device(s.device))
         cl_fps, _ = fps(label="channels_last")
         fast_paths.undo(pipe)
-        rows.append({"path": "channels_last", "setting": "on", "value": round(cl_fps, 3), "unit": "frames/s",
-                     "vs_default": round(cl_fps / default_fps, 3)})
+        rows.append(
+            {
+                "path": "channels_last",
+                "setting": "on",
+                "value": round(cl_fps, 3),
+                "unit": "frames/s",
+                "vs_default": round(cl_fps / default_fps, 3),
+            }
+        )
         # SDPA kernel of the cross-frame attention
         attention = cross_frame_attention_kernels(s, sd, frames=chunk)
         for backend, info in attention["backends"].items():
-            rows.append({"path": "cross-frame attention SDPA", "setting": backend,
-                         "value": info.get("ms", info.get("error")), "unit": "ms per call" if "ms" in info else "",
-                         "vs_default": info.get("vs_auto")})
+            rows.append(
+                {
+                    "path": "cross-frame attention SDPA",
+                    "setting": backend,
+                    "value": info.get("ms", info.get("error")),
+                    "unit": "ms per call" if "ms" in info else "",
+                    "vs_default": info.get("vs_auto"),
+                }
+            )
         # VAE decoding: one call per chunk (default) against frame by frame (vae_slicing)
         decode = vae_decode_speed(s, sd, chunk)
-        rows.append({"path": "VAE decode batched by chunk", "setting": f"{chunk} frames per call",
-                     "value": decode["batched_fps"], "unit": "frames/s", "vs_default": 1.0})
-        rows.append({"path": "VAE decode frame by frame", "setting": "vae_slicing",
-                     "value": decode["sliced_fps"], "unit": "frames/s",
-                     "vs_default": round(decode["sliced_fps"] / decode["batched_fps"], 3)})
+        rows.append(
+            {
+                "path": "VAE decode batched by chunk",
+                "setting": f"{chunk} frames per call",
+                "value": decode["batched_fps"],
+                "unit": "frames/s",
+                "vs_default": 1.0,
+            }
+        )
+        rows.append(
+            {
+                "path": "VAE decode frame by frame",
+                "setting": "vae_slicing",
+                "value": decode["sliced_fps"],
+                "unit": "frames/s",
+                "vs_default": round(decode["sliced_fps"] / decode["batched_fps"], 3),
+            }
+        )
         # TF32: only fp32 work is affected
         tf32 = tf32_speed(s, sd, chunk)
         rows += tf32
-        return {"rows": rows, "attention": attention, "notes": [
-            f"canny, {frames} frames, chunk {chunk}, {s.steps} steps; one fast path changed at a time "
-            "(t2vz_core.engine.fast_paths.apply, then undo).",
-            "Cross-frame attention: one CrossFrameAttnProcessor call of the first down block at the real shape "
-            f"(query ({chunk}*S) rows per guidance branch against the anchor's S), timed under "
-            "torch.nn.attention.sdpa_kernel restricted to each backend; 'auto_picks' is the backend torch "
-            "chooses for that call's exact arguments (torch._fused_sdp_choice).",
-            "TF32 changes fp32 work only (the fp16 default is unaffected): measured in fp32, "
-            f"{s.check_steps} steps, tf32 on vs off.",
-            "VAE: the engine decodes one chunk of frames per VAE call (generate.decode_spans); vae_slicing "
-            "decodes them one by one."]}
+        return {
+            "rows": rows,
+            "attention": attention,
+            "notes": [
+                f"canny, {frames} frames, chunk {chunk}, {s.steps} steps; one fast path changed at a time "
+                "(t2vz_core.engine.fast_paths.apply, then undo).",
+                "Cross-frame attention: one CrossFrameAttnProcessor call of the first down block at the real shape "
+                f"(query ({chunk}*S) rows per guidance branch against the anchor's S), timed under "
+                "torch.nn.attention.sdpa_kernel restricted to each backend; 'auto_picks' is the backend torch "
+                "chooses for that call's exact arguments (torch._fused_sdp_choice).",
+                "TF32 changes fp32 work only (the fp16 default is unaffected): measured in fp32, "
+                f"{s.check_steps} steps, tf32 on vs off.",
+                "VAE: the engine decodes one chunk of frames per VAE call (generate.decode_spans); vae_slicing "
+                "decodes them one by one.",
+            ],
+        }
 
     # ------------------------------------------------------------ finite outputs in fp16 / bf16
     def section_finite(self) -> dict:
         import numpy as np
-        import torch
 
         s = self.s
         rows = []
         for name in s.precisions:
             dtype = torch_dtype(name)
-            families = [("SD1.5", self.sd if self.sd.dtype == dtype else self.sd.cast(dtype), s.check_size or s.size,
-                         s.check_modes)]
+            families = [
+                (
+                    "SD1.5",
+                    self.sd if self.sd.dtype == dtype else self.sd.cast(dtype),
+                    s.check_size or s.size,
+                    s.check_modes,
+                )
+            ]
             sdxl = SDXL(s, dtype)
-            families.append(("SDXL", sdxl, s.check_size or s.sdxl_size,
-                             tuple(m for m in s.check_modes if m != "pix2pix")))
+            families.append(
+                ("SDXL", sdxl, s.check_size or s.sdxl_size, tuple(m for m in s.check_modes if m != "pix2pix"))
+            )
             for family_name, family, size, modes in families:
                 for mode in modes:
-                    out = run_t2vz(s, t2vz_pipe(family, mode), mode, s.check_frames, 2, s.check_steps, size,
-                                   conditioning(mode, s.check_frames, size), output_dtype=np.float32)
-                    rows.append({"dtype": name, "family": family_name, "mode": mode,
-                                 "finite": bool(np.isfinite(out).all()), "min": float(np.nanmin(out)),
-                                 "max": float(np.nanmax(out))})
+                    out = run_t2vz(
+                        s,
+                        t2vz_pipe(family, mode),
+                        mode,
+                        s.check_frames,
+                        2,
+                        s.check_steps,
+                        size,
+                        conditioning(mode, s.check_frames, size),
+                        output_dtype=np.float32,
+                    )
+                    rows.append(
+                        {
+                            "dtype": name,
+                            "family": family_name,
+                            "mode": mode,
+                            "finite": bool(np.isfinite(out).all()),
+                            "min": float(np.nanmin(out)),
+                            "max": float(np.nanmax(out)),
+                        }
+                    )
             rows.append(sdxl_vae_raw(s, sdxl, name))
             del sdxl, families
             free_memory(s.device)
-        notes = [f"t2vz generate, {s.check_frames} frames, chunk 2 (record and replay of the anchor), "
-                 f"{s.check_steps} steps, frames as float32 before the uint8 rounding (NaN would stay NaN).",
-                 "SDXL's VAE: the engine decodes in fp32 when the fp16 VAE's config says force_upcast (as the SDXL "
-                 "pipelines do); the 'SDXL VAE alone' row decodes random latents in the dtype itself, no upcast.",
-                 "Random weights show that every dtype path runs and stays finite; the fp16 overflow of the "
-                 "trained SDXL VAE (Text2Video-Zero issue 80) needs trained weights, hence the upcast."]
+        notes = [
+            f"t2vz generate, {s.check_frames} frames, chunk 2 (record and replay of the anchor), "
+            f"{s.check_steps} steps, frames as float32 before the uint8 rounding (NaN would stay NaN).",
+            "SDXL's VAE: the engine decodes in fp32 when the fp16 VAE's config says force_upcast (as the SDXL "
+            "pipelines do); the 'SDXL VAE alone' row decodes random latents in the dtype itself, no upcast.",
+            "Random weights show that every dtype path runs and stays finite; the fp16 overflow of the "
+            "trained SDXL VAE (Text2Video-Zero issue 80) needs trained weights, hence the upcast.",
+        ]
         if s.smoke:
-            notes.append("CPU smoke: fp16 is not run (Runtime refuses fp16 on cpu); bf16 only for canny at 16 px "
-                         "(this CPU's bf16 convolutions take aten's slow reference kernel).")
+            notes.append(
+                "CPU smoke: fp16 is not run (Runtime refuses fp16 on cpu); bf16 only for canny at 16 px "
+                "(this CPU's bf16 convolutions take aten's slow reference kernel)."
+            )
         return {"rows": rows, "all_finite": all(r["finite"] for r in rows), "notes": notes}
 
     # ------------------------------------------------------------ fp16 / bf16 against fp32
@@ -878,9 +1235,20 @@ class Bench:
         fast_paths.set_tf32(torch.device(s.device), False)  # the reference is plain fp32
         size = s.check_size or s.size
         ref_family = self.sd.cast(torch.float32) if self.sd.dtype != torch.float32 else self.sd
-        refs = {mode: run_t2vz(s, t2vz_pipe(ref_family, mode), mode, s.check_frames, 2, s.check_steps, size,
-                               conditioning(mode, s.check_frames, size), output_dtype=np.float32)
-                for mode in s.check_modes}
+        refs = {
+            mode: run_t2vz(
+                s,
+                t2vz_pipe(ref_family, mode),
+                mode,
+                s.check_frames,
+                2,
+                s.check_steps,
+                size,
+                conditioning(mode, s.check_frames, size),
+                output_dtype=np.float32,
+            )
+            for mode in s.check_modes
+        }
         if ref_family is not self.sd:
             del ref_family
         free_memory(s.device)
@@ -888,21 +1256,41 @@ class Bench:
         for name in s.precisions:
             family = self.sd if self.sd.dtype == torch_dtype(name) else self.sd.cast(torch_dtype(name))
             for mode, ref in refs.items():
-                out = run_t2vz(s, t2vz_pipe(family, mode), mode, s.check_frames, 2, s.check_steps, size,
-                               conditioning(mode, s.check_frames, size), output_dtype=np.float32)
+                out = run_t2vz(
+                    s,
+                    t2vz_pipe(family, mode),
+                    mode,
+                    s.check_frames,
+                    2,
+                    s.check_steps,
+                    size,
+                    conditioning(mode, s.check_frames, size),
+                    output_dtype=np.float32,
+                )
                 diff = np.abs(out.astype(np.float64) - ref)
-                rows.append({"dtype": name, "mode": mode, "mean_abs": round(float(diff.mean()), 5),
-                             "max_abs": round(float(diff.max()), 4), "tolerance": round(TOLERANCE[name], 5),
-                             "ok": bool(diff.mean() <= TOLERANCE[name])})
+                rows.append(
+                    {
+                        "dtype": name,
+                        "mode": mode,
+                        "mean_abs": round(float(diff.mean()), 5),
+                        "max_abs": round(float(diff.max()), 4),
+                        "tolerance": round(TOLERANCE[name], 5),
+                        "ok": bool(diff.mean() <= TOLERANCE[name]),
+                    }
+                )
             del family
             free_memory(s.device)
         fast_paths.set_tf32(torch.device(s.device), True)
-        return {"rows": rows, "notes": [
-            f"The same weights (fp16-representable, so the fp32 copy is exact) in fp32 with TF32 off, and in each "
-            f"dtype; {s.check_frames} frames, chunk 2, {s.check_steps} steps; pixel values in [0, 1].",
-            "Tolerance: mean |difference| <= 2/255 for fp16, 6/255 for bf16 (bf16 keeps 8 mantissa bits to "
-            "fp16's 11). Max differences are reported, not bounded: a few pixels near a rounding edge of the "
-            "DDIM trajectory may move further."]}
+        return {
+            "rows": rows,
+            "notes": [
+                f"The same weights (fp16-representable, so the fp32 copy is exact) in fp32 with TF32 off, and in each "
+                f"dtype; {s.check_frames} frames, chunk 2, {s.check_steps} steps; pixel values in [0, 1].",
+                "Tolerance: mean |difference| <= 2/255 for fp16, 6/255 for bf16 (bf16 keeps 8 mantissa bits to "
+                "fp16's 11). Max differences are reported, not bounded: a few pixels near a rounding edge of the "
+                "DDIM trajectory may move further.",
+            ],
+        }
 
     # ------------------------------------------------------------ runs through the CLI (child processes)
     def models_on_disk(self) -> dict[str, Path]:
@@ -918,9 +1306,15 @@ class Bench:
 
             self.server, api = start_server(self.tmp)
             env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "T2VZ_FAULTS", "T2VZ_GPU_LIMIT")}
-            env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_HOME=str(self.tmp / "client-home"),
-                       PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING",
-                       PREFECT_API_URL=api, T2VZ_ALLOWED_ROOTS=str(self.tmp))
+            env.update(
+                HF_HUB_OFFLINE="1",
+                TRANSFORMERS_OFFLINE="1",
+                PREFECT_HOME=str(self.tmp / "client-home"),
+                PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_LOGGING_LEVEL="WARNING",
+                PREFECT_API_URL=api,
+                T2VZ_ALLOWED_ROOTS=str(self.tmp),
+            )
             self.env = env
         return self.env
 
@@ -933,8 +1327,16 @@ class Bench:
         """A manifest row on the saved models; rows must differ (seed), or the content-addressed work
         folder would run two identical rows once."""
         models = self.models_on_disk()
-        row = {"job_id": job_id, "mode": mode, "prompt": PROMPTS[mode], "seed": seed, "num_inference_steps": steps,
-               "chunk_size": chunk, "resolution": self.s.size, "output": "mp4"}
+        row = {
+            "job_id": job_id,
+            "mode": mode,
+            "prompt": PROMPTS[mode],
+            "seed": seed,
+            "num_inference_steps": steps,
+            "chunk_size": chunk,
+            "resolution": self.s.size,
+            "output": "mp4",
+        }
         if mode == "text2video":
             row.update(model=str(models["sd"]), video_length=frames)
         else:
@@ -946,13 +1348,29 @@ class Bench:
         return row
 
     def cli_child(self, manifest: Path, out: Path, spec: dict, env: dict | None = None) -> subprocess.Popen:
-        args = ["run", str(manifest), "--output-dir", str(out), "--no-progress", "--device", self.s.device,
-                "--dtype", self.s.dtype_name, "--max-workers", str(spec.pop("workers", 2))]
+        args = [
+            "run",
+            str(manifest),
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--device",
+            self.s.device,
+            "--dtype",
+            self.s.dtype_name,
+            "--max-workers",
+            str(spec.pop("workers", 2)),
+        ]
         spec = {"record": str(out.with_suffix(".holds.jsonl")), "summary": str(out.with_suffix(".child.json")), **spec}
         log_file = open(out.with_suffix(".log"), "w")  # noqa: SIM115 - handed to the process
         try:
-            return subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec), *args], cwd=ROOT,
-                                    env=env or self.cli_env(), stdout=log_file, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, __file__, "--child", json.dumps(spec), *args],
+                cwd=ROOT,
+                env=env or self.cli_env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             log_file.close()
 
@@ -971,11 +1389,14 @@ class Bench:
 
     def section_e2e(self) -> dict:
         s = self.s
-        rows = [self.row(job_id, mode, s.e2e_frames, s.chunks[0], s.e2e_steps, seed=seed) for seed, (job_id, mode)
-                in enumerate((("canny-a", "canny"), ("pix2pix", "pix2pix"), ("text2video", "text2video"),
-                              ("canny-b", "canny")), start=1)]
+        rows = [
+            self.row(job_id, mode, s.e2e_frames, s.chunks[0], s.e2e_steps, seed=seed)
+            for seed, (job_id, mode) in enumerate(
+                (("canny-a", "canny"), ("pix2pix", "pix2pix"), ("text2video", "text2video"), ("canny-b", "canny")),
+                start=1,
+            )
+        ]
         manifest = self.manifest("e2e", rows)
-        env = self.cli_env()
         out = self.tmp / "e2e-out"
         sampler = UtilizationSampler(s.device)
         sampler.start()
@@ -989,15 +1410,22 @@ class Bench:
         statuses = [r.get("status") for r in result["report"].get("rows", [])]
         first = min(h["start"] for h in holds) if holds else started
         gen_union = union_seconds([(h["start"], h["end"]) for h in holds])
-        gaps = [round(b["start"] - a["end"], 3) for a, b in zip(sorted(holds, key=lambda h: h["start"]),
-                                                               sorted(holds, key=lambda h: h["start"])[1:])]
+        gaps = [
+            round(b["start"] - a["end"], 3)
+            for a, b in zip(sorted(holds, key=lambda h: h["start"]), sorted(holds, key=lambda h: h["start"])[1:])
+        ]
         cpu_steps = result["summary"].get("cpu_step_seconds", 0.0)
         value = {
-            "rows": len(rows), "statuses": statuses, "generations": len(holds), "frames": frames,
+            "rows": len(rows),
+            "statuses": statuses,
+            "generations": len(holds),
+            "frames": frames,
             "wall_s": round(ended - started, 2),
             "fps_end_to_end": round(frames / (ended - started), 3) if frames else None,
             "run_s (CLI main, after imports)": result["summary"].get("run_s"),
-            "fps_run": round(frames / result["summary"]["run_s"], 3) if frames and result["summary"].get("run_s") else None,
+            "fps_run": round(frames / result["summary"]["run_s"], 3)
+            if frames and result["summary"].get("run_s")
+            else None,
             "generation_s (sum of held device time)": round(sum(h["end"] - h["start"] for h in holds), 2),
             "generation_share_after_first_start": round(gen_union / max(ended - first, 1e-9), 3),
             "gaps_between_generations_s": gaps,
@@ -1019,8 +1447,9 @@ class Bench:
             "gaps are well below the rows' CPU step time (another row's decode/maps/encode ran during a generation).",
         ]
         if s.device != "cuda":
-            value["notes"].append("CPU smoke run: the sampler reads the machine's CPU busy share from /proc/stat "
-                                  "instead of a GPU's.")
+            value["notes"].append(
+                "CPU smoke run: the sampler reads the machine's CPU busy share from /proc/stat instead of a GPU's."
+            )
         return value
 
     def section_oom_retry(self) -> dict:
@@ -1035,21 +1464,27 @@ class Bench:
             cond = conditioning("canny", frames, s.size)
             peaks = {}
             for chunk in (small, big):
-                _, peaks[chunk], _ = measure(s.device, lambda chunk=chunk: run_t2vz(s, sd.pipes["canny"], "canny",
-                                                                                   frames, chunk, 2, s.size, cond))
+                _, peaks[chunk], _ = measure(
+                    s.device,
+                    lambda chunk=chunk: run_t2vz(s, sd.pipes["canny"], "canny", frames, chunk, 2, s.size, cond),
+                )
             total = torch.cuda.get_device_properties(0).total_memory
             # The child loads the same models (SD + ControlNet, fp16) as this process's canny pipe uses;
             # the Instruct-Pix2Pix UNet is also resident here, so its size comes off the measured peaks.
             extra = sum(p.numel() * p.element_size() for p in sd.pix2pix_unet.parameters())
             cap = (peaks[small] + peaks[big]) / 2 - extra
             spec["memory_fraction"] = min(max(cap / total, 0.01), 1.0)
-            how = (f"child's allocator capped at {cap / 2**30:.2f} GiB (torch.cuda.set_per_process_memory_fraction"
-                   f" {spec['memory_fraction']:.4f}), between the peaks of chunk {small} "
-                   f"({(peaks[small] - extra) / 2**30:.2f} GiB) and chunk {big} ({(peaks[big] - extra) / 2**30:.2f} GiB)")
+            how = (
+                f"child's allocator capped at {cap / 2**30:.2f} GiB (torch.cuda.set_per_process_memory_fraction"
+                f" {spec['memory_fraction']:.4f}), between the peaks of chunk {small} "
+                f"({(peaks[small] - extra) / 2**30:.2f} GiB) and chunk {big} ({(peaks[big] - extra) / 2**30:.2f} GiB)"
+            )
         else:
             spec["simulate_oom_above"] = 2 * small  # UNet batch rows (CFG doubles them)
-            how = (f"CPU smoke: the UNet raises torch.OutOfMemoryError for batches above {2 * small} rows "
-                   "(simulated; the real allocator cap runs on the GPU)")
+            how = (
+                f"CPU smoke: the UNet raises torch.OutOfMemoryError for batches above {2 * small} rows "
+                "(simulated; the real allocator cap runs on the GPU)"
+            )
         manifest = self.manifest("oom", [self.row("oom-canny", "canny", frames, big, 2)])
         out = self.tmp / "oom-out"
         proc = self.cli_child(manifest, out, {**spec, "workers": 1})
@@ -1061,24 +1496,38 @@ class Bench:
         effective = (sidecar.get("resolved") or {}).get("effective_chunk_size")
         ooms = result["summary"].get("ooms", {})
         ok = row.get("status") == "ok" and effective == small and sum(ooms.values()) >= 1
-        return {"requested_chunk": big, "effective_chunk": effective, "status": row.get("status"),
-                "out_of_memory_errors": sum(ooms.values()), "halved_after_oom": ok, "how": how,
-                "notes": ["One canny row, chunk_size "
-                          f"{big}, {frames} frames, through `t2vz run` (Prefect task retries): the generate task "
-                          "fails with out-of-memory, tasks.policy records it, the retry runs with the chunk halved; "
-                          "the sidecar's effective_chunk_size says what ran."]}
+        return {
+            "requested_chunk": big,
+            "effective_chunk": effective,
+            "status": row.get("status"),
+            "out_of_memory_errors": sum(ooms.values()),
+            "halved_after_oom": ok,
+            "how": how,
+            "notes": [
+                "One canny row, chunk_size "
+                f"{big}, {frames} frames, through `t2vz run` (Prefect task retries): the generate task "
+                "fails with out-of-memory, tasks.policy records it, the retry runs with the chunk halved; "
+                "the sidecar's effective_chunk_size says what ran."
+            ],
+        }
 
     def start_gpu_limit_workers(self) -> None:
         """Two `t2vz run` processes (one canny row each) under the `t2vz-gpu` limit, started together."""
         s = self.s
         env = self.cli_env()
-        subprocess.run([sys.executable, "-m", "prefect", "gcl", "create", "t2vz-gpu", "--limit", "1"], env=env,
-                       check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "prefect", "gcl", "create", "t2vz-gpu", "--limit", "1"],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
         limited = {**env, "T2VZ_GPU_LIMIT": "t2vz-gpu"}
         self.gpu_limit_workers = []
         for seed, name in enumerate(("worker-a", "worker-b"), start=10):
-            manifest = self.manifest(name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps,
-                                                     seed=seed)])
+            manifest = self.manifest(
+                name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps, seed=seed)]
+            )
             out = self.tmp / f"{name}-out"
             self.gpu_limit_workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
 
@@ -1089,15 +1538,23 @@ class Bench:
         self.gpu_limit_workers = []
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
-        return {"workers": 2, "generations": len(holds), "overlaps_s": overlaps,
-                "one_at_a_time": len(holds) == 2 and not overlaps,
-                "intervals": [[round(h["start"] - holds[0]["start"], 2), round(h["end"] - holds[0]["start"], 2),
-                               h["pid"]] for h in holds],
-                "notes": ["Two `t2vz run` processes started together (each one canny row, --max-workers 1), "
-                          "T2VZ_GPU_LIMIT=t2vz-gpu, the limit created with `prefect gcl create t2vz-gpu --limit 1`; "
-                          "each child records when its generation held the device (inside "
-                          "tasks.policy.hold_device). Separate processes, so only the Prefect limit can serialise "
-                          "them (the in-process lock does not span processes)."]}
+        return {
+            "workers": 2,
+            "generations": len(holds),
+            "overlaps_s": overlaps,
+            "one_at_a_time": len(holds) == 2 and not overlaps,
+            "intervals": [
+                [round(h["start"] - holds[0]["start"], 2), round(h["end"] - holds[0]["start"], 2), h["pid"]]
+                for h in holds
+            ],
+            "notes": [
+                "Two `t2vz run` processes started together (each one canny row, --max-workers 1), "
+                "T2VZ_GPU_LIMIT=t2vz-gpu, the limit created with `prefect gcl create t2vz-gpu --limit 1`; "
+                "each child records when its generation held the device (inside "
+                "tasks.policy.hold_device). Separate processes, so only the Prefect limit can serialise "
+                "them (the in-process lock does not span processes)."
+            ],
+        }
 
     def section_offload(self) -> dict:
         import numpy as np
@@ -1108,8 +1565,10 @@ class Bench:
 
         s = self.s
         if s.device != "cuda":
-            return {"skipped": "offload moves weights between CPU memory and an accelerator: no GPU in this run "
-                               "(Runtime refuses offload on cpu)"}
+            return {
+                "skipped": "offload moves weights between CPU memory and an accelerator: no GPU in this run "
+                "(Runtime refuses offload on cpu)"
+            }
         models = self.models_on_disk()
         frames, chunk = s.check_frames + 1, 2
         cond = conditioning("canny", frames, s.size)
@@ -1122,26 +1581,45 @@ class Bench:
             try:
                 runtime = Runtime(device="cuda", dtype=s.dtype_name, offload=offload)
                 pipe = load_pipeline("sd", models["sd"], models["controlnet"], runtime)
-                seconds, peak, out = measure(s.device, lambda: run_t2vz(s, pipe, "canny", frames, chunk,
-                                                                        s.check_steps, s.size, cond))
+                seconds, peak, out = measure(
+                    s.device, lambda: run_t2vz(s, pipe, "canny", frames, chunk, s.check_steps, s.size, cond)
+                )
                 reference = out if reference is None else reference
                 diff = int(np.abs(out.astype(int) - reference).max())
-                rows.append({"offload": offload, "fps": round(frames / seconds, 3), "peak": peak,
-                             "max_abs_diff": diff, "ok": diff <= 2})
+                rows.append(
+                    {
+                        "offload": offload,
+                        "fps": round(frames / seconds, 3),
+                        "peak": peak,
+                        "max_abs_diff": diff,
+                        "ok": diff <= 2,
+                    }
+                )
             except Exception as exc:  # noqa: BLE001 - a failing offload mode is a result
-                rows.append({"offload": offload, "fps": None, "peak": None, "max_abs_diff": None,
-                             "ok": f"{type(exc).__name__}: {exc}"[:300]})
+                rows.append(
+                    {
+                        "offload": offload,
+                        "fps": None,
+                        "peak": None,
+                        "max_abs_diff": None,
+                        "ok": f"{type(exc).__name__}: {exc}"[:300],
+                    }
+                )
             finally:
                 pipe = None
         reset_cache()
         free_memory(s.device)
         torch.cuda.reset_peak_memory_stats()
-        return {"rows": rows, "notes": [
-            f"t2vz_core.models.load_pipeline from the saved random-weight models (canny, {frames} frames, chunk "
-            f"{chunk}, {s.check_steps} steps) with Runtime(offload=...): enable_model_cpu_offload / "
-            "enable_sequential_cpu_offload; peak = device memory while generating; output compared with offload "
-            "none (max |difference| in uint8 levels, ok <= 2). Sequential offload with CLIP embeddings has a "
-            "known accelerate failure: an error here is that failure."]}
+        return {
+            "rows": rows,
+            "notes": [
+                f"t2vz_core.models.load_pipeline from the saved random-weight models (canny, {frames} frames, chunk "
+                f"{chunk}, {s.check_steps} steps) with Runtime(offload=...): enable_model_cpu_offload / "
+                "enable_sequential_cpu_offload; peak = device memory while generating; output compared with offload "
+                "none (max |difference| in uint8 levels, ok <= 2). Sequential offload with CLIP embeddings has a "
+                "known accelerate failure: an error here is that failure."
+            ],
+        }
 
     def section_max_chunk(self) -> dict:
         s = self.s
@@ -1156,17 +1634,25 @@ class Bench:
                 log(f"  {mode} {size} px: largest chunk {fits}")
         notes = []
         if s.simulated_memory_rows:
-            notes.append(f"CPU smoke: canny at {s.size} px only, the 'memory' simulated (UNet batches above "
-                         f"{s.simulated_memory_rows} rows raise torch.OutOfMemoryError), so the search itself runs.")
-        return {"rows": rows, "notes": notes + [
-            "Probe: one generate with video_length = chunk_size = c (one UNet batch of c frames per guidance branch, "
-            "one VAE call of c frames), 2 steps; torch.OutOfMemoryError means it does not fit. c doubles from 8 "
-            f"until it fails (or reaches {s.max_chunk_cap}), then a binary search; the device's other resident "
-            "models (the SD1.5 set of this bench: UNet, ControlNet, Instruct-Pix2Pix UNet, VAE, text encoder, fp16) "
-            "take their share, as a worker's cache would."]}
+            notes.append(
+                f"CPU smoke: canny at {s.size} px only, the 'memory' simulated (UNet batches above "
+                f"{s.simulated_memory_rows} rows raise torch.OutOfMemoryError), so the search itself runs."
+            )
+        return {
+            "rows": rows,
+            "notes": notes
+            + [
+                "Probe: one generate with video_length = chunk_size = c (one UNet batch of c frames per guidance "
+                "branch, "
+                "one VAE call of c frames), 2 steps; torch.OutOfMemoryError means it does not fit. c doubles from 8 "
+                f"until it fails (or reaches {s.max_chunk_cap}), then a binary search; the device's other resident "
+                "models (the SD1.5 set of this bench: UNet, ControlNet, Instruct-Pix2Pix UNet, VAE, text encoder, "
+                "fp16) "
+                "take their share, as a worker's cache would."
+            ],
+        }
 
     def section_sdxl(self) -> dict:
-        import torch
 
         s = self.s
         if self._sd is not None and s.device == "cuda":
@@ -1176,10 +1662,15 @@ class Bench:
         rows = self.grid(sdxl, ("canny", "text2video"), s.sdxl_frames, s.sdxl_chunks, s.sdxl_size)
         del sdxl
         free_memory(s.device)
-        return {"rows": rows, "notes": [
-            f"SDXL base UNet, SDXL ControlNet, CLIP-L + OpenCLIP bigG at {s.sdxl_size} px, {s.sdxl_frames} frames, "
-            f"{s.steps} steps; recipe: StableDiffusionXLControlNetPipeline with CrossFrameAttnProcessor2_0 per chunk, "
-            "TextToVideoZeroSDXLPipeline with frame_ids. The SD1.5 set is freed first."]}
+        return {
+            "rows": rows,
+            "notes": [
+                f"SDXL base UNet, SDXL ControlNet, CLIP-L + OpenCLIP bigG at {s.sdxl_size} px, {s.sdxl_frames} frames, "
+                f"{s.steps} steps; recipe: StableDiffusionXLControlNetPipeline with CrossFrameAttnProcessor2_0 per "
+                "chunk, "
+                "TextToVideoZeroSDXLPipeline with frame_ids. The SD1.5 set is freed first."
+            ],
+        }
 
     def section_compile(self) -> dict:
         import torch
@@ -1201,8 +1692,16 @@ class Bench:
 
         warmup(s, lambda n: run_t2vz(s, pipe, mode, frames, chunk, n, s.size, cond))
         eager_s, _, _ = measure(s.device, video)
-        rows = [{"variant": "eager (default)", "first_s": None, "graphs_first": None, "graphs_second": None,
-                 "fps": round(frames / eager_s, 3), "vs_eager": 1.0}]
+        rows = [
+            {
+                "variant": "eager (default)",
+                "first_s": None,
+                "graphs_first": None,
+                "graphs_second": None,
+                "fps": round(frames / eager_s, 3),
+                "vs_eager": 1.0,
+            }
+        ]
         variants = [("compile", Runtime(device=s.device, compile=True))]
         if not s.smoke:
             variants.append(("compile + channels_last", Runtime(device=s.device, compile=True, channels_last=True)))
@@ -1215,23 +1714,39 @@ class Bench:
             second_s, _, _ = measure(s.device, video)
             graphs2 = dynamo_graphs()
             fast_paths.undo(pipe)
-            rows.append({"variant": label, "first_s": round(first_s, 1), "graphs_first": graphs1 - graphs0,
-                         "graphs_second": graphs2 - graphs1, "fps": round(frames / second_s, 3),
-                         "vs_eager": round(eager_s / second_s, 3)})
-            log(f"    {label}: first video {first_s:.1f} s, then {frames / second_s:.3f} frames/s, "
-                f"graphs {graphs1 - graphs0} then {graphs2 - graphs1}")
+            rows.append(
+                {
+                    "variant": label,
+                    "first_s": round(first_s, 1),
+                    "graphs_first": graphs1 - graphs0,
+                    "graphs_second": graphs2 - graphs1,
+                    "fps": round(frames / second_s, 3),
+                    "vs_eager": round(eager_s / second_s, 3),
+                }
+            )
+            log(
+                f"    {label}: first video {first_s:.1f} s, then {frames / second_s:.3f} frames/s, "
+                f"graphs {graphs1 - graphs0} then {graphs2 - graphs1}"
+            )
         torch._dynamo.reset()
-        value = {"rows": rows, "no_recompiles_in_second_video": all(r["graphs_second"] in (None, 0) for r in rows),
-                 "backend": s.compile_backend, "notes": [
-                     f"{mode}, {frames} frames, chunk {chunk}, {steps} steps. torch.compile (module.compile, backend "
-                     f"{s.compile_backend}) of the UNet and the ControlNet via Runtime(compile=True). Graphs = "
-                     "torch._dynamo.utils.counters['stats']['unique_graphs'] added during each video: the first "
-                     "video compiles one graph per (model, batch shape, anchor record/replay), the second video of "
-                     "the same shapes must compile none (no recompiles across chunks of one shape).",
-                     "The first video's time includes compiling; frames/s are from the second video."]}
+        value = {
+            "rows": rows,
+            "no_recompiles_in_second_video": all(r["graphs_second"] in (None, 0) for r in rows),
+            "backend": s.compile_backend,
+            "notes": [
+                f"{mode}, {frames} frames, chunk {chunk}, {steps} steps. torch.compile (module.compile, backend "
+                f"{s.compile_backend}) of the UNet and the ControlNet via Runtime(compile=True). Graphs = "
+                "torch._dynamo.utils.counters['stats']['unique_graphs'] added during each video: the first "
+                "video compiles one graph per (model, batch shape, anchor record/replay), the second video of "
+                "the same shapes must compile none (no recompiles across chunks of one shape).",
+                "The first video's time includes compiling; frames/s are from the second video.",
+            ],
+        }
         if s.smoke:
-            value["notes"].append("CPU smoke: the 'eager' backend traces and guards like inductor but generates no "
-                                  "code, so the speed figure means nothing here.")
+            value["notes"].append(
+                "CPU smoke: the 'eager' backend traces and guards like inductor but generates no "
+                "code, so the speed figure means nothing here."
+            )
         best = max(rows, key=lambda r: r["fps"])
         if getattr(self, "throughput", None):
             value["goal"] = self.goal(self.throughput, best["fps"], f"best: {best['variant']}")
@@ -1239,6 +1754,7 @@ class Bench:
 
 
 # ================================================================ measurement helpers
+
 
 def count_flops(call) -> int:
     import torch
@@ -1286,9 +1802,11 @@ def cross_frame_attention_kernels(s: Settings, sd: SD15, frames: int) -> dict:
         synchronize(s.device)
         return (time.perf_counter() - started) / repeats * 1000
 
-    result = {"query_shape": f"({groups}, heads {attn.heads}, {frames}*{tokens}, {attn.to_q.out_features // attn.heads})",
-              "kv_shape": f"({groups}, heads {attn.heads}, {tokens}, {attn.to_q.out_features // attn.heads})",
-              "backends": {}}
+    result = {
+        "query_shape": f"({groups}, heads {attn.heads}, {frames}*{tokens}, {attn.to_q.out_features // attn.heads})",
+        "kv_shape": f"({groups}, heads {attn.heads}, {tokens}, {attn.to_q.out_features // attn.heads})",
+        "backends": {},
+    }
     auto_ms = timed()
     result["backends"]["auto"] = {"ms": round(auto_ms, 3), "vs_auto": 1.0}
     for name in ("flash", "efficient", "cudnn", "math"):
@@ -1342,8 +1860,15 @@ def tf32_speed(s: Settings, sd: SD15, chunk: int) -> list[dict]:
 
     device = torch.device(s.device)
     if fast_paths.set_tf32(device, True) is None:
-        return [{"path": "TF32", "setting": "n/a", "value": None, "unit": "",
-                 "vs_default": "no effect here (needs a CUDA GPU of compute capability >= 8.0)"}]
+        return [
+            {
+                "path": "TF32",
+                "setting": "n/a",
+                "value": None,
+                "unit": "",
+                "vs_default": "no effect here (needs a CUDA GPU of compute capability >= 8.0)",
+            }
+        ]
     fp32 = sd.cast(torch.float32)
     frames = chunk
     cond = conditioning("canny", frames, s.size)
@@ -1351,15 +1876,28 @@ def tf32_speed(s: Settings, sd: SD15, chunk: int) -> list[dict]:
     for enabled in (False, True):
         fast_paths.set_tf32(device, enabled)
         run_t2vz(s, fp32.pipes["canny"], "canny", frames, chunk, 1 if not s.smoke else 2, s.size, cond)
-        times[enabled], _, _ = measure(s.device, lambda: run_t2vz(s, fp32.pipes["canny"], "canny", frames, chunk,
-                                                                  s.check_steps, s.size, cond))
+        times[enabled], _, _ = measure(
+            s.device, lambda: run_t2vz(s, fp32.pipes["canny"], "canny", frames, chunk, s.check_steps, s.size, cond)
+        )
     fast_paths.set_tf32(device, True)
-    del fp32
+    fp32 = None  # frees the fp32 copy (a del would leave the lambda above a dangling name)
     free_memory(s.device)
-    return [{"path": "TF32 (fp32 run)", "setting": "off", "value": round(frames / times[False], 3), "unit": "frames/s",
-             "vs_default": ""},
-            {"path": "TF32 (fp32 run)", "setting": "on (default)", "value": round(frames / times[True], 3),
-             "unit": "frames/s", "vs_default": round(times[False] / times[True], 3)}]
+    return [
+        {
+            "path": "TF32 (fp32 run)",
+            "setting": "off",
+            "value": round(frames / times[False], 3),
+            "unit": "frames/s",
+            "vs_default": "",
+        },
+        {
+            "path": "TF32 (fp32 run)",
+            "setting": "on (default)",
+            "value": round(frames / times[True], 3),
+            "unit": "frames/s",
+            "vs_default": round(times[False] / times[True], 3),
+        },
+    ]
 
 
 def sdxl_vae_raw(s: Settings, sdxl: SDXL, dtype_name: str) -> dict:
@@ -1368,12 +1906,25 @@ def sdxl_vae_raw(s: Settings, sdxl: SDXL, dtype_name: str) -> dict:
 
     vsf = 2 ** (len(sdxl.vae.config.block_out_channels) - 1)
     size = s.check_size or s.sdxl_size
-    latents = torch.randn(1, 4, size // vsf, size // vsf, device=s.device, dtype=sdxl.dtype,
-                          generator=torch.Generator(s.device).manual_seed(0))
+    latents = torch.randn(
+        1,
+        4,
+        size // vsf,
+        size // vsf,
+        device=s.device,
+        dtype=sdxl.dtype,
+        generator=torch.Generator(s.device).manual_seed(0),
+    )
     with torch.no_grad():
         image = sdxl.vae.decode(latents / sdxl.vae.config.scaling_factor, return_dict=False)[0].float().cpu().numpy()
-    return {"dtype": dtype_name, "family": "SDXL VAE alone", "mode": "decode, no upcast",
-            "finite": bool(np.isfinite(image).all()), "min": float(np.nanmin(image)), "max": float(np.nanmax(image))}
+    return {
+        "dtype": dtype_name,
+        "family": "SDXL VAE alone",
+        "mode": "decode, no upcast",
+        "finite": bool(np.isfinite(image).all()),
+        "min": float(np.nanmin(image)),
+        "max": float(np.nanmax(image)),
+    }
 
 
 def largest_chunk(s: Settings, sd: SD15, mode: str, size: int) -> tuple[int | None, int | None, int]:
@@ -1393,7 +1944,7 @@ def largest_chunk(s: Settings, sd: SD15, mode: str, size: int) -> tuple[int | No
                 raise
             return False
         finally:
-            del cond
+            cond = None
             free_memory(s.device)
 
     low, high = 1, None
@@ -1436,8 +1987,12 @@ def nvidia_smi_field(field_name: str) -> str | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -1491,8 +2046,18 @@ class UtilizationSampler:
                 self.samples.append((time.time(), busy / total if total else 0.0))
 
     def _run_smi(self) -> None:
-        proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                 "-i", "0", f"--loop-ms={int(self.period_s * 1000)}"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu",
+                "--format=csv,noheader,nounits",
+                "-i",
+                "0",
+                f"--loop-ms={int(self.period_s * 1000)}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             while not self._stop.is_set():
                 line = proc.stdout.readline()
@@ -1550,8 +2115,9 @@ def simulated_oom(limit_rows: int):
 
     def forward(self, sample, *args, **kwargs):
         if sample.shape[0] > limit_rows:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated by bench/gpu.py: batch {sample.shape[0]} "
-                                         f"> {limit_rows} rows)")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (simulated by bench/gpu.py: batch {sample.shape[0]} > {limit_rows} rows)"
+            )
         return original(self, sample, *args, **kwargs)
 
     UNet2DConditionModel.forward = forward
@@ -1562,6 +2128,7 @@ def simulated_oom(limit_rows: int):
 
 
 # ================================================================ child: one `t2vz run` with probes
+
 
 def child(spec: dict, cli_args: list[str]) -> int:
     """Runs flows.cli.main(cli_args) in this process, recording each generation's hold of the device
@@ -1589,8 +2156,17 @@ def child(spec: dict, cli_args: list[str]) -> int:
                 yield
             finally:
                 with guard, open(record, "a") as handle:
-                    handle.write(json.dumps({"start": start, "end": time.time(), "pid": os.getpid(),
-                                             "thread": threading.current_thread().name}) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "start": start,
+                                "end": time.time(),
+                                "pid": os.getpid(),
+                                "thread": threading.current_thread().name,
+                            }
+                        )
+                        + "\n"
+                    )
 
     policy.hold_device = recording_hold
     # A successful retry forgets its key's OOM count (policy.forget_out_of_memory): count them here.
@@ -1611,18 +2187,27 @@ def child(spec: dict, cli_args: list[str]) -> int:
     out = Path(cli_args[cli_args.index("--output-dir") + 1])
     rows, cpu_s = [], 0.0
     report = out / "report.json"
-    for line in (json.loads(report.read_text()).get("rows", []) if report.exists() else []):
+    for line in json.loads(report.read_text()).get("rows", []) if report.exists() else []:
         sidecar = read_sidecar(out, line)
         steps = sidecar.get("steps") or {}
-        cpu_s += sum(float((steps.get(k) or {}).get("seconds") or 0) for k in ("decode", "control", "encode", "publish"))
-        rows.append({"job_id": line.get("job_id"), "status": line.get("status"),
-                     "frames": (sidecar.get("resolved") or {}).get("frames")})
-    Path(spec["summary"]).write_text(json.dumps({"rc": rc, "run_s": run_s, "rows": rows, "cpu_step_seconds": cpu_s,
-                                                 "ooms": ooms}))
+        cpu_s += sum(
+            float((steps.get(k) or {}).get("seconds") or 0) for k in ("decode", "control", "encode", "publish")
+        )
+        rows.append(
+            {
+                "job_id": line.get("job_id"),
+                "status": line.get("status"),
+                "frames": (sidecar.get("resolved") or {}).get("frames"),
+            }
+        )
+    Path(spec["summary"]).write_text(
+        json.dumps({"rc": rc, "run_s": run_s, "rows": rows, "cpu_step_seconds": cpu_s, "ooms": ooms})
+    )
     return rc
 
 
 # ================================================================ main
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1630,11 +2215,16 @@ def main(argv: list[str] | None = None) -> int:
         return child(json.loads(argv[1]), argv[2:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU (tests this script)")
-    parser.add_argument("--out", type=Path, help="results markdown (default bench/GPU_RESULTS.md; --smoke: a temp folder)")
+    parser.add_argument(
+        "--out", type=Path, help="results markdown (default bench/GPU_RESULTS.md; --smoke: a temp folder)"
+    )
     parser.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
     parser.add_argument("--skip", help="comma-separated sections not to run")
-    parser.add_argument("--budget-s", type=float, help="skip the sections that would not finish within this many "
-                                                       "seconds (in the order above)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="skip the sections that would not finish within this many seconds (in the order above)",
+    )
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak when its name is not known")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (models, logs, outputs)")
     args = parser.parse_args(argv)

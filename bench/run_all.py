@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -51,6 +51,7 @@ HEAVY_MODULES = ("pandas", "pyarrow", "torch", "diffusers", "prefect")
 
 # ================================================================ children (fresh processes)
 
+
 def vm_hwm_mb() -> float:
     """Peak RSS of this process (VmHWM): ru_maxrss would carry the parent's mark across fork+exec."""
     with open("/proc/self/status") as status:
@@ -63,9 +64,9 @@ def vm_hwm_mb() -> float:
 def _heavy_imports() -> None:
     import torch  # noqa: F401
 
-    from t2vz_core import row_steps as steps
     import t2vz_core.control  # noqa: F401
     import t2vz_core.media  # noqa: F401
+    from t2vz_core import row_steps as steps
 
     steps.warm_imports()
 
@@ -90,6 +91,7 @@ def child(kind: str, manifest: str, out: str) -> None:
         from flows.batch import process_manifest
     elif kind in ("flow", "cached"):
         from flows import cli
+
         if kind == "flow":
             import fastapi.encoders  # noqa: F401 - Prefect's serialize_parameters imports it on the first flow call
 
@@ -114,10 +116,22 @@ def child(kind: str, manifest: str, out: str) -> None:
     run_s = time.perf_counter() - clock
     loaded = sys.modules.get("t2vz_core.models")
     stats = loaded.cache_stats() if loaded is not None else {"loads": 0, "note": "t2vz_core.models never imported"}
-    print(json.dumps({"kind": kind, "rc": rc, "import_s": import_s, "run_s": run_s, "loads": stats["loads"],
-                      "diffusers_imported": "diffusers" in sys.modules, "peak_mb": vm_hwm_mb(),
-                      "heavy_imported": [m for m in HEAVY_MODULES if m in sys.modules],
-                      "statuses": _statuses(Path(out))}), flush=True)
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "rc": rc,
+                "import_s": import_s,
+                "run_s": run_s,
+                "loads": stats["loads"],
+                "diffusers_imported": "diffusers" in sys.modules,
+                "peak_mb": vm_hwm_mb(),
+                "heavy_imported": [m for m in HEAVY_MODULES if m in sys.modules],
+                "statuses": _statuses(Path(out)),
+            }
+        ),
+        flush=True,
+    )
 
 
 def child_anchor(models: str, repeats: int) -> None:
@@ -136,15 +150,18 @@ def child_anchor(models: str, repeats: int) -> None:
 
 # ================================================================ the parent
 
+
 def run_child(args: list[str], env: dict, timeout: float = 1800) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {args[:2]} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise RuntimeError(
+            f"child {args[:2]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     result = json.loads(lines[-1])
     result["wall_s"] = wall
     result["load"] = os.getloadavg()[0]
@@ -156,12 +173,17 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home / "server-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_UI_ENABLED="false")
+    env.update(
+        PREFECT_HOME=str(home / "server-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false"
+    )
     log = open(home / "server.log", "w")  # noqa: SIM115 - handed to the process
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     api = f"http://127.0.0.1:{port}/api"
     import httpx
@@ -211,25 +233,61 @@ def prepare(tmp: Path, env: dict, rss_resolution: int) -> dict:
     make_video(lib / "clip.mp4", frames=8, size=(64, 48), pattern="texture")
     make_video(lib / "depth.mp4", frames=8, size=(64, 48), pattern="texture")
     base = {"resolution": 64, "num_inference_steps": 4, "chunk_size": 4, "seed": 3, "model": str(models / "sd")}
-    four = write_csv(lib / "four.csv", [
-        {"job_id": "t2v", "mode": "text2video", "prompt": "a panda surfing", "video_length": 8, **base},
-        {"job_id": "canny", "mode": "canny", "source": "clip.mp4", "prompt": "a glass boat",
-         "controlnet": str(models / "controlnet-canny"), **base},
-        {"job_id": "depth", "mode": "depth", "source": "depth.mp4", "control": "given", "prompt": "two spheres",
-         "controlnet": str(models / "controlnet-depth"), **base},
-        {"job_id": "p2p", "mode": "pix2pix", "source": "clip.mp4", "prompt": "make it snow",
-         **{**base, "model": str(models / "pix2pix")}},
-    ])
+    four = write_csv(
+        lib / "four.csv",
+        [
+            {"job_id": "t2v", "mode": "text2video", "prompt": "a panda surfing", "video_length": 8, **base},
+            {
+                "job_id": "canny",
+                "mode": "canny",
+                "source": "clip.mp4",
+                "prompt": "a glass boat",
+                "controlnet": str(models / "controlnet-canny"),
+                **base,
+            },
+            {
+                "job_id": "depth",
+                "mode": "depth",
+                "source": "depth.mp4",
+                "control": "given",
+                "prompt": "two spheres",
+                "controlnet": str(models / "controlnet-depth"),
+                **base,
+            },
+            {
+                "job_id": "p2p",
+                "mode": "pix2pix",
+                "source": "clip.mp4",
+                "prompt": "make it snow",
+                **{**base, "model": str(models / "pix2pix")},
+            },
+        ],
+    )
     rss = {}
     for frames in (24, 240):
-        make_video(lib / f"rss{frames}.mp4", frames=frames, size=(rss_resolution, rss_resolution * 3 // 4),
-                   pattern="texture")
-        rss[frames] = write_csv(lib / f"rss{frames}.csv", [
-            {"job_id": f"rss{frames}", "mode": "canny", "source": f"rss{frames}.mp4", "prompt": "a glass boat",
-             "resolution": rss_resolution, "num_inference_steps": 2, "chunk_size": 8, "seed": 3,
-             # One shot, the most held at once: the panning texture jumps every 16 frames, which
-             # shots=auto would split into 15 shots of 16 latents each.
-             "shots": "none", "model": str(models / "sd"), "controlnet": str(models / "controlnet-canny")}])
+        make_video(
+            lib / f"rss{frames}.mp4", frames=frames, size=(rss_resolution, rss_resolution * 3 // 4), pattern="texture"
+        )
+        rss[frames] = write_csv(
+            lib / f"rss{frames}.csv",
+            [
+                {
+                    "job_id": f"rss{frames}",
+                    "mode": "canny",
+                    "source": f"rss{frames}.mp4",
+                    "prompt": "a glass boat",
+                    "resolution": rss_resolution,
+                    "num_inference_steps": 2,
+                    "chunk_size": 8,
+                    "seed": 3,
+                    # One shot, the most held at once: the panning texture jumps every 16 frames, which
+                    # shots=auto would split into 15 shots of 16 latents each.
+                    "shots": "none",
+                    "model": str(models / "sd"),
+                    "controlnet": str(models / "controlnet-canny"),
+                }
+            ],
+        )
     return {"models": models, "four": four, "rss": rss}
 
 
@@ -255,10 +313,17 @@ def machine() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "ram_gb": mem_gb, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_before": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "ram_gb": mem_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": os.getloadavg(),
+    }
 
 
 def median(values: list[float]) -> float:
@@ -285,11 +350,18 @@ def main() -> None:
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="t2vz-bench-"))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "T2VZ_FAULTS")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PREFECT_HOME=str(tmp / "client-home"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", T2VZ_ALLOWED_ROOTS=str(tmp / "lib"),
-               PREFECT_LOGGING_LEVEL="WARNING")
-    print(f"bench folder {tmp}; machine: {info['cpu']}, {info['usable_cores']} cores, load {info['load_before']}",
-          flush=True)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PREFECT_HOME=str(tmp / "client-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        T2VZ_ALLOWED_ROOTS=str(tmp / "lib"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
+    print(
+        f"bench folder {tmp}; machine: {info['cpu']}, {info['usable_cores']} cores, load {info['load_before']}",
+        flush=True,
+    )
     server = None
     try:
         paths = prepare(tmp, env, args.rss_resolution)
@@ -303,20 +375,29 @@ def main() -> None:
             run_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"results{i}")}
             direct.append(run_child(["--child", "direct", str(paths["four"]), str(tmp / f"direct{i}")], run_env))
             # the same flow with one row at a time, like the direct baseline (informative row of the table)
-            serial_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"serial-results{i}"),
-                          "T2VZ_MAX_WORKERS": "1"}
+            serial_env = {
+                **env,
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"serial-results{i}"),
+                "T2VZ_MAX_WORKERS": "1",
+            }
             serial.append(run_child(["--child", "flow", str(paths["four"]), str(tmp / f"serial{i}")], serial_env))
             flow.append(run_child(["--child", "flow", str(paths["four"]), str(tmp / f"flow{i}")], run_env))
-            print(f"  first runs {i + 1}/{repeats}: direct {direct[-1]['run_s']:.2f} s, flow {flow[-1]['run_s']:.2f} s"
-                  f" (one row at a time {serial[-1]['run_s']:.2f} s)", flush=True)
+            print(
+                f"  first runs {i + 1}/{repeats}: direct {direct[-1]['run_s']:.2f} s, flow {flow[-1]['run_s']:.2f} s"
+                f" (one row at a time {serial[-1]['run_s']:.2f} s)",
+                flush=True,
+            )
         last = tmp / f"flow{repeats - 1}"
         cached_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"results{repeats - 1}")}
         cached_flow = []
         for i in range(repeats):
             cached.append(run_child(["--child", "cached", str(paths["four"]), str(last)], cached_env))
             cached_flow.append(run_child(["--child", "cached-flow", str(paths["four"]), str(last)], cached_env))
-            print(f"  re-run {i + 1}/{repeats}: {cached[-1]['run_s']:.2f} s, {cached[-1]['loads']} model loads "
-                  f"(as a flow run: {cached_flow[-1]['run_s']:.2f} s)", flush=True)
+            print(
+                f"  re-run {i + 1}/{repeats}: {cached[-1]['run_s']:.2f} s, {cached[-1]['loads']} model loads "
+                f"(as a flow run: {cached_flow[-1]['run_s']:.2f} s)",
+                flush=True,
+            )
         for run in flow + serial + cached + cached_flow:
             if run["rc"] != 0:
                 raise RuntimeError(f"t2vz run exited {run['rc']}: {run}")
@@ -325,17 +406,14 @@ def main() -> None:
         rss = {}
         for frames in (24, 240):
             rss_env = {**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / f"rss-results{frames}")}
-            rss[frames] = run_child(["--child", "flow", str(paths["rss"][frames]), str(tmp / f"rss{frames}")],
-                                    rss_env)
-            print(f"  RSS {frames} frames: {rss[frames]['peak_mb']:.0f} MB ({rss[frames]['run_s']:.1f} s)",
-                  flush=True)
+            rss[frames] = run_child(["--child", "flow", str(paths["rss"][frames]), str(tmp / f"rss{frames}")], rss_env)
+            print(f"  RSS {frames} frames: {rss[frames]['peak_mb']:.0f} MB ({rss[frames]['run_s']:.1f} s)", flush=True)
 
         anchor = None
         if not args.no_anchor:
             anchor = run_child(["--child", "anchor", str(paths["models"]), str(1 if args.quick else 2)], env)
         info["load_after"] = os.getloadavg()
-        results = summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repeats,
-                            args.rss_resolution)
+        results = summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repeats, args.rss_resolution)
         print("\n" + results["table"])
         args.output.write_text(results["markdown"])
         print(f"\nwrote {args.output}")
@@ -347,6 +425,7 @@ def main() -> None:
 
 # ================================================================ results
 
+
 def _goal(value: float, goal: float) -> str:
     return "met" if value <= goal else "**missed**"
 
@@ -356,14 +435,16 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
     d_wall, f_wall = median([r["wall_s"] for r in direct]), median([r["wall_s"] for r in flow])
     c_run, c_wall = median([r["run_s"] for r in cached]), median([r["wall_s"] for r in cached])
     fc_run = median([r["run_s"] for r in cached_flow])
-    fc_current = all(all(s in ("up to date", "skipped") for s in st.values())
-                     for r in cached_flow for st in r["statuses"].values())
+    fc_current = all(
+        all(s in ("up to date", "skipped") for s in st.values()) for r in cached_flow for st in r["statuses"].values()
+    )
     s_run = median([r["run_s"] for r in serial])
     overhead, overhead_wall = f_run / d_run, f_wall / d_wall
     cached_ratio, cached_wall_ratio = c_run / f_run, c_wall / f_wall
     loads = [r["loads"] for r in cached]
-    all_current = all(all(s in ("up to date", "skipped") for s in st.values())
-                      for r in cached for st in r["statuses"].values())
+    all_current = all(
+        all(s in ("up to date", "skipped") for s in st.values()) for r in cached for st in r["statuses"].values()
+    )
     rss_ratio = rss[240]["peak_mb"] / rss[24]["peak_mb"]
     rss_bytes_per_frame = (rss[240]["peak_mb"] - rss[24]["peak_mb"]) * 2**20 / 216
     rss_w, rss_h = rss_resolution, rss_resolution * 3 // 4
@@ -372,98 +453,166 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
     task_runs = sum(1 + sum(s != "skipped" for s in st.values()) for st in flow[-1]["statuses"].values())
 
     rows = [
-        ("(6) flow overhead: t2vz run / t2vz_core direct, 4 rows, call only", f"{f_run:.2f} s / {d_run:.2f} s",
-         f"{overhead:.2f}x", "<= 1.2x", _goal(overhead, 1.2)),
-        ("(6) same, whole process (interpreter + imports + run)", f"{f_wall:.2f} s / {d_wall:.2f} s",
-         f"{overhead_wall:.2f}x", "<= 1.2x", _goal(overhead_wall, 1.2)),
-        ("(6) same flow with T2VZ_MAX_WORKERS=1 (one row at a time, as the baseline and a CPU's default), "
-         "call only",
-         f"{s_run:.2f} s / {d_run:.2f} s", f"{s_run / d_run:.2f}x", "<= 1.2x", _goal(s_run / d_run, 1.2)),
-        ("(7) re-run of the unchanged manifest / first run, call only", f"{c_run:.2f} s / {f_run:.2f} s",
-         f"{100 * cached_ratio:.1f}%", "<= 5%", _goal(cached_ratio, 0.05)),
-        ("(7) same, whole `t2vz run` process", f"{c_wall:.2f} s / {f_wall:.2f} s",
-         f"{100 * cached_wall_ratio:.1f}%", "<= 5%", _goal(cached_wall_ratio, 0.05)),
-        ("(7) model loads in the re-run (cache_stats), every row up to date", f"{loads}, {all_current}",
-         f"{max(loads)}", "0", "met" if max(loads) == 0 and all_current else "**missed**"),
-        ("(7) heavy modules imported by the re-run (" + ", ".join(HEAVY_MODULES) + ")",
-         ", ".join(sorted({m for r in cached for m in r.get("heavy_imported", [])})) or "none",
-         "-", "none", "met" if not any(r.get("heavy_imported") for r in cached) else "**missed**"),
-        ("(7) same re-run as a flow run (how a scheduled deployment runs it), call only",
-         f"{fc_run:.2f} s / {f_run:.2f} s", f"{100 * fc_run / f_run:.1f}%", "-",
-         f"info; every row up to date: {fc_current}"),
-        (f"(8) peak RSS 240 / 24 frames (canny, {rss_resolution} px, fresh t2vz run each)",
-         f"{rss[240]['peak_mb']:.0f} MB / {rss[24]['peak_mb']:.0f} MB", f"{rss_ratio:.3f}x", "<= 1.10x",
-         _goal(rss_ratio, 1.10)),
-        (f"(8) growth per extra frame (canny, {rss_resolution} px)", f"{rss_bytes_per_frame / 1024:.0f} kB",
-         "-", "the latent and little else", f"info; latent {latent_bytes / 1024:.0f} kB"),
+        (
+            "(6) flow overhead: t2vz run / t2vz_core direct, 4 rows, call only",
+            f"{f_run:.2f} s / {d_run:.2f} s",
+            f"{overhead:.2f}x",
+            "<= 1.2x",
+            _goal(overhead, 1.2),
+        ),
+        (
+            "(6) same, whole process (interpreter + imports + run)",
+            f"{f_wall:.2f} s / {d_wall:.2f} s",
+            f"{overhead_wall:.2f}x",
+            "<= 1.2x",
+            _goal(overhead_wall, 1.2),
+        ),
+        (
+            "(6) same flow with T2VZ_MAX_WORKERS=1 (one row at a time, as the baseline and a CPU's default), call only",
+            f"{s_run:.2f} s / {d_run:.2f} s",
+            f"{s_run / d_run:.2f}x",
+            "<= 1.2x",
+            _goal(s_run / d_run, 1.2),
+        ),
+        (
+            "(7) re-run of the unchanged manifest / first run, call only",
+            f"{c_run:.2f} s / {f_run:.2f} s",
+            f"{100 * cached_ratio:.1f}%",
+            "<= 5%",
+            _goal(cached_ratio, 0.05),
+        ),
+        (
+            "(7) same, whole `t2vz run` process",
+            f"{c_wall:.2f} s / {f_wall:.2f} s",
+            f"{100 * cached_wall_ratio:.1f}%",
+            "<= 5%",
+            _goal(cached_wall_ratio, 0.05),
+        ),
+        (
+            "(7) model loads in the re-run (cache_stats), every row up to date",
+            f"{loads}, {all_current}",
+            f"{max(loads)}",
+            "0",
+            "met" if max(loads) == 0 and all_current else "**missed**",
+        ),
+        (
+            "(7) heavy modules imported by the re-run (" + ", ".join(HEAVY_MODULES) + ")",
+            ", ".join(sorted({m for r in cached for m in r.get("heavy_imported", [])})) or "none",
+            "-",
+            "none",
+            "met" if not any(r.get("heavy_imported") for r in cached) else "**missed**",
+        ),
+        (
+            "(7) same re-run as a flow run (how a scheduled deployment runs it), call only",
+            f"{fc_run:.2f} s / {f_run:.2f} s",
+            f"{100 * fc_run / f_run:.1f}%",
+            "-",
+            f"info; every row up to date: {fc_current}",
+        ),
+        (
+            f"(8) peak RSS 240 / 24 frames (canny, {rss_resolution} px, fresh t2vz run each)",
+            f"{rss[240]['peak_mb']:.0f} MB / {rss[24]['peak_mb']:.0f} MB",
+            f"{rss_ratio:.3f}x",
+            "<= 1.10x",
+            _goal(rss_ratio, 1.10),
+        ),
+        (
+            f"(8) growth per extra frame (canny, {rss_resolution} px)",
+            f"{rss_bytes_per_frame / 1024:.0f} kB",
+            "-",
+            "the latent and little else",
+            f"info; latent {latent_bytes / 1024:.0f} kB",
+        ),
     ]
     if anchor:
         for case in anchor["cases"]:
-            rows.append((f"(9) anchor reuse, {case['case']}: UNet evaluations per frame per step, recipe / t2vz",
-                         f"{case['recipe_evals']:.3f} / {case['t2vz_evals']:.3f}",
-                         f"{case['recipe_evals'] / case['t2vz_evals']:.3f}x", "fewer evaluations", "info"))
-            rows.append((f"(9) anchor reuse, {case['case']}: wall time recipe / t2vz",
-                         f"{case['recipe_s']:.2f} s / {case['t2vz_s']:.2f} s",
-                         f"{case['recipe_s'] / case['t2vz_s']:.2f}x", "-", f"max frame diff {case['max_diff']:.1e}"))
+            rows.append(
+                (
+                    f"(9) anchor reuse, {case['case']}: UNet evaluations per frame per step, recipe / t2vz",
+                    f"{case['recipe_evals']:.3f} / {case['t2vz_evals']:.3f}",
+                    f"{case['recipe_evals'] / case['t2vz_evals']:.3f}x",
+                    "fewer evaluations",
+                    "info",
+                )
+            )
+            rows.append(
+                (
+                    f"(9) anchor reuse, {case['case']}: wall time recipe / t2vz",
+                    f"{case['recipe_s']:.2f} s / {case['t2vz_s']:.2f} s",
+                    f"{case['recipe_s'] / case['t2vz_s']:.2f}x",
+                    "-",
+                    f"max frame diff {case['max_diff']:.1e}",
+                )
+            )
     header = "| measure | values | ratio | goal | result |\n|---|---|---|---|---|"
     table = header + "\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
     v = info["versions"]
     notes = []
     bookkeeping = s_run - d_run
-    notes.append(f"- (6) The flow took {f_run - d_run:.2f} s longer than the direct calls ({d_run:.2f} s for 4 rows). "
-                 f"Rows one at a time (T2VZ_MAX_WORKERS=1, like the baseline), it took {bookkeeping:.2f} s longer: "
-                 f"Prefect's bookkeeping, about {1000 * bookkeeping / task_runs:.0f} ms per task run ({task_runs} task "
-                 "runs: a row task plus its step tasks, each with its state events, a cache-key lookup and a "
-                 "persisted result), plus the flow run, its artifacts and the report. Progress updates are sent from "
-                 "a background thread, step task variants are built once per process, and runs end without waiting "
-                 "for Prefect's heartbeat thread (flows/heartbeats.py: up to 1 s per run). This cost is per "
-                 "task, not per frame or step, so its share falls as generation grows: tiny models at 64 px make the "
-                 "direct side as small as it will ever be; one step of a real SD model takes seconds on a GPU-less "
-                 "box (see /work/shared/FACTS.md).")
-    notes.append(f"- (6) Both flow rows run one row at a time: on a CPU that is the default (flows.batch.rows_at_once; "
-                 "two rows on 2 cores only fight over them), and T2VZ_MAX_WORKERS=1 asks for it. Their difference "
-                 f"({abs(f_run - s_run):.2f} s) is run-to-run variation.")
-    notes.append(f"- (7) Before starting a flow, `t2vz run` checks every row (t2vz_core/freshness.py): a row is up "
-                 "to date when its sidecar says its last run succeeded and its step keys, recomputed from the "
-                 "references the sidecar recorded (source bytes via a digest memo, model fingerprints, device and "
-                 "dtype, parameters, t2vz version), and its published files' digests are unchanged. When every row "
-                 "is, it rewrites the report and stops: no flow run, no task run, and neither torch, diffusers, "
-                 "Prefect nor pandas is imported (report.csv, report.json and report.html are rewritten with the "
-                 "standard library; report.parquet, whose results did not change, is left as the run that made "
-                 f"them wrote it) ({c_run:.2f} s call only; the whole process, {c_wall:.2f} s, adds the "
-                 "interpreter's start). A scheduled deployment runs the flow itself: there the same check "
-                 f"skips up-to-date rows without task runs, and the flow run's own cost remains ({fc_run:.2f} s, "
-                 f"{100 * fc_run / f_run:.0f}% of the first run: flow-run creation, report artifacts, Prefect's "
-                 "state round trips).")
+    notes.append(
+        f"- (6) The flow took {f_run - d_run:.2f} s longer than the direct calls ({d_run:.2f} s for 4 rows). "
+        f"Rows one at a time (T2VZ_MAX_WORKERS=1, like the baseline), it took {bookkeeping:.2f} s longer: "
+        f"Prefect's bookkeeping, about {1000 * bookkeeping / task_runs:.0f} ms per task run ({task_runs} task "
+        "runs: a row task plus its step tasks, each with its state events, a cache-key lookup and a "
+        "persisted result), plus the flow run, its artifacts and the report. Progress updates are sent from "
+        "a background thread, step task variants are built once per process, and runs end without waiting "
+        "for Prefect's heartbeat thread (flows/heartbeats.py: up to 1 s per run). This cost is per "
+        "task, not per frame or step, so its share falls as generation grows: tiny models at 64 px make the "
+        "direct side as small as it will ever be; one step of a real SD model takes seconds on a GPU-less "
+        "box (see /work/shared/FACTS.md)."
+    )
+    notes.append(
+        f"- (6) Both flow rows run one row at a time: on a CPU that is the default (flows.batch.rows_at_once; "
+        "two rows on 2 cores only fight over them), and T2VZ_MAX_WORKERS=1 asks for it. Their difference "
+        f"({abs(f_run - s_run):.2f} s) is run-to-run variation."
+    )
+    notes.append(
+        f"- (7) Before starting a flow, `t2vz run` checks every row (t2vz_core/freshness.py): a row is up "
+        "to date when its sidecar says its last run succeeded and its step keys, recomputed from the "
+        "references the sidecar recorded (source bytes via a digest memo, model fingerprints, device and "
+        "dtype, parameters, t2vz version), and its published files' digests are unchanged. When every row "
+        "is, it rewrites the report and stops: no flow run, no task run, and neither torch, diffusers, "
+        "Prefect nor pandas is imported (report.csv, report.json and report.html are rewritten with the "
+        "standard library; report.parquet, whose results did not change, is left as the run that made "
+        f"them wrote it) ({c_run:.2f} s call only; the whole process, {c_wall:.2f} s, adds the "
+        "interpreter's start). A scheduled deployment runs the flow itself: there the same check "
+        f"skips up-to-date rows without task runs, and the flow run's own cost remains ({fc_run:.2f} s, "
+        f"{100 * fc_run / f_run:.0f}% of the first run: flow-run creation, report artifacts, Prefect's "
+        "state round trips)."
+    )
     map_kb = 3 * rss_w * rss_h / 1024
-    notes.append(f"- (8) Peak RSS includes Python, torch, diffusers, Prefect and the loaded tiny models "
-                 f"(~{rss[24]['peak_mb']:.0f} MB for the short job). From 24 to 240 frames it grew "
-                 f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, {rss_bytes_per_frame / 1024:.0f} kB per extra "
-                 f"frame at {rss_w}x{rss_h} px. Decoding, control maps and encoding stream through frame stores on "
-                 "disk, and the engine reads each UNet chunk's control maps from the store as it denoises "
-                 "(t2vz_core/engine/guided.py, ControlMaps): what stays in memory per frame is its latent "
-                 "(step-major denoising needs every row of a shot at each step; the rows run with shots=none, "
-                 f"one shot of every frame, the most held at once): {latent_bytes / 1024:.0f} kB "
-                 f"per frame with the tiny VAE (it scales by 2; SD's scales by 8: 64 kB at 512x512). Holding the "
-                 f"maps as before would add {map_kb:.0f} kB per frame here (768 kB at 512x512). The rest of "
-                 "the growth is not attributed (allocator slack, checkpoint serialization) and varies between runs.")
+    notes.append(
+        f"- (8) Peak RSS includes Python, torch, diffusers, Prefect and the loaded tiny models "
+        f"(~{rss[24]['peak_mb']:.0f} MB for the short job). From 24 to 240 frames it grew "
+        f"{rss[240]['peak_mb'] - rss[24]['peak_mb']:.0f} MB, {rss_bytes_per_frame / 1024:.0f} kB per extra "
+        f"frame at {rss_w}x{rss_h} px. Decoding, control maps and encoding stream through frame stores on "
+        "disk, and the engine reads each UNet chunk's control maps from the store as it denoises "
+        "(t2vz_core/engine/guided.py, ControlMaps): what stays in memory per frame is its latent "
+        "(step-major denoising needs every row of a shot at each step; the rows run with shots=none, "
+        f"one shot of every frame, the most held at once): {latent_bytes / 1024:.0f} kB "
+        f"per frame with the tiny VAE (it scales by 2; SD's scales by 8: 64 kB at 512x512). Holding the "
+        f"maps as before would add {map_kb:.0f} kB per frame here (768 kB at 512x512). The rest of "
+        "the growth is not attributed (allocator slack, checkpoint serialization) and varies between runs."
+    )
     if anchor:
-        notes.append("- (9) From bench/anchor_reuse.py (engine helper): 32 frames, chunk 8, tiny models; the recipe is "
-                     "the diffusers pipeline called per chunk with frame 0 prepended; t2vz evaluates the anchor once "
-                     "per step and replays its attention keys/values.")
+        notes.append(
+            "- (9) From bench/anchor_reuse.py (engine helper): 32 frames, chunk 8, tiny models; the recipe is "
+            "the diffusers pipeline called per chunk with frame 0 prepended; t2vz evaluates the anchor once "
+            "per step and replays its attention keys/values."
+        )
     load = f"{info['load_before'][0]:.1f} before, {info['load_after'][0]:.1f} after"
     markdown = f"""# t2vz benchmarks
 
-Written by `python bench/run_all.py` (`make bench`) on {info['date']}. Medians of {repeats} run(s) per side;
+Written by `python bench/run_all.py` (`make bench`) on {info["date"]}. Medians of {repeats} run(s) per side;
 both sides of each ratio alternate within this one run.
 
 ## Machine
-- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), RAM {info['ram_gb']:.1f} GB,
+- CPU: {info["cpu"]}, {info["cores"]} cores ({info["usable_cores"]} usable), RAM {info["ram_gb"]:.1f} GB,
   no GPU used (device cpu, fp32)
-- Python {info['python']} on {info['platform']}
-- torch {v['torch']}, diffusers {v['diffusers']}, transformers {v['transformers']}, prefect {v['prefect']},
-  av {v['av']}, decord {v['decord']}
+- Python {info["python"]} on {info["platform"]}
+- torch {v["torch"]}, diffusers {v["diffusers"]}, transformers {v["transformers"]}, prefect {v["prefect"]},
+  av {v["av"]}, decord {v["decord"]}
 - 1-minute load average: {load}; each run's load is in Raw. Other work on the machine slows both sides
   of a ratio, but not alike: two busy cores shared with other processes make torch's threads wait on
   each other, and single runs then vary by 5-10x. Trust a run whose loads stayed near or under 1.
@@ -472,7 +621,8 @@ both sides of each ratio alternate within this one run.
 {table}
 
 - call only: the measured call (`flows.cli.main(["run", ...])` or `run_direct`) with heavy imports (torch, diffusers,
-  and FastAPI's encoders, which Prefect imports on its first flow call) done before the clock starts; whole process: the parent's wall time for the child, interpreter start and imports included. The Prefect
+  and FastAPI's encoders, which Prefect imports on its first flow call) done before the clock starts; whole
+  process: the parent's wall time for the child, interpreter start and imports included. The Prefect
   server was started before any measurement (`prefect server start`, PREFECT_API_URL set): its start is excluded.
 - Workload for (6)/(7): 4 rows (text2video, canny, depth with a given control video, pix2pix), 8 frames each,
   64 px, 4 steps, chunk size 4, tiny random-weight models; every first run gets fresh output, work and result folders.
@@ -482,8 +632,13 @@ both sides of each ratio alternate within this one run.
 
 ## Raw
 ```json
-{json.dumps({"direct": direct, "flow": flow, "serial": serial, "cached": cached, "rss": rss, "anchor": anchor},
-            indent=1, default=str)[:30000]}
+{
+        json.dumps(
+            {"direct": direct, "flow": flow, "serial": serial, "cached": cached, "rss": rss, "anchor": anchor},
+            indent=1,
+            default=str,
+        )[:30000]
+    }
 ```
 """
     return {"table": table, "markdown": markdown}

@@ -43,11 +43,18 @@ MARKDOWN_ROWS = 500  # the summary artifact lists this many rows; report.csv has
 
 # ---------------------------------------------------------------- artifacts
 
+
 def report_table(lines: list[dict]) -> list[dict]:
     """The rows table artifact: one layout, written by a flow run and by a fan-out alike."""
     columns = report.report_columns()
-    return [{column: "; ".join(line["outputs"]) if column == "outputs" else line.get(column, "")
-             for column in columns if column != "sidecar"} for line in lines]
+    return [
+        {
+            column: "; ".join(line["outputs"]) if column == "outputs" else line.get(column, "")
+            for column in columns
+            if column != "sidecar"
+        }
+        for line in lines
+    ]
 
 
 def artifact_key(prefix: str, manifest_path: str | Path) -> str:
@@ -66,14 +73,20 @@ def mode_status_markdown(lines: list[dict]) -> str:
 def _markdown(rep: dict) -> str:
     counts = rep["counts"]
     current = sum(1 for line in rep["rows"] if line.get("up_to_date"))
-    out = [f"# t2vz: {Path(rep.get('manifest', '')).name}",
-           f"**{counts['ok']} ok** ({current} up to date, not run again), {counts['failed']} failed, "
-           f"{counts['invalid']} invalid, "
-           f"{counts['missing']} not run, of {counts['total']} rows. Report: "
-           f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()}); gallery: "
-           f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})", "",
-           mode_status_markdown(rep["rows"]), "## Rows", "",
-           "| row | job | mode | status | outputs | error |", "|---|---|---|---|---|---|"]
+    out = [
+        f"# t2vz: {Path(rep.get('manifest', '')).name}",
+        f"**{counts['ok']} ok** ({current} up to date, not run again), {counts['failed']} failed, "
+        f"{counts['invalid']} invalid, "
+        f"{counts['missing']} not run, of {counts['total']} rows. Report: "
+        f"[report.csv]({(Path(rep['output_dir']) / 'report.csv').absolute().as_uri()}); gallery: "
+        f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})",
+        "",
+        mode_status_markdown(rep["rows"]),
+        "## Rows",
+        "",
+        "| row | job | mode | status | outputs | error |",
+        "|---|---|---|---|---|---|",
+    ]
     shown = rep["rows"][:MARKDOWN_ROWS]
     for line in shown:
         links = ", ".join(f"[{Path(p).name}]({Path(p).absolute().as_uri()})" for p in line["outputs"])
@@ -86,14 +99,18 @@ def _markdown(rep: dict) -> str:
 
 # ---------------------------------------------------------------- the flows
 
+
 def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options: RunOptions) -> Any:
     logger = get_run_logger()
     from prefect.runtime import flow_run
 
     manifest = read_manifest(manifest_path, allowed_roots=options.allowed_roots)
     if manifest.errors:
-        logger.warning("%d invalid row(s) are skipped:\n%s", len(manifest.errors_by_row()),
-                       format_errors(manifest.errors, manifest_path))
+        logger.warning(
+            "%d invalid row(s) are skipped:\n%s",
+            len(manifest.errors_by_row()),
+            format_errors(manifest.errors, manifest_path),
+        )
     for warning in manifest.warnings:
         logger.warning("%s", warning)
     jobs = manifest.jobs
@@ -114,28 +131,40 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
     ran: dict[str, Sidecar] = {}
     if to_run:
         resolved_device, _ = runtime.resolve()  # a missing GPU fails here, before any row starts
-        logger.info("%d row(s) to run from %s into %s (work folder %s)", len(to_run), manifest_path, out,
-                    cfg.work_dir)
+        logger.info("%d row(s) to run from %s into %s (work folder %s)", len(to_run), manifest_path, out, cfg.work_dir)
         with signals.flow_stops(run_id):  # SIGTERM/SIGINT/a cancel in Prefect stop the rows cooperatively
             ran = _run_rows(to_run, cfg, options.rows_at_once(resolved_device.type), manifest_path)
 
     lines = report.manifest_lines(manifest, out, ran, current)
     rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id))
-    create_table_artifact(report_table(rep["rows"]), key=artifact_key("t2vz-report", manifest_path),
-                          description=f"t2vz rows of {Path(manifest_path).name}")
-    create_markdown_artifact(_markdown(rep), key=artifact_key("t2vz-summary", manifest_path),
-                             description="t2vz run summary with links to outputs")
+    create_table_artifact(
+        report_table(rep["rows"]),
+        key=artifact_key("t2vz-report", manifest_path),
+        description=f"t2vz rows of {Path(manifest_path).name}",
+    )
+    create_markdown_artifact(
+        _markdown(rep),
+        key=artifact_key("t2vz-summary", manifest_path),
+        description="t2vz run summary with links to outputs",
+    )
 
     failed = [s.job_id for s in ran.values() if s.status == "failed"]
     if stop_requested():
         return signals.cancelled_state(rep, [s.job_id for s in ran.values() if s.status == "cancelled"])
     invalid = len(manifest.errors_by_row()) if job_ids is None else 0
-    logger.info("%d ok (%d up to date), %d failed, %d invalid; report: %s", len(ran) - len(failed) + len(current),
-                len(current), len(failed), invalid, out / "report.csv")
+    logger.info(
+        "%d ok (%d up to date), %d failed, %d invalid; report: %s",
+        len(ran) - len(failed) + len(current),
+        len(current),
+        len(failed),
+        invalid,
+        out / "report.csv",
+    )
     if failed or invalid:
         named = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        parts = ([f"{len(failed)} row(s) failed: {named}"] if failed else []) + \
-                ([f"{invalid} invalid row(s)"] if invalid else [])
+        parts = ([f"{len(failed)} row(s) failed: {named}"] if failed else []) + (
+            [f"{invalid} invalid row(s)"] if invalid else []
+        )
         return Failed(message="; ".join(parts), data=rep)
     return rep
 
@@ -149,8 +178,11 @@ def _partition(jobs: list[Job], cfg: RunConfig, logger: Any) -> tuple[dict[str, 
     to_run = [job for job in jobs if job.job_id not in current]
     if current:
         named = list(current)
-        logger.info("%d row(s) up to date, not run again: %s", len(named), ", ".join(named[:20])
-                    + (f" and {len(named) - 20} more" if len(named) > 20 else ""))
+        logger.info(
+            "%d row(s) up to date, not run again: %s",
+            len(named),
+            ", ".join(named[:20]) + (f" and {len(named) - 20} more" if len(named) > 20 else ""),
+        )
     for job in to_run:
         if checks[job.job_id].sidecar is not None:
             logger.info("%s runs again: %s", job.job_id, checks[job.job_id].reason)
@@ -159,8 +191,11 @@ def _partition(jobs: list[Job], cfg: RunConfig, logger: Any) -> tuple[dict[str, 
 
 def _run_rows(jobs: list[Job], cfg: RunConfig, at_once: int, manifest_path: str) -> dict[str, Sidecar]:
     """Submit one row task per job, at most `at_once` at a time; their sidecars by job_id."""
-    artifact = create_progress_artifact(0.0, key=artifact_key("t2vz-progress", manifest_path),
-                                        description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}")
+    artifact = create_progress_artifact(
+        0.0,
+        key=artifact_key("t2vz-progress", manifest_path),
+        description=f"t2vz: {len(jobs)} row(s) of {Path(manifest_path).name}",
+    )
     progress = RunProgress([job.job_id for job in jobs], artifact_id=artifact)
     futures: list[Any] = []
     for job in jobs:
@@ -170,7 +205,7 @@ def _run_rows(jobs: list[Job], cfg: RunConfig, at_once: int, manifest_path: str)
             break  # the rest are reported as not run
         futures.append(row_task.submit(job, cfg, progress))
     ran = {job.job_id: _row_result(job, future) for job, future in zip(jobs, futures)}
-    ran.update({job.job_id: not_run_sidecar(job) for job in jobs[len(futures):]})
+    ran.update({job.job_id: not_run_sidecar(job) for job in jobs[len(futures) :]})
     progress.close()
     return ran
 
@@ -183,8 +218,14 @@ def _row_result(job: Job, future: Any) -> Sidecar:
         result = exc
     if isinstance(result, Sidecar):
         return result
-    return Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="failed",
-                   error=f"row task crashed: {type(result).__name__}: {result}", job=job.cache_dict())
+    return Sidecar(
+        job_id=job.job_id,
+        row=job.row,
+        mode=job.mode,
+        status="failed",
+        error=f"row task crashed: {type(result).__name__}: {result}",
+        job=job.cache_dict(),
+    )
 
 
 def _run_name() -> str:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -51,6 +51,7 @@ def _print_validation(manifest, path: str) -> None:
 
 # ---------------------------------------------------------------- run
 
+
 class _Bars:
     """tqdm bars: rows finished, and chunks of the generation in progress (off when not a terminal)."""
 
@@ -75,8 +76,9 @@ class _Bars:
             return
         bar = self._gen.get(job_id)
         if bar is None:
-            bar = self._gen[job_id] = self._tqdm(total=total, desc=f"{job_id} generate", unit="step",
-                                                 leave=False, position=1, disable=self.rows.disable)
+            bar = self._gen[job_id] = self._tqdm(
+                total=total, desc=f"{job_id} generate", unit="step", leave=False, position=1, disable=self.rows.disable
+            )
         bar.n = done
         bar.refresh()
 
@@ -87,6 +89,7 @@ class _Bars:
 
 
 # ---------------------------------------------------------------- run options, from RunOptions
+
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """One flag per RunOptions field (t2vz run and t2vz serve offer the same ones)."""
@@ -168,8 +171,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)
     try:  # server, signals and exit: flows.lifecycle
-        outcome = lifecycle.run_flow(lambda: process_manifest(
-            manifest_path=str(args.manifest), output_dir=str(args.output_dir), options=options, return_state=True))
+        outcome = lifecycle.run_flow(
+            lambda: process_manifest(
+                manifest_path=str(args.manifest), output_dir=str(args.output_dir), options=options, return_state=True
+            )
+        )
     finally:
         progress.remove_listener(bars)
         bars.close()
@@ -216,14 +222,20 @@ def _print_report(result: dict) -> None:
         note = " (up to date)" if line.get("up_to_date") else ""
         print(f"{line['status']:>8}  row {line['row']}  {line['job_id'] or '?'}: {where}{note}")
     counts = result["counts"]
-    stopped = "".join(f", {counts[key]} {name}" for key, name in (("cancelled", "cancelled"), ("missing", "not run"))
-                      if counts.get(key))
-    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid{stopped}; "
-          f"{counts.get('flagged', 0)} flagged by QC (warp_error_ratio over qc_max_warp_ratio); "
-          f"report: {Path(result['output_dir']) / 'report.csv'}, gallery: {Path(result['output_dir']) / 'report.html'}")
+    stopped = "".join(
+        f", {counts[key]} {name}"
+        for key, name in (("cancelled", "cancelled"), ("missing", "not run"))
+        if counts.get(key)
+    )
+    print(
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid{stopped}; "
+        f"{counts.get('flagged', 0)} flagged by QC (warp_error_ratio over qc_max_warp_ratio); "
+        f"report: {Path(result['output_dir']) / 'report.csv'}, gallery: {Path(result['output_dir']) / 'report.html'}"
+    )
 
 
 # ---------------------------------------------------------------- the rest
+
 
 def cmd_validate(args: argparse.Namespace) -> int:
     manifest, code = _read(args.manifest, args.allowed_root)
@@ -264,9 +276,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         print(report_table.summary_text(report_table.summarize_by_mode_status(report_table.report_frame(rep["rows"]))))
     counts = rep["counts"]
-    print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
-          f"{counts['missing']} not run; {counts.get('flagged', 0)} flagged by QC; "
-          f"report: {Path(output_dir) / 'report.csv'}")
+    print(
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
+        f"{counts['missing']} not run; {counts.get('flagged', 0)} flagged by QC; "
+        f"report: {Path(output_dir) / 'report.csv'}"
+    )
     return EXIT_OK if counts["ok"] == counts["total"] else EXIT_ROWS_FAILED
 
 
@@ -303,8 +317,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from t2vz_core.errors import InputError
 
     try:
-        deploy.serve(args.manifests, output_dir=args.output_dir, cron=args.cron or None, timezone=args.timezone,
-                     options=run_options(args), gpus=args.gpus)
+        deploy.serve(
+            args.manifests,
+            output_dir=args.output_dir,
+            cron=args.cron or None,
+            timezone=args.timezone,
+            options=run_options(args),
+            gpus=args.gpus,
+        )
     except (FileNotFoundError, InputError) as exc:  # no such manifest, no server to serve from
         _eprint(f"t2vz serve: {exc}")
         return EXIT_USAGE
@@ -314,11 +334,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="serve manifests as scheduled deployments from this machine "
-                                         "(needs PREFECT_API_URL; see flows/deploy.py)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve manifests as scheduled deployments from this machine (needs PREFECT_API_URL; see flows/deploy.py)",
+    )
     serve.add_argument("manifests", help="a manifest, or a folder of manifests (one deployment each)")
-    serve.add_argument("--output-dir", "-o", type=Path, help="outputs go to OUTPUT_DIR/<manifest stem> "
-                                                             "(default: out/<stem> beside the manifest)")
+    serve.add_argument(
+        "--output-dir",
+        "-o",
+        type=Path,
+        help="outputs go to OUTPUT_DIR/<manifest stem> (default: out/<stem> beside the manifest)",
+    )
     serve.add_argument("--cron", default="0 2 * * *", help="schedule (default nightly 02:00); '' for none")
     serve.add_argument("--timezone", help="of the cron schedule (default UTC)")
     add_run_options(serve)
@@ -334,16 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     def manifest_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("manifest", help="CSV manifest, one job per row (see manifests/README.md)")
-        p.add_argument("--allowed-root", action="append", metavar="DIR",
-                       help="folder sources may come from (repeatable; default: T2VZ_ALLOWED_ROOTS, else the "
-                            "manifest's folder)")
+        p.add_argument(
+            "--allowed-root",
+            action="append",
+            metavar="DIR",
+            help="folder sources may come from (repeatable; default: T2VZ_ALLOWED_ROOTS, else the manifest's folder)",
+        )
 
     run = sub.add_parser("run", help="run every row of a manifest")
     run.add_argument("manifest", help="CSV manifest, one job per row (see manifests/README.md)")
     run.add_argument("--output-dir", "-o", required=True, type=Path, help="where videos, sidecars and report go")
     add_run_options(run)
-    run.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show progress bars (default: only on a terminal)")
+    run.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show progress bars (default: only on a terminal)",
+    )
     run.add_argument("--no-progress", dest="progress", action="store_false")
     run.add_argument("--verbose", "-v", action="store_true", help="show Prefect's run logs on the console")
     run.set_defaults(func=cmd_run)
@@ -357,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output-dir", "-o", type=Path, help="the output folder, when TARGET is the manifest")
     rep.add_argument("--manifest", help="the manifest, when TARGET is the output folder")
     rep.add_argument("--allowed-root", action="append", metavar="DIR")
-    rep.add_argument("--summary", action="store_true",
-                     help="also print per mode and status: rows, frames, timings, median QC scores")
+    rep.add_argument(
+        "--summary", action="store_true", help="also print per mode and status: rows, frames, timings, median QC scores"
+    )
     rep.set_defaults(func=cmd_report)
 
     models = sub.add_parser("models", help="model utilities")

@@ -54,8 +54,20 @@ DEFAULT_CRON = "0 2 * * *"  # nightly at 02:00
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
 # The only keys register_deployments reads from a prefect.yaml deployment; anything else would be
 # silently dropped, so it is an error instead.
-_DEPLOYMENT_KEYS = frozenset({"name", "entrypoint", "description", "tags", "parameters", "schedules",
-                              "work_pool", "concurrency_limit", "version", "enforce_parameter_schema"})
+_DEPLOYMENT_KEYS = frozenset(
+    {
+        "name",
+        "entrypoint",
+        "description",
+        "tags",
+        "parameters",
+        "schedules",
+        "work_pool",
+        "concurrency_limit",
+        "version",
+        "enforce_parameter_schema",
+    }
+)
 _SCHEDULE_KEYS = frozenset({"cron", "timezone", "active", "day_or", "parameters"})
 
 
@@ -66,7 +78,7 @@ def shard_job_ids(job_ids: Sequence[str], shard_size: int) -> list[list[str]]:
     """Consecutive shards of at most `shard_size` job ids (manifest order kept)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    return [list(job_ids[i:i + shard_size]) for i in range(0, len(job_ids), shard_size)]
+    return [list(job_ids[i : i + shard_size]) for i in range(0, len(job_ids), shard_size)]
 
 
 @flow(name="t2vz-fan-out")
@@ -106,14 +118,25 @@ def fan_out(
     shards = shard_job_ids([job.job_id for job in manifest.jobs if job.job_id not in current], shard_size)
     stem = Path(manifest_path).stem
     parent = current_flow_run.get_id() or "adhoc"
-    logger.info("%s: %d valid row(s) (%d up to date), %d invalid; %d shard(s) of <= %d row(s) on %s",
-                manifest_path, len(manifest.jobs), len(current), len(manifest.errors_by_row()), len(shards),
-                shard_size, deployment)
+    logger.info(
+        "%s: %d valid row(s) (%d up to date), %d invalid; %d shard(s) of <= %d row(s) on %s",
+        manifest_path,
+        len(manifest.jobs),
+        len(current),
+        len(manifest.errors_by_row()),
+        len(shards),
+        shard_size,
+        deployment,
+    )
     started = [
         run_deployment(
             deployment,
-            parameters={"manifest_path": str(manifest_path), "output_dir": str(output_dir), "job_ids": job_ids,
-                        "options": options.model_dump(mode="json")},
+            parameters={
+                "manifest_path": str(manifest_path),
+                "output_dir": str(output_dir),
+                "job_ids": job_ids,
+                "options": options.model_dump(mode="json"),
+            },
             flow_run_name=f"{stem}-shard-{index}of{len(shards)}",
             timeout=0,  # start them all now, wait below
             # A retry of this fan-out run finds the shard runs it already started.
@@ -125,14 +148,19 @@ def fan_out(
 
     with signals.flow_stops(current_flow_run.get_id()):  # a cancelled fan-out cancels its shards
         finished = wait_for_flow_runs([run.id for run in started], poll_seconds)
-    shard_rows = [{"shard": index, "flow_run": run.name, "state": run.state_name, "rows": ", ".join(job_ids)}
-                  for index, (run, job_ids) in enumerate(zip(finished, shards), start=1)]
-    rep = write_manifest_report(manifest_path, output_dir, allowed_roots=options.allowed_roots, current=current,
-                                flow_run_id=str(parent))
+    shard_rows = [
+        {"shard": index, "flow_run": run.name, "state": run.state_name, "rows": ", ".join(job_ids)}
+        for index, (run, job_ids) in enumerate(zip(finished, shards), start=1)
+    ]
+    rep = write_manifest_report(
+        manifest_path, output_dir, allowed_roots=options.allowed_roots, current=current, flow_run_id=str(parent)
+    )
     publish_fan_out_artifacts(rep, shard_rows, manifest_path)
     counts = rep["counts"]
-    summary = (f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
-               f"{counts['missing']} missing, of {counts['total']} rows in {len(shards)} shard(s)")
+    summary = (
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['invalid']} invalid, "
+        f"{counts['missing']} missing, of {counts['total']} rows in {len(shards)} shard(s)"
+    )
     logger.info("%s; report: %s", summary, Path(output_dir) / "report.csv")
     if stop_requested():
         return signals.cancelled_state(rep, [line["job_id"] for line in rep["rows"] if line["status"] == "cancelled"])
@@ -186,21 +214,33 @@ def publish_fan_out_artifacts(rep: dict, shard_rows: list[dict], manifest_path: 
     the shard table, and a markdown summary."""
     from flows.batch import artifact_key, mode_status_markdown, report_table
 
-    create_table_artifact(report_table(rep["rows"]), key=artifact_key("t2vz-report", manifest_path),
-                          description=f"t2vz rows of {manifest_path}")
-    create_table_artifact(shard_rows, key=artifact_key("t2vz-shards", manifest_path),
-                          description="t2vz shard flow runs")
+    create_table_artifact(
+        report_table(rep["rows"]),
+        key=artifact_key("t2vz-report", manifest_path),
+        description=f"t2vz rows of {manifest_path}",
+    )
+    create_table_artifact(
+        shard_rows, key=artifact_key("t2vz-shards", manifest_path), description="t2vz shard flow runs"
+    )
     counts = rep["counts"]
-    lines = [f"# t2vz fan-out: {Path(manifest_path).name}", "",
-             f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
-             f"{counts['missing']} missing, of {counts['total']} rows. "
-             f"Report: `{Path(rep['output_dir']) / 'report.csv'}`; gallery: "
-             f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})", "",
-             mode_status_markdown(rep["rows"]), "## Shards", "",
-             "| shard | flow run | state | rows |", "|---|---|---|---|"]
+    lines = [
+        f"# t2vz fan-out: {Path(manifest_path).name}",
+        "",
+        f"**{counts['ok']} ok**, {counts['failed']} failed, {counts['invalid']} invalid, "
+        f"{counts['missing']} missing, of {counts['total']} rows. "
+        f"Report: `{Path(rep['output_dir']) / 'report.csv'}`; gallery: "
+        f"[report.html]({(Path(rep['output_dir']) / 'report.html').absolute().as_uri()})",
+        "",
+        mode_status_markdown(rep["rows"]),
+        "## Shards",
+        "",
+        "| shard | flow run | state | rows |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['shard']} | {r['flow_run']} | {r['state']} | {r['rows']} |" for r in shard_rows]
-    create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key("t2vz-fan-out", manifest_path),
-                             description="t2vz fan-out summary")
+    create_markdown_artifact(
+        "\n".join(lines) + "\n", key=artifact_key("t2vz-fan-out", manifest_path), description="t2vz fan-out summary"
+    )
 
 
 # ------------------------------------------------------------------ server-side setup
@@ -221,8 +261,9 @@ def ensure_work_pool(pool: str = WORK_POOL, queues: Sequence[str] = (GPU_QUEUE, 
             existing = client.read_work_pool(pool)
         except ObjectNotFound:
             existing = None
-        template = copy.deepcopy((existing and existing.base_job_template)
-                                 or ProcessWorker.get_default_base_job_template())
+        template = copy.deepcopy(
+            (existing and existing.base_job_template) or ProcessWorker.get_default_base_job_template()
+        )
         env = template["variables"]["properties"]["env"]
         if (env.get("default") or {}).get(GPU_LIMIT_ENV) != GPU_LIMIT:
             env["default"] = {**(env.get("default") or {}), GPU_LIMIT_ENV: GPU_LIMIT}
@@ -258,16 +299,19 @@ def load_deployment_specs(prefect_file: str | os.PathLike = PREFECT_FILE) -> lis
         for schedule in spec.get("schedules") or []:
             unknown |= {f"schedules.{k}" for k in set(schedule) - _SCHEDULE_KEYS}
         if unknown:
-            raise ValueError(f"{prefect_file}: deployment {spec.get('name')!r}: unsupported keys "
-                             f"{sorted(unknown)} (use `prefect deploy` for those)")
+            raise ValueError(
+                f"{prefect_file}: deployment {spec.get('name')!r}: unsupported keys "
+                f"{sorted(unknown)} (use `prefect deploy` for those)"
+            )
         if ":" in spec["entrypoint"]:
-            raise ValueError(f"{prefect_file}: deployment {spec['name']!r}: use a module-path "
-                             f"entrypoint (flows.batch.process_rows), not {spec['entrypoint']!r}")
+            raise ValueError(
+                f"{prefect_file}: deployment {spec['name']!r}: use a module-path "
+                f"entrypoint (flows.batch.process_rows), not {spec['entrypoint']!r}"
+            )
     return specs
 
 
-def register_deployments(prefect_file: str | os.PathLike = PREFECT_FILE,
-                         pool: str | None = None) -> dict[str, str]:
+def register_deployments(prefect_file: str | os.PathLike = PREFECT_FILE, pool: str | None = None) -> dict[str, str]:
     """Apply prefect.yaml's deployments to the server; returns {"flow/deployment": id}.
 
     Does what `prefect deploy --all` does for this file, through `RunnerDeployment.apply`, so the
@@ -280,9 +324,16 @@ def register_deployments(prefect_file: str | os.PathLike = PREFECT_FILE,
     ids: dict[str, str] = {}
     for spec in load_deployment_specs(prefect_file):
         flow_obj = load_flow_from_entrypoint(spec["entrypoint"])
-        schedules = [Cron(item["cron"], timezone=item.get("timezone"), day_or=item.get("day_or", True),
-                          active=item.get("active", True), parameters=item.get("parameters") or {})
-                     for item in spec.get("schedules") or []]
+        schedules = [
+            Cron(
+                item["cron"],
+                timezone=item.get("timezone"),
+                day_or=item.get("day_or", True),
+                active=item.get("active", True),
+                parameters=item.get("parameters") or {},
+            )
+            for item in spec.get("schedules") or []
+        ]
         work_pool = spec.get("work_pool") or {}
         deployment = flow_obj.to_deployment(
             name=spec["name"],
@@ -324,9 +375,13 @@ def manifests_in(manifest_dir_or_path: str | os.PathLike) -> list[Path]:
     return [path]
 
 
-def serve_deployments(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-                      cron: str | None = DEFAULT_CRON, timezone: str | None = None,
-                      options: RunOptions | None = None) -> list:
+def serve_deployments(
+    manifest_dir_or_path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    cron: str | None = DEFAULT_CRON,
+    timezone: str | None = None,
+    options: RunOptions | None = None,
+) -> list:
     """One `t2vz-manifest/<manifest stem>` deployment per manifest on `cron`; outputs go to
     OUTPUT_DIR/<stem> (default: `out/<stem>` beside the manifest)."""
     from prefect.deployments.runner import EntrypointType
@@ -337,21 +392,31 @@ def serve_deployments(manifest_dir_or_path: str | os.PathLike, output_dir: str |
     deployments = []
     for manifest in manifests_in(manifest_dir_or_path):
         out = Path(output_dir) / manifest.stem if output_dir else manifest.parent / "out" / manifest.stem
-        deployments.append(process_manifest.to_deployment(
-            name=manifest.stem,
-            schedules=[Cron(cron, timezone=timezone)] if cron else None,
-            parameters={"manifest_path": str(manifest.resolve()), "output_dir": str(out.resolve()),
-                        "options": (options or RunOptions()).model_dump(mode="json")},
-            description=f"t2vz serve: {manifest.resolve()}",
-            tags=["t2vz", "serve"],
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        ))
+        deployments.append(
+            process_manifest.to_deployment(
+                name=manifest.stem,
+                schedules=[Cron(cron, timezone=timezone)] if cron else None,
+                parameters={
+                    "manifest_path": str(manifest.resolve()),
+                    "output_dir": str(out.resolve()),
+                    "options": (options or RunOptions()).model_dump(mode="json"),
+                },
+                description=f"t2vz serve: {manifest.resolve()}",
+                tags=["t2vz", "serve"],
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
     return deployments
 
 
-def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike | None = None,
-          cron: str | None = DEFAULT_CRON, timezone: str | None = None, options: RunOptions | None = None,
-          gpus: int = 1) -> None:
+def serve(
+    manifest_dir_or_path: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    cron: str | None = DEFAULT_CRON,
+    timezone: str | None = None,
+    options: RunOptions | None = None,
+    gpus: int = 1,
+) -> None:
     """Serve the manifest(s) on this box on a schedule until interrupted (Ctrl-C): `t2vz serve`.
 
     Needs a running Prefect server (PREFECT_API_URL). Runs execute as subprocesses of this
@@ -365,9 +430,11 @@ def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike
 
     if not get_current_settings().api.url:
         # Without it Prefect would serve against a throwaway temporary server: no UI, no history.
-        raise InputError("t2vz serve needs a running Prefect server: start one with "
-                         "`prefect server start --host 127.0.0.1` and set "
-                         "PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise InputError(
+            "t2vz serve needs a running Prefect server: start one with "
+            "`prefect server start --host 127.0.0.1` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     deployments = serve_deployments(manifest_dir_or_path, output_dir, cron=cron, timezone=timezone, options=options)
     ensure_gpu_limit(gpus)
     os.environ[GPU_LIMIT_ENV] = GPU_LIMIT  # this process is the runner: its runs inherit its env
@@ -378,8 +445,9 @@ def serve(manifest_dir_or_path: str | os.PathLike, output_dir: str | os.PathLike
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy",
-                                     description="Set up the t2vz work pool, GPU limit and deployments.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.deploy", description="Set up the t2vz work pool, GPU limit and deployments."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("setup", help="create pool + queues, size the t2vz-gpu limit, apply prefect.yaml")
     p.add_argument("--gpus", type=int, required=True, help="GPUs in the whole fleet (slots of t2vz-gpu)")

@@ -46,8 +46,7 @@ def _hard_exit(signum: int) -> None:
 
 def _announce_stop_on_first_signal() -> None:
     """Say once, when the first signal lands, what happens next (watched from the main thread)."""
-    _say(f"{stop.stop_reason()}: stopping at the next step boundary "
-         f"(checkpoint kept; send it again to stop at once)")
+    _say(f"{stop.stop_reason()}: stopping at the next step boundary (checkpoint kept; send it again to stop at once)")
 
 
 def call_in_thread(call: Callable[[], Any]) -> Any:
@@ -100,8 +99,12 @@ def run_flow(call: Callable[[], Any]) -> Outcome:
                     return Outcome(exit_code=signals.exit_code_after_stop())
                 return Outcome(state=call_in_thread(call))
         except server.ServerStartError as exc:
-            print(f"t2vz: cannot start the local Prefect server: {exc}; or start one (prefect server start) "
-                  f"and set PREFECT_API_URL", file=sys.stderr, flush=True)
+            print(
+                f"t2vz: cannot start the local Prefect server: {exc}; or start one (prefect server start) "
+                f"and set PREFECT_API_URL",
+                file=sys.stderr,
+                flush=True,
+            )
             return Outcome(exit_code=EXIT_USAGE)
         except stop.Cancelled:  # stopped while the server was starting: no row ran
             print(f"t2vz: stopped ({stop.stop_reason()}) before any row ran", file=sys.stderr, flush=True)

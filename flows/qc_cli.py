@@ -34,7 +34,10 @@ def cmd_qc(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     qc = sub.add_parser("qc", help="temporal-consistency scores (warp error, flicker) of an edited video")
     qc.add_argument("edited", help="the edited video")
-    qc.add_argument("--source", help="the video it was made from (read at the edit's fps and size); "
-                                     "without it the motion is measured on the edit itself")
+    qc.add_argument(
+        "--source",
+        help="the video it was made from (read at the edit's fps and size); "
+        "without it the motion is measured on the edit itself",
+    )
     qc.add_argument("--json", action="store_true", help="print the sidecar's qc object as JSON")
     qc.set_defaults(func=cmd_qc)

@@ -149,9 +149,14 @@ def _server_env() -> dict[str, str]:
     from prefect.settings import get_current_settings
 
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-           "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+    }
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its telemetry races SQLite
     env.pop("PREFECT_API_URL", None)
     return env
@@ -175,27 +180,42 @@ def _start_host(folder: Path, timeout_s: float) -> dict:
     url = f"http://127.0.0.1:{port}"
     log_path = folder / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", HOST_MODULE, "--fd", str(sock.fileno()),
-                                 "--state-dir", str(folder)],
-                                pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env=_server_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", HOST_MODULE, "--fd", str(sock.fileno()), "--state-dir", str(folder)],
+            pass_fds=[sock.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=_server_env(),
+            start_new_session=True,
+        )
     sock.close()  # the server holds it now
     started = time.monotonic()
     try:
         while not _healthy(url, timeout_s=1.0):
             if proc.poll() is not None:
-                raise ServerStartError(f"the server process exited with code {proc.returncode} "
-                                       f"({_log_tail(log_path) or 'no output'}; log: {log_path})")
+                raise ServerStartError(
+                    f"the server process exited with code {proc.returncode} "
+                    f"({_log_tail(log_path) or 'no output'}; log: {log_path})"
+                )
             if time.monotonic() - started > timeout_s:
-                raise ServerStartError(f"not answering after {timeout_s:.0f} s (raise {START_TIMEOUT_ENV} "
-                                       f"on a busy machine; log: {log_path})")
+                raise ServerStartError(
+                    f"not answering after {timeout_s:.0f} s (raise {START_TIMEOUT_ENV} "
+                    f"on a busy machine; log: {log_path})"
+                )
             stop.check("starting the local Prefect server")
             time.sleep(0.2)
     except BaseException:
         _terminate(proc.pid)
         raise
-    return {"pid": proc.pid, "create_time": _identity(proc.pid), "url": url, "port": port,
-            "started_s": round(time.monotonic() - started, 2), "python": sys.executable}
+    return {
+        "pid": proc.pid,
+        "create_time": _identity(proc.pid),
+        "url": url,
+        "port": port,
+        "started_s": round(time.monotonic() - started, 2),
+        "python": sys.executable,
+    }
 
 
 def _terminate(pid: int, grace_s: float = STOP_GRACE_S) -> None:

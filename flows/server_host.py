@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     sock = socket.socket(fileno=args.fd)
-    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error",
-                            lifespan="on")
+    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
     stopped = threading.Event()
     watchdog = threading.Thread(target=watch_leases, args=(args.state_dir, server, stopped), daemon=True)

@@ -126,6 +126,9 @@ def cancelled_state(rep: dict, job_ids_cancelled: list[str]) -> Any:
 
     counts = rep["counts"]
     named = ", ".join(job_ids_cancelled[:10]) or "none"
-    return CancelledState(message=f"stopped ({stop.stop_reason()}): {counts.get('cancelled', 0)} row(s) "
-                                  f"cancelled ({named}), {counts.get('missing', 0)} not run, "
-                                  f"{counts['ok']} ok", data=rep)
+    return CancelledState(
+        message=f"stopped ({stop.stop_reason()}): {counts.get('cancelled', 0)} row(s) "
+        f"cancelled ({named}), {counts.get('missing', 0)} not run, "
+        f"{counts['ok']} ok",
+        data=rep,
+    )

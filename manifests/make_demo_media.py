@@ -46,7 +46,7 @@ def _camera_move(photo: np.ndarray, zoom: tuple[float, float], pan: tuple[float,
         side = int(min(h, w) * scale)
         x = int((w - side) * (0.5 + (pan[0] - 0.5) * (2 * t - 1) * 0.5))
         y = int((h - side) * (0.5 + (pan[1] - 0.5) * (2 * t - 1) * 0.5))
-        frames.append(_resize(photo[y:y + side, x:x + side], SIZE))
+        frames.append(_resize(photo[y : y + side, x : x + side], SIZE))
     return frames
 
 
@@ -84,7 +84,7 @@ def _write(path: Path, frames: list[np.ndarray], tone_hz: float | None = None) -
             n = int(16000 * seconds)
             samples = (0.1 * np.sin(2 * np.pi * tone_hz * np.arange(n) / 16000)).astype(np.float32)
             for start in range(0, n, 1024):
-                block = samples[None, start:start + 1024]
+                block = samples[None, start : start + 1024]
                 aframe = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
                 aframe.sample_rate = 16000
                 aframe.pts = start

@@ -11,8 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from t2vz_core.paths import is_hub_id
 from t2vz_core.errors import InputError
+from t2vz_core.paths import is_hub_id
 
 
 def check_revision_target(model_id, revision: str | None) -> str | None:

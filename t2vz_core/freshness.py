@@ -47,8 +47,9 @@ class Freshness:
     sidecar: Sidecar | None = None
 
 
-def check_rows(jobs: list[Job], output_dir: str | os.PathLike, runtime: Runtime,
-               work: WorkDir | None = None) -> dict[str, Freshness]:
+def check_rows(
+    jobs: list[Job], output_dir: str | os.PathLike, runtime: Runtime, work: WorkDir | None = None
+) -> dict[str, Freshness]:
     """`check_row` for each job, by job_id."""
     return {job.job_id: check_row(job, output_dir, runtime, work) for job in jobs}
 
@@ -95,8 +96,9 @@ def _changed_step(job: Job, sidecar: Sidecar, runtime: Runtime, work: WorkDir | 
 
     A recorded result stands for its key's output (keys are content addresses), so the keys
     downstream are computed from the recorded results, as the steps themselves would."""
-    ctx = pipeline.RowContext(job=job, work=work, runtime=runtime, output_dir=Path("."),
-                              recorded_models=sidecar.resolved.get("models"))
+    ctx = pipeline.RowContext(
+        job=job, work=work, runtime=runtime, output_dir=Path("."), recorded_models=sidecar.resolved.get("models")
+    )
     for step, skipped in pipeline.row_steps_of(job):
         if skipped is not None or step.key is None:
             continue

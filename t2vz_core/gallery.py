@@ -36,8 +36,13 @@ STATUS_ORDER = ("ok", "up to date", "flagged", "failed", "invalid", "missing")
 # A row's previews are shown when its qc step (which makes them) belongs to the recorded run: not for
 # failed rows, which would show an older run's, nor rows not run yet.
 PREVIEWED = frozenset({"computed", "cached", "up to date"})
-_QC_LABELS = {"warp_error": "warp error", "source_warp_error": "source warp error",
-              "warp_error_ratio": "warp error ratio", "flicker": "flicker", "source_flicker": "source flicker"}
+_QC_LABELS = {
+    "warp_error": "warp error",
+    "source_warp_error": "source warp error",
+    "warp_error_ratio": "warp error ratio",
+    "flicker": "flicker",
+    "source_flicker": "source flicker",
+}
 
 _CSS = """
 *{box-sizing:border-box}
@@ -126,8 +131,10 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
 
-_CSP = ("default-src 'none'; img-src 'self' file: data:; media-src 'self' file:; "
-        f"style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'none'; img-src 'self' file: data:; media-src 'self' file:; "
+    f"style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; base-uri 'none'; form-action 'none'"
+)
 
 
 def _e(value: Any) -> str:
@@ -213,9 +220,14 @@ def _sidecar_view(sidecar: Any) -> dict:
     """What a card reads of a sidecar (a Sidecar model or its JSON), without dumping the whole model."""
     if not hasattr(sidecar, "steps"):
         return sidecar
-    return {"job_id": sidecar.job_id, "mode": sidecar.mode, "seconds": sidecar.seconds, "job": sidecar.job,
-            "qc": sidecar.qc, "steps": {name: {"status": record.status, "seconds": record.seconds}
-                                        for name, record in sidecar.steps.items()}}
+    return {
+        "job_id": sidecar.job_id,
+        "mode": sidecar.mode,
+        "seconds": sidecar.seconds,
+        "job": sidecar.job,
+        "qc": sidecar.qc,
+        "steps": {name: {"status": record.status, "seconds": record.seconds} for name, record in sidecar.steps.items()},
+    }
 
 
 def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
@@ -225,14 +237,16 @@ def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
     mode = line.get("mode") or sidecar.get("mode") or ""
     qc = _qc_scores(line, sidecar)
     ratio = qc.get("warp_error_ratio")
-    parts = [f'<article class="card st-{_slug(status)}" id="card-{index}" data-order="{index}" '
-             f'data-status="{_e(status)}" data-mode="{_e(mode)}" data-job="{_e(job_id)}" '
-             f'data-ratio="{_e(_number(ratio, 6) if ratio not in (None, "") else "")}">',
-             '<div class="top">',
-             f'<span class="badge status">{_e(status)}</span>',
-             f'<h2>row {_e(line.get("row") if line.get("row") is not None else "?")} · {_e(job_id or "?")}</h2>',
-             f'<span class="badge mode">{_e(mode or "no mode")}</span>',
-             "</div>"]
+    parts = [
+        f'<article class="card st-{_slug(status)}" id="card-{index}" data-order="{index}" '
+        f'data-status="{_e(status)}" data-mode="{_e(mode)}" data-job="{_e(job_id)}" '
+        f'data-ratio="{_e(_number(ratio, 6) if ratio not in (None, "") else "")}">',
+        '<div class="top">',
+        f'<span class="badge status">{_e(status)}</span>',
+        f"<h2>row {_e(line.get('row') if line.get('row') is not None else '?')} · {_e(job_id or '?')}</h2>",
+        f'<span class="badge mode">{_e(mode or "no mode")}</span>',
+        "</div>",
+    ]
     if line.get("qc") in PREVIEWED:  # previews are those of the run this row's sidecar records
         parts.append(_previews(job_id, mode, folder))
     if job.get("prompt"):
@@ -253,9 +267,13 @@ def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
     if facts:
         parts.append('<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>")
     if any(value not in (None, "") for value in qc.values()):
-        parts.append('<table class="qc"><tr>' + "".join(f"<th>{_QC_LABELS[k]}</th>" for k in QC_COLUMNS)
-                     + "</tr><tr>" + "".join(f'<td class="{k}">{_number(qc[k])}</td>' for k in QC_COLUMNS)
-                     + "</tr></table>")
+        parts.append(
+            '<table class="qc"><tr>'
+            + "".join(f"<th>{_QC_LABELS[k]}</th>" for k in QC_COLUMNS)
+            + "</tr><tr>"
+            + "".join(f'<td class="{k}">{_number(qc[k])}</td>' for k in QC_COLUMNS)
+            + "</tr></table>"
+        )
     if line.get("error"):
         parts.append(f'<pre class="error">{_e(line["error"])}</pre>')
     links = [f'<a href="{_e(folder.href(p))}">{_e(os.path.basename(str(p)))}</a>' for p in line.get("outputs") or []]
@@ -279,9 +297,15 @@ def _previews(job_id: str, mode: str, folder: _Folder) -> str:
             src = _e(urllib.parse.quote(found[kind]))
             body = f'<img src="{src}" alt="{_e(caption)} of {_e(job_id)}" loading="lazy">'
         else:
-            reason = {"source": "no source (text2video)" if mode == "text2video" else
-                      "the source is the control map" if "control" in found else "no source preview",
-                      "control": "no control map", "output": "no output preview"}[kind]
+            reason = {
+                "source": "no source (text2video)"
+                if mode == "text2video"
+                else "the source is the control map"
+                if "control" in found
+                else "no source preview",
+                "control": "no control map",
+                "output": "no output preview",
+            }[kind]
             body = f'<div class="none">{reason}</div>'
         figures.append(f'<figure class="{kind}">{body}<figcaption>{_e(caption)}</figcaption></figure>')
     return '<div class="previews">' + "".join(figures) + "</div>"
@@ -300,13 +324,16 @@ def _timings(line: dict, sidecar: dict) -> str:
 
 
 def _checkboxes(name: str, values: dict[str, int], label=lambda v: v) -> str:
-    boxes = "".join(f'<label><input type="checkbox" name="{name}" value="{_e(v)}" checked> '
-                    f"{_e(label(v))} ({n})</label>" for v, n in values.items())
+    boxes = "".join(
+        f'<label><input type="checkbox" name="{name}" value="{_e(v)}" checked> {_e(label(v))} ({n})</label>'
+        for v, n in values.items()
+    )
     return f'<fieldset id="filter-{name}"><legend>{name}</legend>{boxes}</fieldset>'
 
 
-def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
-                   sidecars: dict[str, Any] | None = None) -> str:
+def render_gallery(
+    output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None, sidecars: dict[str, Any] | None = None
+) -> str:
     """The page's HTML. `rows`: report lines (t2vz_core.report); `sidecars` (Sidecar models or their
     JSON, by job_id), else each row's sidecar is read from disk."""
     output_dir = Path(output_dir)
@@ -326,36 +353,44 @@ def render_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict 
     statuses = dict(sorted(statuses.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     modes = dict(sorted(modes.items()))
     title = f"t2vz: {Path(str(extra.get('manifest') or output_dir)).name}"
-    files = [f'<a href="{name}">{name}</a>' for name in ("report.csv", "report.json", "report.parquet")
-             if name in folder.names]
+    files = [
+        f'<a href="{name}">{name}</a>'
+        for name in ("report.csv", "report.json", "report.parquet")
+        if name in folder.names
+    ]
     summary = ", ".join(f"{n} {_e(s)}" for s, n in statuses.items())
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head><body>",
-        f'<header class="page"><h1>{_e(title)}</h1>',
-        f"<div>{len(rows)} rows: {summary}. Written {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. "
-        f"{' '.join(files)}</div></header>",
-        '<form id="controls">',
-        _checkboxes("status", statuses),
-        _checkboxes("mode", modes, lambda v: v or "no mode"),
-        '<label>sort <select id="sort"><option value="row">manifest order</option>'
-        '<option value="ratio-desc">warp error ratio, highest first</option>'
-        '<option value="ratio-asc">warp error ratio, lowest first</option></select></label>',
-        '<span id="shown"></span>',
-        "</form>",
-        '<main id="cards">', *cards, "</main>",
-        f"<script>{_JS}</script>",
-        "</body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head><body>",
+            f'<header class="page"><h1>{_e(title)}</h1>',
+            f"<div>{len(rows)} rows: {summary}. Written {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. "
+            f"{' '.join(files)}</div></header>",
+            '<form id="controls">',
+            _checkboxes("status", statuses),
+            _checkboxes("mode", modes, lambda v: v or "no mode"),
+            '<label>sort <select id="sort"><option value="row">manifest order</option>'
+            '<option value="ratio-desc">warp error ratio, highest first</option>'
+            '<option value="ratio-asc">warp error ratio, lowest first</option></select></label>',
+            '<span id="shown"></span>',
+            "</form>",
+            '<main id="cards">',
+            *cards,
+            "</main>",
+            f"<script>{_JS}</script>",
+            "</body></html>",
+            "",
+        ]
+    )
 
 
-def write_gallery(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
-                  sidecars: dict[str, Any] | None = None) -> Path:
+def write_gallery(
+    output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None, sidecars: dict[str, Any] | None = None
+) -> Path:
     """Write OUTPUT_DIR/report.html atomically and return its path."""
     return atomic_write_text(Path(output_dir) / GALLERY_NAME, render_gallery(output_dir, rows, extra, sidecars))

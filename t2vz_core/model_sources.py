@@ -61,10 +61,14 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                 "use_karras_sigmas": False}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
-                                                        "use_karras_sigmas": True}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False},
+    ),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
     "unipc": ("UniPCMultistepScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
 }
@@ -106,7 +110,8 @@ def check_weights_ref(value: str, base_dir: str | os.PathLike | None = None, col
             raise InputError(
                 f"{text!r} is a {candidate.suffix or 'suffix-less'} file: a {column} file must be a .safetensors "
                 "checkpoint in the original Stable Diffusion layout (or .ckpt with --allow-pickle); "
-                "otherwise name a diffusers folder or a hub id")
+                "otherwise name a diffusers folder or a hub id"
+            )
         return str(candidate.resolve())
     return check_model_ref(text, base_dir)
 
@@ -171,8 +176,10 @@ def _lora_ref(text: str, base_dir: str | os.PathLike | None) -> str:
     if text.startswith(("/", "./", "../", "~")):
         raise ValueError(f"lora {text!r} not found (looked for {path})")
     if not is_hub_id(text):
-        raise ValueError(f"lora {text!r} is neither an existing .safetensors file or folder nor a hub id like "
-                         "'org/name' (add ':SCALE' at the end for a scale)")
+        raise ValueError(
+            f"lora {text!r} is neither an existing .safetensors file or folder nor a hub id like "
+            "'org/name' (add ':SCALE' at the end for a scale)"
+        )
     return text
 
 
@@ -186,15 +193,19 @@ def lora_weights_file(folder: Path) -> Path:
         return files[0]
     if not files:
         raise ValueError(f"lora folder {str(folder)!r} holds no .safetensors file")
-    raise ValueError(f"lora folder {str(folder)!r} holds {len(files)} .safetensors files "
-                     f"({', '.join(f.name for f in files[:4])}): name the file itself")
+    raise ValueError(
+        f"lora folder {str(folder)!r} holds {len(files)} .safetensors files "
+        f"({', '.join(f.name for f in files[:4])}): name the file itself"
+    )
 
 
 def check_scheduler(value: Any) -> str:
     text = str(value).strip().lower().replace("-", "_").replace("+", "p")
     if text not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {str(value).strip()!r}: use one of {', '.join(SCHEDULERS)} "
-                         "(or leave it empty for the model's own)")
+        raise ValueError(
+            f"unknown scheduler {str(value).strip()!r}: use one of {', '.join(SCHEDULERS)} "
+            "(or leave it empty for the model's own)"
+        )
     return text
 
 
@@ -207,19 +218,37 @@ def source_problems(job: Job, given: set[str]) -> list[tuple[str, str, frozenset
 
     model_file = is_single_file(job.model) if "model" in given else False
     if job.base_model_config is not None and not model_file:
-        add("model_config", "model_config gives the architecture of a single-file model (.safetensors/.ckpt); "
-            "this row's model is a diffusers folder or a hub id, which carry their own configs", "model")
+        add(
+            "model_config",
+            "model_config gives the architecture of a single-file model (.safetensors/.ckpt); "
+            "this row's model is a diffusers folder or a hub id, which carry their own configs",
+            "model",
+        )
     if model_file and Path(job.model).suffix.lower() in PICKLE_SUFFIXES and job.base_model_config is None:
-        add("model_config", "a .ckpt model needs model_config (a diffusers folder of the same architecture): "
-            "t2vz does not unpickle a file to find out what it is", "model")
-    if job.controlnet_config is not None and job.mode in ("pose", "canny", "depth") \
-            and not is_single_file(job.controlnet):
-        add("controlnet_config", "controlnet_config gives the architecture of a single-file ControlNet; this row's "
-            "controlnet is empty, a diffusers folder or a hub id", "controlnet")
+        add(
+            "model_config",
+            "a .ckpt model needs model_config (a diffusers folder of the same architecture): "
+            "t2vz does not unpickle a file to find out what it is",
+            "model",
+        )
+    if (
+        job.controlnet_config is not None
+        and job.mode in ("pose", "canny", "depth")
+        and not is_single_file(job.controlnet)
+    ):
+        add(
+            "controlnet_config",
+            "controlnet_config gives the architecture of a single-file ControlNet; this row's "
+            "controlnet is empty, a diffusers folder or a hub id",
+            "controlnet",
+        )
     if job.mode == "text2video" and job.scheduler in NOT_FOR_TEXT2VIDEO:
-        add("scheduler", f"scheduler {job.scheduler} cannot run text2video: {NOT_FOR_TEXT2VIDEO[job.scheduler]}; "
+        add(
+            "scheduler",
+            f"scheduler {job.scheduler} cannot run text2video: {NOT_FOR_TEXT2VIDEO[job.scheduler]}; "
             f"its t0/t1 motion stage is exact with {', '.join(sorted(TEXT2VIDEO_SCHEDULERS))} "
-            "(or leave scheduler empty for the model's own)")
+            "(or leave scheduler empty for the model's own)",
+        )
     return problems
 
 
@@ -308,7 +337,7 @@ def key_parts(models: dict[str, Any]) -> dict[str, Any]:
 
 
 def single_file_family(path: str, model_config: str | None = None) -> str:
-    """"sd", "sdxl" or "pix2pix" of an original-layout checkpoint, from its safetensors header only.
+    """ "sd", "sdxl" or "pix2pix" of an original-layout checkpoint, from its safetensors header only.
 
     A .ckpt (pickle) is never opened here: its family comes from model_config."""
     from t2vz_core.models import detect_family
@@ -320,8 +349,10 @@ def single_file_family(path: str, model_config: str | None = None) -> str:
         return declared
     family = _family_from_header(Path(path))
     if declared is not None and declared != family:
-        raise InputError(f"model {path} is a {family} checkpoint, but model_config {model_config} is a {declared} "
-                         "model: name a diffusers folder of the same architecture")
+        raise InputError(
+            f"model {path} is a {family} checkpoint, but model_config {model_config} is a {declared} "
+            "model: name a diffusers folder of the same architecture"
+        )
     return family
 
 
@@ -336,8 +367,10 @@ def _family_from_header(path: Path) -> str:
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own types for torn files
         raise InputError(f"model {path}: not a readable .safetensors file ({exc})") from exc
     if shape is None:
-        raise InputError(f"model {path}: not a Stable Diffusion checkpoint in the original layout (no "
-                         "model.diffusion_model.* UNet weights); for a diffusers model name its folder")
+        raise InputError(
+            f"model {path}: not a Stable Diffusion checkpoint in the original layout (no "
+            "model.diffusion_model.* UNet weights); for a diffusers model name its folder"
+        )
     xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
     if any(k.startswith("conditioner.") for k in keys) and not xl:
         raise InputError(f"model {path}: an SDXL refiner checkpoint; t2vz runs SDXL base models")
@@ -382,14 +415,16 @@ def _check_pickle(path: str, runtime: Runtime, what: str) -> None:
     if Path(path).suffix.lower() in PICKLE_SUFFIXES and not runtime.allow_pickle:
         raise InputError(
             f"{what} {path}: a .ckpt file is a pickle, which can run code when loaded. Convert it to "
-            ".safetensors, or allow pickle if you trust it (`t2vz run --allow-pickle`)")
+            ".safetensors, or allow pickle if you trust it (`t2vz run --allow-pickle`)"
+        )
 
 
 def _missing_config_error(what: str, path: str, column: str, exc: BaseException) -> InputError:
     return InputError(
         f"{what} {path}: a single-file checkpoint holds weights only; its architecture configs (a diffusers "
         f"folder of the same architecture) could not be found ({type(exc).__name__}: {exc}). Offline, name such "
-        f"a folder in the {column} column; with hub access it is fetched for you")
+        f"a folder in the {column} column; with hub access it is fetched for you"
+    )
 
 
 @contextmanager
@@ -403,8 +438,7 @@ def _quiet_single_file_loading():
         yield
 
 
-def load_single_file_pipeline(pipeline_class, path: str, dtype, runtime: Runtime, model_config: str | None,
-                              **extra):
+def load_single_file_pipeline(pipeline_class, path: str, dtype, runtime: Runtime, model_config: str | None, **extra):
     """pipeline_class.from_single_file with the architecture from model_config (or the hub)."""
     _check_pickle(path, runtime, "model")
     try:
@@ -413,8 +447,9 @@ def load_single_file_pipeline(pipeline_class, path: str, dtype, runtime: Runtime
     except Exception as exc:  # noqa: BLE001 - diffusers raises many types for a missing config
         if model_config is None:
             raise _missing_config_error("model", path, "model_config", exc) from exc
-        raise InputError(f"model {path} with model_config {model_config}: cannot be loaded "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise InputError(
+            f"model {path} with model_config {model_config}: cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def load_single_file_controlnet(path: str, dtype, runtime: Runtime, controlnet_config: str | None):
@@ -427,12 +462,13 @@ def load_single_file_controlnet(path: str, dtype, runtime: Runtime, controlnet_c
     except Exception as exc:  # noqa: BLE001
         if controlnet_config is None:
             raise _missing_config_error("ControlNet", path, "controlnet_config", exc) from exc
-        raise InputError(f"ControlNet {path} with controlnet_config {controlnet_config}: cannot be loaded "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise InputError(
+            f"ControlNet {path} with controlnet_config {controlnet_config}: cannot be loaded "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
-def load_vae(ref: str, dtype, runtime: Runtime, base_model: str, model_config: str | None,
-             from_pretrained) -> Any:
+def load_vae(ref: str, dtype, runtime: Runtime, base_model: str, model_config: str | None, from_pretrained) -> Any:
     """A replacement AutoencoderKL: a VAE folder or hub id, a model folder's vae/, or one single file
     (its config from model_config or the base model's vae/)."""
     from diffusers import AutoencoderKL
@@ -442,8 +478,9 @@ def load_vae(ref: str, dtype, runtime: Runtime, base_model: str, model_config: s
         config = model_config or (None if is_single_file(base_model) else str(base_model))
         try:
             with _quiet_single_file_loading():
-                return AutoencoderKL.from_single_file(ref, config=config, subfolder="vae" if config else None,
-                                                      dtype=dtype)
+                return AutoencoderKL.from_single_file(
+                    ref, config=config, subfolder="vae" if config else None, dtype=dtype
+                )
         except Exception as exc:  # noqa: BLE001
             raise _missing_config_error("vae", ref, "model_config", exc) from exc
     folder = Path(ref)
@@ -498,8 +535,10 @@ def _load_lora(pipe, ref: str, name: str) -> None:
         else:
             pipe.load_lora_weights(ref, adapter_name=name, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise InputError(f"lora {ref}: cannot be applied to this model ({type(exc).__name__}: {exc}); "
-                         "LoRAs must match the base model's architecture (SD1.x or SDXL)") from exc
+        raise InputError(
+            f"lora {ref}: cannot be applied to this model ({type(exc).__name__}: {exc}); "
+            "LoRAs must match the base model's architecture (SD1.x or SDXL)"
+        ) from exc
 
 
 def build_scheduler(name: str | None, own):

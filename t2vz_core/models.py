@@ -31,7 +31,10 @@ import torch
 
 from t2vz_core.errors import InputError, TransientError
 from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
-    check_revision_target, digest_memo_dir, model_fingerprint)
+    check_revision_target,
+    digest_memo_dir,
+    model_fingerprint,
+)
 from t2vz_core.model_sources import (
     LoraState,
     ModelSources,
@@ -91,8 +94,15 @@ class ModelCache:
         self._lock = threading.RLock()
         self._counts = dict.fromkeys(("pipeline_loads", "controlnet_loads", "hits", "evictions"), 0)
 
-    def load(self, family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
-             revision: str | None = None, sources: ModelSources | None = None):
+    def load(
+        self,
+        family: str,
+        model_id,
+        controlnet_id=None,
+        runtime: Runtime | None = None,
+        revision: str | None = None,
+        sources: ModelSources | None = None,
+    ):
         runtime = runtime or Runtime()
         sources = sources or ModelSources()
         revision = check_revision_target(model_id, revision)
@@ -103,8 +113,17 @@ class ModelCache:
         from t2vz_core.engine import fast_paths
 
         device, dtype = runtime.resolve()
-        base_key = (family, _cache_id(model_id), revision, str(dtype), str(device), runtime.offload,
-                    runtime.allow_pickle, fast_paths.cache_key(runtime), *sources.base_key())
+        base_key = (
+            family,
+            _cache_id(model_id),
+            revision,
+            str(dtype),
+            str(device),
+            runtime.offload,
+            runtime.allow_pickle,
+            fast_paths.cache_key(runtime),
+            *sources.base_key(),
+        )
         with self._lock:
             resident = self._resident.get(base_key)
             if resident is None:
@@ -155,13 +174,17 @@ class ModelCache:
             self._counts["evictions"] += 1
             _free_memory()
 
-    def _load_base(self, family: str, model_id, device, dtype, runtime: Runtime, revision: str | None,
-                   sources: ModelSources):
+    def _load_base(
+        self, family: str, model_id, device, dtype, runtime: Runtime, revision: str | None, sources: ModelSources
+    ):
         import diffusers
 
         single_file = is_single_file(model_id)
-        detected = (single_file_family(str(model_id), sources.model_config) if single_file
-                    else detect_family(model_id, revision))
+        detected = (
+            single_file_family(str(model_id), sources.model_config)
+            if single_file
+            else detect_family(model_id, revision)
+        )
         if detected != family:
             raise InputError(f"model {model_id}: it is a {detected} model, but the job asks for {family}")
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, False)])
@@ -170,11 +193,13 @@ class ModelCache:
             extra["revision"] = revision
         with _quiet_diffusers():  # no "Loading pipeline components" bars in t2vz runs
             if sources.vae is not None:
-                extra["vae"] = load_vae(sources.vae, dtype, runtime, str(model_id), sources.model_config,
-                                        _from_pretrained)
+                extra["vae"] = load_vae(
+                    sources.vae, dtype, runtime, str(model_id), sources.model_config, _from_pretrained
+                )
             if single_file:
-                pipe = load_single_file_pipeline(pipeline_class, str(model_id), dtype, runtime, sources.model_config,
-                                                 **extra)
+                pipe = load_single_file_pipeline(
+                    pipeline_class, str(model_id), dtype, runtime, sources.model_config, **extra
+                )
             else:
                 pipe = _from_pretrained(pipeline_class, model_id, dtype, runtime, **extra)
         pipe.set_progress_bar_config(disable=True)  # no per-step tqdm bars either
@@ -183,8 +208,9 @@ class ModelCache:
             pipe.to(device)
         return pipe
 
-    def _load_variant(self, family: str, base, controlnet_id, device, dtype, runtime: Runtime,
-                      controlnet_config: str | None = None):
+    def _load_variant(
+        self, family: str, base, controlnet_id, device, dtype, runtime: Runtime, controlnet_config: str | None = None
+    ):
         import diffusers
 
         with _quiet_diffusers():
@@ -206,8 +232,6 @@ class ModelCache:
 
 
 @contextmanager
-
-
 def _quiet_diffusers():
     """Errors only from diffusers and transformers, and none of their progress bars, inside the block.
 
@@ -319,8 +343,14 @@ def _cache_id(model_id) -> str:
 _CACHE = ModelCache()
 
 
-def load_pipeline(family: str, model_id, controlnet_id=None, runtime: Runtime | None = None,
-                  revision: str | None = None, sources: ModelSources | None = None):
+def load_pipeline(
+    family: str,
+    model_id,
+    controlnet_id=None,
+    runtime: Runtime | None = None,
+    revision: str | None = None,
+    sources: ModelSources | None = None,
+):
     """The diffusers pipeline for (family, model, ControlNet) on `runtime`, loaded at most once per process.
 
     family "sd": StableDiffusionPipeline, or StableDiffusionControlNetPipeline with a ControlNet;
@@ -356,7 +386,7 @@ def reset_cache(max_loaded: int | None = None) -> None:
 
 
 def detect_family(model_id, revision: str | None = None) -> Family:
-    """"sd", "sdxl" or "pix2pix" from model_index.json and unet/config.json (no weights loaded).
+    """ "sd", "sdxl" or "pix2pix" from model_index.json and unet/config.json (no weights loaded).
 
     Two text encoders make SDXL; a UNet with 8 input channels (noisy + source latents) makes
     InstructPix2Pix. Works for hub ids (from the local HF cache when offline) and folders alike.

@@ -28,16 +28,22 @@ class RunOptions(Runtime):
 
     force: bool = Field(False, description="recompute every step, ignoring caches and up-to-date checks")
     allowed_roots: list[str] | None = Field(
-        None, description="folder sources may come from (repeatable; default: T2VZ_ALLOWED_ROOTS, else the "
-                          "manifest's folder)",
-        json_schema_extra={"flag": "--allowed-root", "metavar": "DIR"})
+        None,
+        description="folder sources may come from (repeatable; default: T2VZ_ALLOWED_ROOTS, else the "
+        "manifest's folder)",
+        json_schema_extra={"flag": "--allowed-root", "metavar": "DIR"},
+    )
     work_dir: str | None = Field(
-        None, description="content-addressed work folder (default OUTPUT_DIR/.t2vz-work or T2VZ_WORK_DIR); "
-                          "share it between output folders",
-        json_schema_extra={"metavar": "DIR"})
+        None,
+        description="content-addressed work folder (default OUTPUT_DIR/.t2vz-work or T2VZ_WORK_DIR); "
+        "share it between output folders",
+        json_schema_extra={"metavar": "DIR"},
+    )
     max_workers: int | None = Field(
-        default_factory=_env_max_workers, ge=1,
-        description=f"rows processed at once (default T2VZ_MAX_WORKERS, else {DEFAULT_MAX_WORKERS}; one on a CPU)")
+        default_factory=_env_max_workers,
+        ge=1,
+        description=f"rows processed at once (default T2VZ_MAX_WORKERS, else {DEFAULT_MAX_WORKERS}; one on a CPU)",
+    )
 
     def rows_at_once(self, device_type: str) -> int:
         """Rows run concurrently: `max_workers` when chosen; by default one on a CPU, where the rows'

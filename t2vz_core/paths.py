@@ -165,7 +165,9 @@ def is_hub_id(value: str) -> bool:
     if not isinstance(value, str) or not HUB_ID_RE.fullmatch(value):
         return False
     return all(
-        part not in (".", "..") and ".." not in part and not part.startswith(("-", "."))
+        part not in (".", "..")
+        and ".." not in part
+        and not part.startswith(("-", "."))
         and not part.endswith(("-", "."))
         for part in value.split("/")
     )

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 from t2vz_core import row_steps
 from t2vz_core.manifest import Job
@@ -54,7 +54,7 @@ class RowContext:
     recorded_models: dict[str, Any] | None = None  # a sidecar's, so the check needs no diffusers
     # Per-attempt settings of the generate step (an out-of-memory retry changes them).
     chunk_size: int | None = None
-    hold_device: Callable[[], ContextManager] = contextlib.nullcontext
+    hold_device: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     on_progress: ProgressFn | None = None
     resolved_models: dict[str, Any] | None = None  # set by the first use of `models`
 
@@ -116,12 +116,18 @@ STEPS: tuple[Step, ...] = (
     Step("decode", (), DecodeResult, _needs_source, row_steps.decode_key, row_steps.decode_build, 0.04),
     # Shot detection (the report's step column is "cuts"; its "shots" column counts the shots).
     Step("cuts", ("decode",), CutsResult, _splits_shots, row_steps.cuts_key, row_steps.cuts_build, 0.02),
-    Step("control", ("decode",), ControlResult, _extracts_maps, row_steps.control_key, row_steps.control_build,
-         0.09),
-    Step("generate", ("decode", "control", "cuts"), GenerateResult, _always, row_steps.generate_key,
-         row_steps.generate_build, 0.72, uses_device=True),
-    Step("encode", ("decode", "generate"), EncodeResult, _always, row_steps.encode_key, row_steps.encode_build,
-         0.08),
+    Step("control", ("decode",), ControlResult, _extracts_maps, row_steps.control_key, row_steps.control_build, 0.09),
+    Step(
+        "generate",
+        ("decode", "control", "cuts"),
+        GenerateResult,
+        _always,
+        row_steps.generate_key,
+        row_steps.generate_build,
+        0.72,
+        uses_device=True,
+    ),
+    Step("encode", ("decode", "generate"), EncodeResult, _always, row_steps.encode_key, row_steps.encode_build, 0.08),
     # Temporal-consistency scores and the gallery's previews (small: cheap next to generation).
     Step("qc", ("decode", "control", "generate"), QCResult, _always, row_steps.qc_key, row_steps.qc_build, 0.03),
     # Publishing is cheap and must notice a deleted or edited output, so it is never cached.
@@ -151,8 +157,7 @@ def result_from_record(name: str, record: dict[str, Any]) -> StepResult:
     return get_step(name).result.model_validate(record)
 
 
-def run_direct(job: Job, work: WorkDir, runtime: Runtime, output_dir: str | os.PathLike,
-               **context: Any) -> RowContext:
+def run_direct(job: Job, work: WorkDir, runtime: Runtime, output_dir: str | os.PathLike, **context: Any) -> RowContext:
     """Every step of one row in this process, without Prefect (notebooks, the bench's baseline)."""
     ctx = RowContext(job=job, work=work, runtime=runtime, output_dir=Path(output_dir), **context)
     for step, skipped in row_steps_of(job):

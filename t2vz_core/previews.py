@@ -53,8 +53,15 @@ def _small_size(width: int, height: int, side: int) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
-def write_preview(chunks: Iterable[np.ndarray], fps: Fraction | float, path: str | os.PathLike, *,
-                  total: int | None = None, side: int = PREVIEW_SIDE, max_frames: int = PREVIEW_FRAMES) -> Path:
+def write_preview(
+    chunks: Iterable[np.ndarray],
+    fps: Fraction | float,
+    path: str | os.PathLike,
+    *,
+    total: int | None = None,
+    side: int = PREVIEW_SIDE,
+    max_frames: int = PREVIEW_FRAMES,
+) -> Path:
     """An animated WebP of uint8 (k, H, W, 3) chunks, written atomically. `total` (the frame count,
     when known) lets long clips keep every n-th frame instead of only their beginning."""
     import cv2
@@ -77,8 +84,16 @@ def write_preview(chunks: Iterable[np.ndarray], fps: Fraction | float, path: str
     duration_ms = max(20, round(1000 * step / float(fps)))  # browsers clamp shorter delays
     path = Path(path)
     with atomic_path(path) as tmp:
-        small[0].save(tmp, format="WEBP", save_all=True, append_images=small[1:], duration=duration_ms,
-                      loop=0, quality=70, method=4)
+        small[0].save(
+            tmp,
+            format="WEBP",
+            save_all=True,
+            append_images=small[1:],
+            duration=duration_ms,
+            loop=0,
+            quality=70,
+            method=4,
+        )
     return path
 
 
@@ -95,8 +110,7 @@ def preview_from_video(video: str | os.PathLike, path: str | os.PathLike, **kwar
     from t2vz_core.media import iter_frames, plan_decode, probe
 
     plan = plan_decode(probe(video))
-    return write_preview(iter_frames(video, plan, backend="pyav"), plan.fps, path, total=plan.frame_count,
-                         **kwargs)
+    return write_preview(iter_frames(video, plan, backend="pyav"), plan.fps, path, total=plan.frame_count, **kwargs)
 
 
 def write_row_previews(output_dir: str | os.PathLike, job_id: str, **sources) -> dict[str, Path]:

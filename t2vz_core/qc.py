@@ -85,12 +85,14 @@ class _Flow:
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def backward_with_mask(self, prev_gray: np.ndarray, cur_gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def backward_with_mask(
+        self, prev_gray: np.ndarray, cur_gray: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(map_x, map_y) that sample frame t-1 at each pixel of frame t, and the mask of pixels
         whose forward and backward flows agree (and whose source lies inside the frame)."""
         cv2 = self._cv2
         backward = self._dis.calc(cur_gray, prev_gray, None)  # cur(x) ~ prev(x + backward(x))
-        forward = self._dis.calc(prev_gray, cur_gray, None)   # prev(y) ~ cur(y + forward(y))
+        forward = self._dis.calc(prev_gray, cur_gray, None)  # prev(y) ~ cur(y + forward(y))
         h, w = cur_gray.shape
         if (h, w) not in self._grids:
             self._grids[(h, w)] = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
@@ -99,9 +101,11 @@ class _Flow:
         map_y = grid_y + backward[..., 1]
         forward_at = cv2.remap(forward, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         loop = backward + forward_at
-        mask = (np.sum(loop * loop, axis=-1)
-                <= _FB_RELATIVE * (np.sum(backward * backward, axis=-1) + np.sum(forward_at * forward_at, axis=-1))
-                + _FB_ABSOLUTE)
+        mask = (
+            np.sum(loop * loop, axis=-1)
+            <= _FB_RELATIVE * (np.sum(backward * backward, axis=-1) + np.sum(forward_at * forward_at, axis=-1))
+            + _FB_ABSOLUTE
+        )
         mask &= (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
         return map_x, map_y, mask
 
@@ -179,8 +183,9 @@ def score_frames(output_chunks: Iterable[np.ndarray], source_chunks: Iterable[np
         if prev is not None:
             p_out, p_out_lum, p_src, p_src_gray, p_src_lum = prev
             if p_out.shape != out.shape:
-                raise InputError(f"qc: output frame {n} is {size[0]}x{size[1]}, frame {n - 1} "
-                                 f"{p_out.shape[1]}x{p_out.shape[0]}")
+                raise InputError(
+                    f"qc: output frame {n} is {size[0]}x{size[1]}, frame {n - 1} {p_out.shape[1]}x{p_out.shape[0]}"
+                )
             map_x, map_y, mask = flow.backward_with_mask(p_src_gray, src_gray)
             count = int(mask.sum())
             kept += count
@@ -205,8 +210,7 @@ def score_frames(output_chunks: Iterable[np.ndarray], source_chunks: Iterable[np
         return QCScores(warp_error, None, None, flicker.mean(), None, pairs, "output", share)
     source_warp_error = source_warp.mean()
     ratio = None if warp_error is None else warp_error / max(source_warp_error, 1.0)
-    return QCScores(warp_error, source_warp_error, ratio, flicker.mean(), source_flicker.mean(), pairs,
-                    "source", share)
+    return QCScores(warp_error, source_warp_error, ratio, flicker.mean(), source_flicker.mean(), pairs, "source", share)
 
 
 def score_stores(output, source=None, chunk_size: int = 16) -> QCScores:
@@ -218,13 +222,13 @@ def score_stores(output, source=None, chunk_size: int = 16) -> QCScores:
         return score_frames(out_store.iter_chunks(chunk_size))
     src_store = source if isinstance(source, FrameStore) else FrameStore(source)
     if len(src_store) != len(out_store):
-        raise InputError(f"qc: {out_store.path} holds {len(out_store)} frames, its source "
-                         f"{src_store.path} {len(src_store)}")
+        raise InputError(
+            f"qc: {out_store.path} holds {len(out_store)} frames, its source {src_store.path} {len(src_store)}"
+        )
     return score_frames(out_store.iter_chunks(chunk_size), src_store.iter_chunks(chunk_size))
 
 
-def score_videos(edited: str | os.PathLike, source: str | os.PathLike | None = None,
-                 chunk_size: int = 16) -> QCScores:
+def score_videos(edited: str | os.PathLike, source: str | os.PathLike | None = None, chunk_size: int = 16) -> QCScores:
     """Scores of a video file against its source file (or alone).
 
     The source is read at the edited video's frame rate from its start, as many frames as the
@@ -238,18 +242,22 @@ def score_videos(edited: str | os.PathLike, source: str | os.PathLike | None = N
     if source is None:
         return score_frames(output_chunks)
     source_info = probe(source)
-    source_plan = plan_decode(source_info, DecodeSpec(fps=Fraction(edited_plan.fps),
-                                                      max_frames=edited_plan.frame_count))
+    source_plan = plan_decode(
+        source_info, DecodeSpec(fps=Fraction(edited_plan.fps), max_frames=edited_plan.frame_count)
+    )
     if source_plan.frame_count < edited_plan.frame_count:
-        raise InputError(f"qc: {source} holds {source_plan.frame_count} frames at "
-                         f"{float(edited_plan.fps):g} fps, {edited} {edited_plan.frame_count}: "
-                         f"the source is shorter than the edit")
+        raise InputError(
+            f"qc: {source} holds {source_plan.frame_count} frames at "
+            f"{float(edited_plan.fps):g} fps, {edited} {edited_plan.frame_count}: "
+            f"the source is shorter than the edit"
+        )
     source_chunks = iter_frames(source, source_plan, chunk_size=chunk_size, backend="pyav")
     return score_frames(output_chunks, source_chunks)
 
 
-def format_table(scores: QCScores, edited: str | os.PathLike | None = None,
-                 source: str | os.PathLike | None = None) -> str:
+def format_table(
+    scores: QCScores, edited: str | os.PathLike | None = None, source: str | os.PathLike | None = None
+) -> str:
     """A short readable table of the scores (what `t2vz qc` prints without --json)."""
     labels = {
         "warp_error": "warp error (output)",
@@ -261,8 +269,9 @@ def format_table(scores: QCScores, edited: str | os.PathLike | None = None,
     lines = []
     if edited is not None:
         lines.append(f"edited: {Path(edited)}")
-    lines.append(f"source: {Path(source)}" if source is not None
-                 else "source: none (flow measured on the output itself)")
+    lines.append(
+        f"source: {Path(source)}" if source is not None else "source: none (flow measured on the output itself)"
+    )
     share = "" if scores.consistent_share is None else f", {scores.consistent_share:.0%} of pixels flow-consistent"
     lines.append(f"{scores.pairs} frame pairs{share}")
     for key, value in scores.to_dict().items():

@@ -40,5 +40,5 @@ def to_fraction(value: Fraction | int | float | str, name: str = "fps") -> Fract
 
 
 def fraction_text(rate: Fraction) -> str:
-    """"num/den" text that `to_fraction` reads back exactly (JSON-safe)."""
+    """ "num/den" text that `to_fraction` reads back exactly (JSON-safe)."""
     return f"{rate.numerator}/{rate.denominator}"

@@ -13,8 +13,9 @@ import functools
 import io
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from t2vz_core.atomic import atomic_write_json, atomic_write_text
 from t2vz_core.sidecar import Sidecar, StaleSidecar, read_sidecar, sidecar_path
@@ -34,8 +35,20 @@ QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", 
 
 
 def report_columns() -> tuple[str, ...]:
-    return ("row", "job_id", "mode", "status", "error", "outputs", "seconds", "frames", "shots", *_step_names(),
-            *QC_COLUMNS, "sidecar")
+    return (
+        "row",
+        "job_id",
+        "mode",
+        "status",
+        "error",
+        "outputs",
+        "seconds",
+        "frames",
+        "shots",
+        *_step_names(),
+        *QC_COLUMNS,
+        "sidecar",
+    )
 
 
 # A row's status: ok, flagged (ok, but its warp_error_ratio exceeds the row's qc_max_warp_ratio; counted
@@ -88,8 +101,12 @@ def up_to_date_row(sidecar: Sidecar, output_dir: str | os.PathLike) -> dict:
     return line
 
 
-def manifest_lines(manifest: Manifest, output_dir: str | os.PathLike, ran: dict[str, Sidecar] | None = None,
-                   current: dict[str, Sidecar] | None = None) -> list[dict]:
+def manifest_lines(
+    manifest: Manifest,
+    output_dir: str | os.PathLike,
+    ran: dict[str, Sidecar] | None = None,
+    current: dict[str, Sidecar] | None = None,
+) -> list[dict]:
     """One report line per manifest row: rows run now (`ran`), rows found up to date (`current`;
     both map job_id -> sidecar), else their sidecar on disk if it was written for this very job,
     else 'missing'; invalid rows with their validation errors."""
@@ -123,15 +140,26 @@ def _line_on_disk(job: Job, output_dir: str | os.PathLike) -> dict:
 
 def manifest_extra(manifest: Manifest, flow_run_id: str | None = None) -> dict:
     """The report's header fields."""
-    return {"manifest": str(Path(manifest.path).absolute()), "flow_run_id": flow_run_id,
-            "warnings": [str(w) for w in manifest.warnings]}
+    return {
+        "manifest": str(Path(manifest.path).absolute()),
+        "flow_run_id": flow_run_id,
+        "warnings": [str(w) for w in manifest.warnings],
+    }
 
 
 def invalid_row(row: int | None, job_id: str | None, mode: str | None, messages: list[str]) -> dict:
     """A report line for a row that failed validation (it never ran and has no sidecar)."""
     line = {c: "" for c in report_columns()}
-    line.update(row=row, job_id=job_id or "", mode=mode or "", status="invalid",
-                error="; ".join(messages), outputs=[], seconds=None, sidecar="")
+    line.update(
+        row=row,
+        job_id=job_id or "",
+        mode=mode or "",
+        status="invalid",
+        error="; ".join(messages),
+        outputs=[],
+        seconds=None,
+        sidecar="",
+    )
     return line
 
 
@@ -153,8 +181,12 @@ def summarize(rows: Iterable[dict]) -> dict[str, int]:
     return counts
 
 
-def write_report(output_dir: str | os.PathLike, rows: list[dict], extra: dict | None = None,
-                 sidecars: dict[str, Sidecar] | None = None) -> dict:
+def write_report(
+    output_dir: str | os.PathLike,
+    rows: list[dict],
+    extra: dict | None = None,
+    sidecars: dict[str, Sidecar] | None = None,
+) -> dict:
     """Write report.json, report.csv, report.parquet and report.html (atomically) and return the report
     dict. `sidecars` (by job_id), when the caller holds them, spare the gallery a read per row.
 
@@ -208,9 +240,13 @@ def _previous_digest(output_dir: Path) -> str | None:
         return None
 
 
-def write_manifest_report(manifest_path: str | os.PathLike, output_dir: str | os.PathLike,
-                          allowed_roots: list[str] | None = None, current: dict[str, Sidecar] | None = None,
-                          flow_run_id: str | None = None) -> dict:
+def write_manifest_report(
+    manifest_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    allowed_roots: list[str] | None = None,
+    current: dict[str, Sidecar] | None = None,
+    flow_run_id: str | None = None,
+) -> dict:
     """Rebuild report.csv/json of a manifest from the sidecars in OUTPUT_DIR (e.g. after shards ran);
     `current`: the sidecars of rows the caller found up to date (not run), by job_id."""
     from t2vz_core.manifest import read_manifest

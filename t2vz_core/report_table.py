@@ -84,8 +84,11 @@ def _csv_text(value, column: str) -> str:
 def frame_to_csv(frame: pd.DataFrame) -> str:
     """report.csv's text: the stdlib writer's (t2vz_core.report) byte for byte, CSV-injection guard
     included (cells starting with = + - @ get a leading quote)."""
-    text = pd.DataFrame({c: [_csv_text(v, c) for v in frame[c].tolist()] for c in frame.columns},
-                        columns=list(frame.columns), dtype=object)
+    text = pd.DataFrame(
+        {c: [_csv_text(v, c) for v in frame[c].tolist()] for c in frame.columns},
+        columns=list(frame.columns),
+        dtype=object,
+    )
     return text.to_csv(index=False, lineterminator="\n")
 
 
@@ -112,13 +115,15 @@ def summarize_by_mode_status(frame: pd.DataFrame) -> pd.DataFrame:
     frame["_timed_frames"] = frame["frames"].where(timed)
     frame["_timed_seconds"] = frame["seconds"].where(timed)
     groups = frame.groupby(["mode", "status"], sort=True)
-    summary = pd.DataFrame({
-        "rows": groups.size(),
-        "frames": groups["frames"].sum(min_count=1),
-        "median_seconds": groups["seconds"].median(),
-        "frames_per_second": groups["_timed_frames"].sum(min_count=1) / groups["_timed_seconds"].sum(min_count=1),
-        **{f"median_{c}": groups[c].median() for c in QC_COLUMNS},
-    })
+    summary = pd.DataFrame(
+        {
+            "rows": groups.size(),
+            "frames": groups["frames"].sum(min_count=1),
+            "median_seconds": groups["seconds"].median(),
+            "frames_per_second": groups["_timed_frames"].sum(min_count=1) / groups["_timed_seconds"].sum(min_count=1),
+            **{f"median_{c}": groups[c].median() for c in QC_COLUMNS},
+        }
+    )
     summary["frames"] = summary["frames"].astype("Int64")
     return summary
 
@@ -134,16 +139,21 @@ def _shown(value, column: str) -> str:
 def summary_text(summary: pd.DataFrame) -> str:
     """A fixed-width console table of summarize_by_mode_status()."""
     header = ["mode", "status", *summary.columns]
-    body = [[str(mode), str(status), *(_shown(v, c) for c, v in zip(summary.columns, values))]
-            for (mode, status), values in zip(summary.index, summary.itertuples(index=False))]
+    body = [
+        [str(mode), str(status), *(_shown(v, c) for c, v in zip(summary.columns, values))]
+        for (mode, status), values in zip(summary.index, summary.itertuples(index=False))
+    ]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in [header, *body]]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+        for r in [header, *body]
+    ]
     return "\n".join(line.rstrip() for line in lines)
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The same table as markdown (the Prefect summary artifact); `|` in text is escaped."""
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 

@@ -92,10 +92,18 @@ def warm_imports() -> None:
 
         from t2vz_core.model_sources import SCHEDULERS
 
-        for name in ("DiffusionPipeline", "UNet2DConditionModel", "ControlNetModel", "StableDiffusionPipeline",
-                     "StableDiffusionControlNetPipeline", "StableDiffusionXLPipeline",
-                     "StableDiffusionXLControlNetPipeline", "StableDiffusionInstructPix2PixPipeline",
-                     "AutoencoderKL", *(class_name for class_name, _ in SCHEDULERS.values())):
+        for name in (
+            "DiffusionPipeline",
+            "UNet2DConditionModel",
+            "ControlNetModel",
+            "StableDiffusionPipeline",
+            "StableDiffusionControlNetPipeline",
+            "StableDiffusionXLPipeline",
+            "StableDiffusionXLControlNetPipeline",
+            "StableDiffusionInstructPix2PixPipeline",
+            "AutoencoderKL",
+            *(class_name for class_name, _ in SCHEDULERS.values()),
+        ):
             getattr(diffusers, name)
         import t2vz_core.engine  # noqa: F401
 
@@ -110,11 +118,18 @@ def _result(cls: type[StepResult], entry: Entry, **fields: Any) -> Any:
 
 # ---------------------------------------------------------------- decode
 
+
 def decode_spec_kwargs(job: Job) -> dict[str, Any]:
     """The row's `DecodeSpec` fields (start, end, fps, max_frames, resolution, width, height, fit)."""
     return {
-        "start": job.start, "end": job.end, "fps": job.fps, "max_frames": job.max_frames,
-        "resolution": job.resolution, "width": job.width, "height": job.height, "fit": job.fit or "keep",
+        "start": job.start,
+        "end": job.end,
+        "fps": job.fps,
+        "max_frames": job.max_frames,
+        "resolution": job.resolution,
+        "width": job.width,
+        "height": job.height,
+        "fit": job.fit or "keep",
     }
 
 
@@ -149,11 +164,23 @@ def decode_build(ctx: RowContext, key: str) -> DecodeResult:
         plan = plan_decode(info, decode_spec(job))
         digest = file_digest(job.source, work.digest_memo)
         store = decode_to_store(job.source, plan, folder / "frames", source={"sha256": digest})
-        source_info = SourceInfo(width=info.width, height=info.height, fps=info.fps, frames=info.frame_count,
-                                 duration=info.duration, codec=info.codec, rotation=info.rotation)
+        source_info = SourceInfo(
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            frames=info.frame_count,
+            duration=info.duration,
+            codec=info.codec,
+            rotation=info.rotation,
+        )
         return {
-            "count": len(store), "fps": store.fps, "width": store.width, "height": store.height,
-            "has_audio": bool(info.has_audio), "audio_start": float(plan.start), "source_sha256": digest,
+            "count": len(store),
+            "fps": store.fps,
+            "width": store.width,
+            "height": store.height,
+            "has_audio": bool(info.has_audio),
+            "audio_start": float(plan.start),
+            "source_sha256": digest,
             "source_info": source_info.model_dump(mode="json"),
         }
 
@@ -228,6 +255,7 @@ def output_shots(ctx: RowContext) -> list[tuple[int, int]] | None:
 
 # ---------------------------------------------------------------- control maps
 
+
 def control_kind(job: Job) -> str | None:
     """The control maps a job extracts, or None (text2video, pix2pix, or control=given)."""
     if job.uses_controlnet and job.control != "given":
@@ -262,8 +290,9 @@ def control_settings(job: Job) -> tuple[str, str, dict]:
 
 def control_key(ctx: RowContext) -> str:
     kind, backend, params = control_settings(ctx.job)
-    return make_key("control", {"decode": ctx.results["decode"].key, "kind": kind, "backend": backend,
-                                "params": params})
+    return make_key(
+        "control", {"decode": ctx.results["decode"].key, "kind": kind, "backend": backend, "params": params}
+    )
 
 
 def control_build(ctx: RowContext, key: str) -> ControlResult:
@@ -275,15 +304,23 @@ def control_build(ctx: RowContext, key: str) -> ControlResult:
     decoded = ctx.results["decode"]
 
     def build(folder: Path) -> dict:
-        store = control_maps_to_store(kind, FrameStore(decoded.frames), folder / "frames", params, backend,
-                                      source={"decode": decoded.key})
-        return {"count": len(store), "fps": decoded.fps, "width": store.width, "height": store.height,
-                "kind": kind, "backend": backend}
+        store = control_maps_to_store(
+            kind, FrameStore(decoded.frames), folder / "frames", params, backend, source={"decode": decoded.key}
+        )
+        return {
+            "count": len(store),
+            "fps": decoded.fps,
+            "width": store.width,
+            "height": store.height,
+            "kind": kind,
+            "backend": backend,
+        }
 
     return _result(ControlResult, ctx.work.produce("control", key, build, force=ctx.force, resumable=True))
 
 
 # ---------------------------------------------------------------- generate
+
 
 def runtime_signature(runtime: Runtime) -> dict[str, str]:
     """The parts of a runtime that change generated pixels: device type, dtype, VAE tiling (tiles
@@ -298,8 +335,13 @@ def runtime_signature(runtime: Runtime) -> dict[str, str]:
     return signature
 
 
-def model_family(model: str, fingerprint: str, work: WorkDir | None = None, revision: str | None = None,
-                 model_config: str | None = None) -> str:
+def model_family(
+    model: str,
+    fingerprint: str,
+    work: WorkDir | None = None,
+    revision: str | None = None,
+    model_config: str | None = None,
+) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
     (the family is a function of the model's files), so cached runs need not import diffusers."""
     memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
@@ -453,8 +495,14 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
         request.validate()
         warm_imports()
         with ctx.hold_device():
-            pipe = load_pipeline(models["family"], models["model"], models["controlnet"], runtime,
-                                 revision=models.get("revision"), sources=ModelSources.of(job))
+            pipe = load_pipeline(
+                models["family"],
+                models["model"],
+                models["controlnet"],
+                runtime,
+                revision=models.get("revision"),
+                sources=ModelSources.of(job),
+            )
             source = FrameStore(conditioning.frames) if conditioning else None
             # Frames of a crashed attempt are resumed only by an identical request; text2video
             # frames also depend on the chunk size (which an out-of-memory retry changes).
@@ -462,19 +510,33 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
             if job.mode == "text2video":
                 meta["chunk_size"] = request.chunk_size
             with FrameStore.writer(folder / "frames", fps=fps, meta=meta) as writer:
-                generate(pipe, request, conditioning=source, output=writer,
-                         checkpoint_path=folder / "checkpoint", on_progress=ctx.on_progress,
-                         scheduler=build_scheduler(job.scheduler, pipe.scheduler), shots=shots)
+                generate(
+                    pipe,
+                    request,
+                    conditioning=source,
+                    output=writer,
+                    checkpoint_path=folder / "checkpoint",
+                    on_progress=ctx.on_progress,
+                    scheduler=build_scheduler(job.scheduler, pipe.scheduler),
+                    shots=shots,
+                )
         (folder / "checkpoint").unlink(missing_ok=True)  # the engine removes it too when done
         count = len(FrameStore(folder / "frames"))
-        return {"count": count, "fps": fps, "width": width, "height": height,
-                "chunk_size": request.chunk_size, "requested_chunk_size": job.chunk_size,
-                "runtime": {**runtime_signature(runtime), "offload": runtime.offload}}
+        return {
+            "count": count,
+            "fps": fps,
+            "width": width,
+            "height": height,
+            "chunk_size": request.chunk_size,
+            "requested_chunk_size": job.chunk_size,
+            "runtime": {**runtime_signature(runtime), "offload": runtime.offload},
+        }
 
     return _result(GenerateResult, ctx.work.produce("generate", key, build, force=ctx.force, resumable=True))
 
 
 # ---------------------------------------------------------------- encode
+
 
 def keeps_audio(decoded: DecodeResult | None) -> bool:
     return bool(decoded and decoded.has_audio)
@@ -488,14 +550,26 @@ ENCODED_FILES = 2
 def encode_key(ctx: RowContext) -> str:
     decoded, generated = ctx.results.get("decode"), ctx.results["generate"]
     audio = {"source_sha256": decoded.source_sha256, "start": decoded.audio_start} if keeps_audio(decoded) else None
-    return make_key("encode", {"generate": generated.key, "formats": list(ctx.job.output),
-                               "fps": generated.fps, "audio": audio, "files": ENCODED_FILES})
+    return make_key(
+        "encode",
+        {
+            "generate": generated.key,
+            "formats": list(ctx.job.output),
+            "fps": generated.fps,
+            "audio": audio,
+            "files": ENCODED_FILES,
+        },
+    )
 
 
 def _container_tags(job: Job) -> dict[str, str]:
     """Provenance tags written into MP4/WebM files (all of it is covered by the generate key)."""
-    return {"comment": f"made with t2vz {t2vz_core.__version__} (Text2Video-Zero)", "t2vz_mode": job.mode,
-            "t2vz_prompt": job.prompt, "t2vz_seed": str(job.seed)}
+    return {
+        "comment": f"made with t2vz {t2vz_core.__version__} (Text2Video-Zero)",
+        "t2vz_mode": job.mode,
+        "t2vz_prompt": job.prompt,
+        "t2vz_seed": str(job.seed),
+    }
 
 
 def encode_build(ctx: RowContext, key: str) -> EncodeResult:
@@ -513,8 +587,11 @@ def encode_build(ctx: RowContext, key: str) -> EncodeResult:
                 files[fmt] = "png"
                 continue
             name = f"video.{fmt}"
-            audio = dict(audio_source=str(job.source), audio_start=decoded.audio_start) \
-                if keeps_audio(decoded) and fmt != "gif" else {}
+            audio = (
+                dict(audio_source=str(job.source), audio_start=decoded.audio_start)
+                if keeps_audio(decoded) and fmt != "gif"
+                else {}
+            )
             encode_video(frames, folder / name, generated.fps, fmt=fmt, metadata=_container_tags(job), **audio)
             files[fmt] = name
         return {"files": files, "count": len(frames), "fps": generated.fps}
@@ -534,16 +611,18 @@ def qc_inputs(ctx: RowContext) -> dict[str, FramesResult | None]:
     decoded = ctx.results.get("decode")
     control = ctx.results.get("control") or (decoded if ctx.job.control == "given" else None)
     source = decoded if ctx.job.control != "given" else None
-    return {"output": ctx.results["generate"], "source": source, "control": control,
-            "motion": decoded}
+    return {"output": ctx.results["generate"], "source": source, "control": control, "motion": decoded}
 
 
 def qc_key(ctx: RowContext) -> str:
     from t2vz_core.previews import PREVIEW_FRAMES, PREVIEW_SIDE
 
     inputs = qc_inputs(ctx)
-    return make_key("qc", {name: ref.key if ref is not None else None for name, ref in inputs.items()}
-                    | {"method": QC_METHOD, "previews": {"side": PREVIEW_SIDE, "frames": PREVIEW_FRAMES}})
+    return make_key(
+        "qc",
+        {name: ref.key if ref is not None else None for name, ref in inputs.items()}
+        | {"method": QC_METHOD, "previews": {"side": PREVIEW_SIDE, "frames": PREVIEW_FRAMES}},
+    )
 
 
 def qc_build(ctx: RowContext, key: str) -> QCResult:
@@ -585,6 +664,7 @@ def publish_previews(ctx: RowContext) -> None:
 
 
 # ---------------------------------------------------------------- publish
+
 
 def _same_file(a: Path, b: Path) -> bool:
     try:

@@ -61,25 +61,45 @@ class Runtime(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    dtype: str = Field("auto", description="auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16",
-                       json_schema_extra={"choices": ["auto", "fp32", "fp16", "bf16"]})
-    offload: str = Field("none", description="move weights to the GPU only while used (less GPU memory, slower)",
-                         json_schema_extra={"choices": list(OFFLOADS)})
-    allow_pickle: bool = Field(False, description="also load .bin/.ckpt pickle weights, which can run code when "
-                                                  "loaded: only for models you trust (default: safetensors only)")
-    vae_slicing: bool = Field(False, description="decode one frame at a time through the VAE (less GPU memory "
-                                                 "for large frames)")
-    vae_tiling: bool = Field(False, description="decode large frames in overlapping tiles (least memory; pixels "
-                                                "change slightly)")
-    compile: bool = Field(False, description="torch.compile the UNet and ControlNet (the first chunks of each "
-                                             "shape compile for minutes on a GPU; not with offload)")
-    channels_last: bool = Field(False, description="UNet, ControlNet and VAE in channels-last memory format "
-                                                   "(tensor-core convolutions on GPUs)")
-    tf32: bool = Field(True, description="TF32 for fp32 matmuls/convolutions on CUDA GPUs of compute capability "
-                                         ">= 8.0 (--no-tf32: full fp32); no effect on fp16/bf16")
-    attention_backend: str = Field("auto", description="SDPA kernels the UNet/ControlNet attention may use "
-                                                       "(auto: torch picks)",
-                                   json_schema_extra={"choices": list(ATTENTION_BACKENDS)})
+    dtype: str = Field(
+        "auto",
+        description="auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16",
+        json_schema_extra={"choices": ["auto", "fp32", "fp16", "bf16"]},
+    )
+    offload: str = Field(
+        "none",
+        description="move weights to the GPU only while used (less GPU memory, slower)",
+        json_schema_extra={"choices": list(OFFLOADS)},
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="also load .bin/.ckpt pickle weights, which can run code when "
+        "loaded: only for models you trust (default: safetensors only)",
+    )
+    vae_slicing: bool = Field(
+        False, description="decode one frame at a time through the VAE (less GPU memory for large frames)"
+    )
+    vae_tiling: bool = Field(
+        False, description="decode large frames in overlapping tiles (least memory; pixels change slightly)"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet and ControlNet (the first chunks of each "
+        "shape compile for minutes on a GPU; not with offload)",
+    )
+    channels_last: bool = Field(
+        False, description="UNet, ControlNet and VAE in channels-last memory format (tensor-core convolutions on GPUs)"
+    )
+    tf32: bool = Field(
+        True,
+        description="TF32 for fp32 matmuls/convolutions on CUDA GPUs of compute capability "
+        ">= 8.0 (--no-tf32: full fp32); no effect on fp16/bf16",
+    )
+    attention_backend: str = Field(
+        "auto",
+        description="SDPA kernels the UNet/ControlNet attention may use (auto: torch picks)",
+        json_schema_extra={"choices": list(ATTENTION_BACKENDS)},
+    )
 
     def __init__(self, *args: str, **data: Any) -> None:
         for name, value in zip(("device", "dtype"), args, strict=False):
@@ -205,4 +225,5 @@ def _no_gpu_possible() -> bool:
     WSL) device and "auto" is certainly cpu: lets a CPU machine sign "auto" without torch's
     import (~1 s). Elsewhere, or with a device file present, torch is asked."""
     return sys.platform == "linux" and not any(
-        glob.glob(pattern) for pattern in ("/dev/nvidia*", "/dev/kfd", "/dev/dxg"))
+        glob.glob(pattern) for pattern in ("/dev/nvidia*", "/dev/kfd", "/dev/dxg")
+    )

@@ -21,10 +21,25 @@ from t2vz_core.errors import InputError
 from t2vz_core.manifest import COLUMNS, SOURCE_MODES
 from t2vz_core.paths import RESERVED_JOB_IDS
 
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
-    ".wmv", ".flv", ".3gp", ".ogv",
-})
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".wmv",
+        ".flv",
+        ".3gp",
+        ".ogv",
+    }
+)
 _MAX_ID = 120  # leaves room for a "-N" deduplication suffix within the 128-character limit
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -75,8 +90,14 @@ def _source_text(video: Path, relative_to: Path) -> str:
     return str(absolute)
 
 
-def scan_library(video_dir: str | os.PathLike[str], mode: str, prompt: str, *,
-                 relative_to: str | os.PathLike[str] | None = None, **defaults: Any) -> str:
+def scan_library(
+    video_dir: str | os.PathLike[str],
+    mode: str,
+    prompt: str,
+    *,
+    relative_to: str | os.PathLike[str] | None = None,
+    **defaults: Any,
+) -> str:
     """CSV text of a manifest with one row per video under `video_dir`.
 
     Columns: job_id, mode, source, prompt, then each column given in `defaults` (e.g.
@@ -101,8 +122,9 @@ def scan_library(video_dir: str | os.PathLike[str], mode: str, prompt: str, *,
     taken: set[str] = set()
     for relative in videos:
         source = _source_text(Path(video_dir) / relative, base)
-        writer.writerow([job_id_for(relative, taken), mode, source, prompt.strip(),
-                         *(_cell(defaults[name]) for name in extra)])
+        writer.writerow(
+            [job_id_for(relative, taken), mode, source, prompt.strip(), *(_cell(defaults[name]) for name in extra)]
+        )
     return buffer.getvalue()
 
 

@@ -90,8 +90,9 @@ def read_sidecar(output_dir: str | os.PathLike, job_id: str) -> Sidecar | None:
         raise StaleSidecar(f"{path.name} is not readable JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else None
-        raise StaleSidecar(f"{path.name} was written by another version of t2vz (schema {found}, "
-                           f"this one reads {SCHEMA})")
+        raise StaleSidecar(
+            f"{path.name} was written by another version of t2vz (schema {found}, this one reads {SCHEMA})"
+        )
     try:
         return Sidecar.model_validate(data)
     except ValidationError as exc:

@@ -24,11 +24,12 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import t2vz_core
 from t2vz_core.atomic import atomic_write_json

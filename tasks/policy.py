@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from uuid import UUID
 
 from t2vz_core.pipeline import STEPS
@@ -96,8 +96,9 @@ class RunProgress:
         with self._lock:
             self._pending = percent
             if self._sender is None:
-                self._sender = threading.Thread(target=self._context.run, args=(self._send_loop,),
-                                                name="t2vz-progress", daemon=True)
+                self._sender = threading.Thread(
+                    target=self._context.run, args=(self._send_loop,), name="t2vz-progress", daemon=True
+                )
                 self._sender.start()
         self._wake.set()
 

@@ -46,8 +46,14 @@ class RowRun:
         self.job, self.cfg, self.progress = job, cfg, progress
         self.work = WorkDir(cfg.work_dir)
         self.steps: dict[str, StepRecord] = {}
-        self.ctx = RowContext(job=job, work=self.work, runtime=cfg.runtime(), output_dir=cfg.output_dir,
-                              force=cfg.force or job.refresh, on_progress=self._generation_progress)
+        self.ctx = RowContext(
+            job=job,
+            work=self.work,
+            runtime=cfg.runtime(),
+            output_dir=cfg.output_dir,
+            force=cfg.force or job.refresh,
+            on_progress=self._generation_progress,
+        )
 
     def _report(self, step: str, done: int = 0, total: int = 1, message: str = "") -> None:
         if self.progress is not None:
@@ -130,15 +136,27 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
     if progress is not None:
         progress.finish(job.job_id, status)
     sidecar = Sidecar(
-        job_id=job.job_id, row=job.row, mode=job.mode, status=status, error=error,
-        failed_step=failed_step, outputs=outputs, shots=row_steps.output_shots(row.ctx),
+        job_id=job.job_id,
+        row=job.row,
+        mode=job.mode,
+        status=status,
+        error=error,
+        failed_step=failed_step,
+        outputs=outputs,
+        shots=row_steps.output_shots(row.ctx),
         seconds=round(time.perf_counter() - started, 3),
-        started=wall_start, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), steps=row.steps,
-        job=job.cache_dict(), refresh=job.refresh, resolved=_resolved(row.ctx),
+        started=wall_start,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        steps=row.steps,
+        job=job.cache_dict(),
+        refresh=job.refresh,
+        resolved=_resolved(row.ctx),
         # What each step returned: lets a re-run recompute the keys (t2vz_core.freshness).
         refs={name: result.model_dump(mode="json") for name, result in row.ctx.results.items()},
         qc=row.ctx.results["qc"].qc if "qc" in row.ctx.results else None,
-        versions=report.software_versions(), manifest=cfg.manifest, flow_run_id=cfg.flow_run_id,
+        versions=report.software_versions(),
+        manifest=cfg.manifest,
+        flow_run_id=cfg.flow_run_id,
         options=cfg.options.model_dump(mode="json"),
     )
     try:
@@ -151,8 +169,14 @@ def run_row(job: Job, cfg: RunConfig, progress: RunProgress | None = None) -> Si
 def not_run_sidecar(job: Job) -> Sidecar:
     """The report's record of a row the stopped run never began (not written to disk: an earlier
     run's sidecar, if any, stays as it was)."""
-    return Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="missing", job=job.cache_dict(),
-                   error=f"not run: the run was stopped before this row began ({stop_reason()})")
+    return Sidecar(
+        job_id=job.job_id,
+        row=job.row,
+        mode=job.mode,
+        status="missing",
+        job=job.cache_dict(),
+        error=f"not run: the run was stopped before this row began ({stop_reason()})",
+    )
 
 
 def _resolved(ctx: RowContext) -> dict[str, Any]:
@@ -163,8 +187,7 @@ def _resolved(ctx: RowContext) -> dict[str, Any]:
     if decoded:
         info = decoded.source_info.model_dump(mode="json") if decoded.source_info else {}
         resolved["source"] = {"path": str(job.source), "sha256": decoded.source_sha256, **info}
-        resolved["decoded"] = decoded.model_dump(mode="json", include={"count", "fps", "width", "height",
-                                                                       "has_audio"})
+        resolved["decoded"] = decoded.model_dump(mode="json", include={"count", "fps", "width", "height", "has_audio"})
     if generated:
         request = row_steps.generation_request(job, generated.width, generated.height)
         request["chunk_size"] = generated.chunk_size or request["chunk_size"]

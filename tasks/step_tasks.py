@@ -55,14 +55,17 @@ def _adapted_to_memory(ctx: RowContext, cfg: RunConfig, key: str | None) -> RowC
     job, logger = ctx.job, get_run_logger()
     if ooms and job.mode == "text2video":
         ctx = dataclasses.replace(ctx, runtime=policy.lighter_runtime(ctx.runtime, ooms))
-        logger.warning("%s: retrying generation with offload=%s after running out of memory "
-                       "(text2video keeps its chunk size: its frames depend on it)", job.job_id, ctx.runtime.offload)
+        logger.warning(
+            "%s: retrying generation with offload=%s after running out of memory "
+            "(text2video keeps its chunk size: its frames depend on it)",
+            job.job_id,
+            ctx.runtime.offload,
+        )
     elif ooms:
         conditioning = ctx.conditioning
         chunk_size = policy.halved_chunk_size(job.chunk_size, conditioning.count if conditioning else None, ooms)
         ctx = dataclasses.replace(ctx, chunk_size=chunk_size)
-        logger.warning("%s: retrying generation with chunk_size=%d after running out of memory",
-                       job.job_id, chunk_size)
+        logger.warning("%s: retrying generation with chunk_size=%d after running out of memory", job.job_id, chunk_size)
     return ctx
 
 
@@ -71,10 +74,20 @@ def _make_task(step: pipeline.Step) -> Task:
         return run_step(step.name, ctx, cfg, key)
 
     step_task.__name__ = f"{step.name}_task"
-    caching: dict[str, Any] = (dict(cache_policy=policy.STEP_CACHE, persist_result=True) if step.cached
-                               else dict(cache_policy=NO_CACHE, persist_result=False))
-    return task(step_task, name=step.name, task_run_name=f"{step.name}-{{ctx.job.job_id}}", retries=2,
-                retry_delay_seconds=2, retry_condition_fn=policy.retry_if_transient, **caching)
+    caching: dict[str, Any] = (
+        dict(cache_policy=policy.STEP_CACHE, persist_result=True)
+        if step.cached
+        else dict(cache_policy=NO_CACHE, persist_result=False)
+    )
+    return task(
+        step_task,
+        name=step.name,
+        task_run_name=f"{step.name}-{{ctx.job.job_id}}",
+        retries=2,
+        retry_delay_seconds=2,
+        retry_condition_fn=policy.retry_if_transient,
+        **caching,
+    )
 
 
 _tasks: dict[tuple, Task] = {}
@@ -91,6 +104,5 @@ def step_task(name: str, refresh: bool, retries: int, delay_s: float) -> Task:
             base = _tasks.get((name,))
             if base is None:
                 base = _tasks[(name,)] = _make_task(pipeline.get_step(name))
-            found = _tasks[key] = base.with_options(refresh_cache=refresh, retries=retries,
-                                                    retry_delay_seconds=delay_s)
+            found = _tasks[key] = base.with_options(refresh_cache=refresh, retries=retries, retry_delay_seconds=delay_s)
         return found

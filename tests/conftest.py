@@ -18,9 +18,8 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-
 import fault_injection  # noqa: E402
+import pytest  # noqa: E402
 
 fault_injection.install()  # T2VZ_FAULTS rules reach the declared steps (none unless a test sets it)
 

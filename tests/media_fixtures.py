@@ -34,8 +34,13 @@ _CODECS = {
 }
 
 
-def frame_image(index: int, size: tuple[int, int], pattern: str = "shapes",
-                image: np.ndarray | None = None, barcode: bool | None = None) -> np.ndarray:
+def frame_image(
+    index: int,
+    size: tuple[int, int],
+    pattern: str = "shapes",
+    image: np.ndarray | None = None,
+    barcode: bool | None = None,
+) -> np.ndarray:
     """Upright RGB content of frame `index`, size (width, height). The barcode is drawn
     unless barcode=False (default for pattern="image", where it would hide the head)."""
     w, h = size
@@ -54,7 +59,7 @@ def frame_image(index: int, size: tuple[int, int], pattern: str = "shapes",
         r = max(1, min(w, h) // 8)
         base[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (240, 220, 40)
         x0 = (w - (index * 2) % max(w, 1)) % max(w, 1)
-        base[h * 3 // 4: h * 3 // 4 + max(1, h // 8), x0: x0 + max(1, w // 6)] = (40, 200, 240)
+        base[h * 3 // 4 : h * 3 // 4 + max(1, h // 8), x0 : x0 + max(1, w // 6)] = (40, 200, 240)
     if barcode is None:
         barcode = pattern != "image"
     if barcode and h >= 8 and w >= STRIPES:
@@ -84,7 +89,7 @@ def _texture(w: int, h: int, index: int) -> np.ndarray:
         _TEXTURES[key] = cv2.resize(small, (w + 512, h), interpolation=cv2.INTER_CUBIC)
     big = _TEXTURES[key]
     x = (index * 2) % 512
-    return big[:, x: x + w].copy()
+    return big[:, x : x + w].copy()
 
 
 def _draw_barcode(img: np.ndarray, index: int) -> None:
@@ -95,7 +100,7 @@ def _draw_barcode(img: np.ndarray, index: int) -> None:
     colours += [(255, 255, 255) if (index >> (BITS - 1 - b)) & 1 else (0, 0, 0) for b in range(BITS)]
     colours += [(0, 0, 255)]
     for j, colour in enumerate(colours):
-        img[:band, edges[j]: edges[j + 1]] = colour
+        img[:band, edges[j] : edges[j + 1]] = colour
 
 
 def read_frame_index(frame: np.ndarray) -> int | None:
@@ -104,7 +109,7 @@ def read_frame_index(frame: np.ndarray) -> int | None:
     band = max(2, h // 4)
     centres = ((np.arange(STRIPES) + 0.5) * w / STRIPES).astype(int)
     y0, y1 = max(0, band // 2 - 1), max(1, band // 2 + 1)
-    samples = [frame[y0:y1, max(0, c - 1): c + 1].reshape(-1, 3).mean(axis=0) for c in centres]
+    samples = [frame[y0:y1, max(0, c - 1) : c + 1].reshape(-1, 3).mean(axis=0) for c in centres]
     red, blue = samples[0], samples[-1]
     if not (red[0] > 150 > red[2] and blue[2] > 150 > blue[0]):
         return None
@@ -124,12 +129,24 @@ def dominant_frequency(samples: np.ndarray, rate: int = AUDIO_RATE) -> float:
     return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
 
 
-def make_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] = (64, 48),
-               fps: Fraction | int = Fraction(24), *, audio: bool | float = False,
-               rotation: int = 0, codec: str = "h264",
-               timestamps: Sequence[Fraction | float] | None = None, pattern: str = "shapes",
-               image: np.ndarray | None = None, barcode: bool | None = None, crf: int = 10,
-               gop: int | None = 12, preset: str = "ultrafast", faststart: bool = False) -> Path:
+def make_video(
+    path: str | os.PathLike,
+    frames: int = 24,
+    size: tuple[int, int] = (64, 48),
+    fps: Fraction | int = Fraction(24),
+    *,
+    audio: bool | float = False,
+    rotation: int = 0,
+    codec: str = "h264",
+    timestamps: Sequence[Fraction | float] | None = None,
+    pattern: str = "shapes",
+    image: np.ndarray | None = None,
+    barcode: bool | None = None,
+    crf: int = 10,
+    gop: int | None = 12,
+    preset: str = "ultrafast",
+    faststart: bool = False,
+) -> Path:
     """Write a real video file and return its path.
 
     size is the upright (display) size; with `rotation` (clockwise degrees 0/90/180/270,
@@ -175,8 +192,11 @@ def make_video(path: str | os.PathLike, frames: int = 24, size: tuple[int, int] 
         for packet in stream.encode():
             out.mux(packet)
         if astream is not None:
-            seconds = float(audio) if audio is not True else (
-                float(timestamps[-1]) + float(1 / fps) if timestamps is not None else frames / float(fps))
+            seconds = (
+                float(audio)
+                if audio is not True
+                else (float(timestamps[-1]) + float(1 / fps) if timestamps is not None else frames / float(fps))
+            )
             _write_tone(out, astream, seconds)
     return path
 
@@ -265,8 +285,7 @@ def make_text_file(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def vfr_timestamps(frames: int, short: Fraction = Fraction(1, 30),
-                   long: Fraction = Fraction(1, 10)) -> list[Fraction]:
+def vfr_timestamps(frames: int, short: Fraction = Fraction(1, 30), long: Fraction = Fraction(1, 10)) -> list[Fraction]:
     """Timestamps alternating blocks of 5 fast and 5 slow frames (variable rate)."""
     out, t = [], Fraction(0)
     for i in range(frames):

@@ -64,10 +64,15 @@ class VideoCase:
 VP9_FAST = (("deadline", "realtime"), ("cpu-used", "8"), ("crf", "20"), ("b", "0"))
 
 # Where each audio codec lives in the wild (and what PyAV muxes it into).
-AUDIO_CONTAINER = {"aac": ".mp4", "mp3": ".mp4", "opus": ".webm", "vorbis": ".mkv",
-                   "flac": ".mkv", "pcm_s16le": ".mov"}
-_AUDIO_ENCODER = {"aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "vorbis": "vorbis",
-                  "flac": "flac", "pcm_s16le": "pcm_s16le"}
+AUDIO_CONTAINER = {"aac": ".mp4", "mp3": ".mp4", "opus": ".webm", "vorbis": ".mkv", "flac": ".mkv", "pcm_s16le": ".mov"}
+_AUDIO_ENCODER = {
+    "aac": "aac",
+    "mp3": "libmp3lame",
+    "opus": "libopus",
+    "vorbis": "vorbis",
+    "flac": "flac",
+    "pcm_s16le": "pcm_s16le",
+}
 
 
 def audio_source_video(case: AudioCase) -> VideoCase:
@@ -166,9 +171,8 @@ def _write_audio(out, stream, audio: AudioCase, video_seconds: float) -> None:
     start = int(round(audio.offset * audio.rate))
     step = 1000  # not a codec frame size: PyAV re-frames for the encoder
     for i in range(0, total, step):
-        chunk = np.repeat(mono[None, i: i + step], channels, axis=0)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp",
-                                           layout=audio.layout)
+        chunk = np.repeat(mono[None, i : i + step], channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=audio.layout)
         frame.sample_rate = audio.rate
         frame.pts = start + i
         frame.time_base = Fraction(1, audio.rate)
@@ -177,6 +181,7 @@ def _write_audio(out, stream, audio: AudioCase, video_seconds: float) -> None:
 
 
 # --- reading outputs back --------------------------------------------------------------
+
 
 @dataclass
 class DecodedAudio:
@@ -227,7 +232,7 @@ def decode_audio(path: str | os.PathLike, origin: float = 0.0) -> DecodedAudio |
     timeline = np.zeros(max(end, 0))
     for at, data in placed:
         lo = max(0, -at)
-        timeline[at + lo: at + len(data)] = data[lo:]
+        timeline[at + lo : at + len(data)] = data[lo:]
     ratio = Fraction(ANALYSIS_RATE, rate)
     samples = resample_poly(timeline, ratio.numerator, ratio.denominator).astype(np.float32)
     clock = float(tb) if tb > Fraction(1, rate) else 0.0
@@ -250,10 +255,10 @@ def lag_of_best_match(output: np.ndarray, reference: np.ndarray, max_lag: int) -
     """(lag in samples, normalised correlation) maximising corr(output[n], reference[n + lag])
     over |lag| <= max_lag; `reference` is `output`'s expected content, same length."""
     n = len(output) - 2 * max_lag
-    core = output[max_lag: max_lag + n]
+    core = output[max_lag : max_lag + n]
     scores = []
     for lag in range(-max_lag, max_lag + 1):
-        ref = reference[max_lag + lag: max_lag + lag + n]
+        ref = reference[max_lag + lag : max_lag + lag + n]
         denom = float(np.linalg.norm(core) * np.linalg.norm(ref)) or 1.0
         scores.append(float(core @ ref) / denom)
     best = int(np.argmax(scores))
@@ -275,7 +280,8 @@ def check_audio(src: Path, out: Path, fmt: str, plan) -> None:
     frame = max(source.frame, got.frame) + 1e-3
     assert -1e-3 <= got.first <= frame, f"audio starts at {got.first:.4f} s"
     assert abs(got.end - plan.duration) <= frame, (
-        f"audio ends at {got.end:.4f} s, the video at {plan.duration:.4f} s (frame {frame:.4f} s)")
+        f"audio ends at {got.end:.4f} s, the video at {plan.duration:.4f} s (frame {frame:.4f} s)"
+    )
     rate, lag = ANALYSIS_RATE, round(MAX_LAG_S * ANALYSIS_RATE)
     shift = round(plan.start * rate)  # output sample n is source sample n + shift
     # where the source has audio inside the window, the output must be that audio
@@ -284,8 +290,8 @@ def check_audio(src: Path, out: Path, fmt: str, plan) -> None:
     assert b - a > 0.2, "too little audio to compare"
     lo, hi = round(a * rate) - lag, round(b * rate) + lag
     reference = np.zeros(hi - lo, np.float32)
-    part = source.samples[max(0, lo + shift): hi + shift]
-    reference[max(0, -(lo + shift)):][: len(part)] = part
+    part = source.samples[max(0, lo + shift) : hi + shift]
+    reference[max(0, -(lo + shift)) :][: len(part)] = part
     best, score = lag_of_best_match(_padded(got.samples, lo, hi), reference, lag)
     # Lag 0 to within the coarsest clock involved: MP4 keeps the sample clock, but
     # Matroska/WebM count milliseconds, so there a frame's place (e.g. Opus packets of
@@ -297,13 +303,13 @@ def check_audio(src: Path, out: Path, fmt: str, plan) -> None:
     for q0, q1 in quiet:
         if q1 - q0 > 0.02:
             gap = _padded(got.samples, round(max(q0, 0) * rate), round(q1 * rate))
-            assert np.sqrt(np.mean(gap ** 2)) < 1e-3, f"not silent from {q0:.3f} to {q1:.3f} s"
+            assert np.sqrt(np.mean(gap**2)) < 1e-3, f"not silent from {q0:.3f} to {q1:.3f} s"
 
 
 def _padded(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:
     out = np.zeros(hi - lo, np.float32)
-    part = samples[max(0, lo): hi]
-    out[max(0, -lo):][: len(part)] = part
+    part = samples[max(0, lo) : hi]
+    out[max(0, -lo) :][: len(part)] = part
     return out
 
 

@@ -41,18 +41,30 @@ def _load_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------- UNet
 
 
-_RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL
-             "controlnet_mid_block": "middle_block_out.0"}  # ControlNet
+_RESNET_PARTS = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_TOP = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",  # SDXL
+    "controlnet_mid_block": "middle_block_out.0",
+}  # ControlNet
 
 
 def _resnet(name: str) -> str:
     for ours, theirs in _RESNET_PARTS.items():
         if name == ours or name.startswith(ours + "."):
-            return theirs + name[len(ours):]
+            return theirs + name[len(ours) :]
     raise KeyError(name)
 
 
@@ -99,7 +111,7 @@ def _unet_to_original(weights: dict[str, torch.Tensor], config: dict, with_decod
             continue
         for ours, theirs in prefixes.items():
             if key.startswith(ours):
-                rest = key[len(ours):]
+                rest = key[len(ours) :]
                 out[theirs + (_resnet(rest) if ".resnets." in ours else rest)] = tensor
                 break
         else:
@@ -121,10 +133,16 @@ def _vae_to_original(weights: dict[str, torch.Tensor], config: dict) -> dict:
         new = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", new)
         new = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
         # The original decoder numbers its up levels from the bottom.
-        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
-                     lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.block.{m[2]}.", new)
-        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
-                     lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.upsample.", new)
+        new = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+            lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.block.{m[2]}.",
+            new,
+        )
+        new = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.upsample.",
+            new,
+        )
         new = re.sub(r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}.", new)
         new = new.replace(".conv_shortcut.", ".nin_shortcut.").replace(".conv_norm_out.", ".norm_out.")
         match = re.match(r"^(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)$", new)
@@ -159,8 +177,13 @@ def write_original_checkpoint(folder: Path, path: Path) -> Path:
     return path
 
 
-_OPEN_CLIP_LAYER_PARTS = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
-                          ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj"))
+_OPEN_CLIP_LAYER_PARTS = (
+    ("layer_norm1", "ln_1"),
+    ("layer_norm2", "ln_2"),
+    ("mlp.fc1", "mlp.c_fc"),
+    ("mlp.fc2", "mlp.c_proj"),
+    ("self_attn.out_proj", "attn.out_proj"),
+)
 
 
 def _open_clip_to_original(weights: dict[str, torch.Tensor]) -> dict:
@@ -170,10 +193,13 @@ def _open_clip_to_original(weights: dict[str, torch.Tensor]) -> dict:
         key = key.removeprefix("text_model.")
         match = re.match(r"^encoder\.layers\.(\d+)\.(.+)$", key)
         if match is None:
-            top = {"embeddings.position_embedding.weight": "positional_embedding",
-                   "embeddings.token_embedding.weight": "token_embedding.weight",
-                   "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
-                   "text_projection.weight": "text_projection"}[key]
+            top = {
+                "embeddings.position_embedding.weight": "positional_embedding",
+                "embeddings.token_embedding.weight": "token_embedding.weight",
+                "final_layer_norm.weight": "ln_final.weight",
+                "final_layer_norm.bias": "ln_final.bias",
+                "text_projection.weight": "text_projection",
+            }[key]
             out[top] = tensor.T if top == "text_projection" else tensor  # OpenCLIP multiplies x @ proj
             continue
         layer, rest = match.groups()
@@ -224,7 +250,7 @@ def write_original_controlnet(folder: Path, path: Path) -> Path:
         if match:
             key = f"zero_convs.{match[1]}.0.{match[2]}"
         elif key.startswith("controlnet_cond_embedding."):
-            key = _hint_block(key[len("controlnet_cond_embedding."):])
+            key = _hint_block(key[len("controlnet_cond_embedding.") :])
         state[f"control_model.{key}"] = tensor
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
@@ -257,7 +283,8 @@ def make_lora(folder: Path, out_dir: Path, seed: int = 0, rank: int = LORA_RANK)
     # init_lora_weights=False: random B as well as A, so the LoRA changes the output from the start.
     pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=UNET_TARGETS))
     pipe.text_encoder.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=TEXT_TARGETS))
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=TEXT_TARGETS)
+    )
     StableDiffusionPipeline.save_lora_weights(
         out_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
@@ -324,8 +351,9 @@ def write_distinct_sdxl(tiny_sdxl: Path, folder: Path, seed: int = 0, hidden_2: 
     second.hidden_size, second.projection_dim, second.intermediate_size = hidden_2, hidden_2, 2 * hidden_2
     unet_config = json.loads((tiny_sdxl / "unet" / "config.json").read_text())
     time_dim = unet_config["projection_class_embeddings_input_dim"] - 32  # minus the pooled width
-    unet_config.update(cross_attention_dim=first.hidden_size + hidden_2,
-                       projection_class_embeddings_input_dim=time_dim + hidden_2)
+    unet_config.update(
+        cross_attention_dim=first.hidden_size + hidden_2, projection_class_embeddings_input_dim=time_dim + hidden_2
+    )
     torch.manual_seed(seed)
     pipe = StableDiffusionXLPipeline(
         vae=AutoencoderKL.from_pretrained(tiny_sdxl / "vae"),

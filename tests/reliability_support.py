@@ -22,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 
@@ -35,7 +36,7 @@ START_TIMEOUT_S = 90
 # The CLI with a progress listener that writes JSON lines (used for `python -c`).
 _WRAPPER = """
 import json, sys
-sys.path.insert(0, %r)
+sys.path.insert(0, TESTS_DIR)
 import fault_injection
 fault_injection.install()
 log = sys.argv[1]
@@ -47,10 +48,11 @@ if log:
     progress.add_listener(_listener)
 from flows.cli import main
 sys.exit(main(sys.argv[2:]))
-""" % str(Path(__file__).resolve().parent)
+""".replace("TESTS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
 # ---------------------------------------------------------------- one Prefect server per session
+
 
 class _Server:
     def __init__(self) -> None:
@@ -68,12 +70,20 @@ class _Server:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
             env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            env.update(PREFECT_HOME=str(self.home / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                       PREFECT_UI_ENABLED="false")
+            env.update(
+                PREFECT_HOME=str(self.home / "home"),
+                PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_UI_ENABLED="false",
+            )
             log = open(self.home / "server.log", "w")  # noqa: SIM115 - handed to the process
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.home,
+            )
             log.close()
             api = f"http://127.0.0.1:{port}/api"
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -143,10 +153,12 @@ def cli_command(args: Iterable[str], progress_log: Path | None = None) -> list[s
     return [PYTHON, "-c", _WRAPPER, str(progress_log or ""), *args]
 
 
-def run_cli(args: Iterable[str], env: dict[str, str], cwd: Path, timeout: float = 240,
-            progress_log: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(args, progress_log), env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(
+    args: Iterable[str], env: dict[str, str], cwd: Path, timeout: float = 240, progress_log: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cli_command(args, progress_log), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def explain(proc: subprocess.CompletedProcess | Any, chars: int = 4000) -> str:
@@ -169,6 +181,7 @@ def read_progress(path: Path) -> list[list]:
 
 
 # ---------------------------------------------------------------- manifests and outputs
+
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
     columns: list[str] = []
@@ -235,12 +248,14 @@ SHELL_SOURCE = "clip;touch PWNED_5;$(touch PWNED_6)`touch PWNED_7`.mp4"
 PWNED = ("PWNED_1", "PWNED_2", "PWNED_3", "PWNED_4", "PWNED_5", "PWNED_6", "PWNED_7")
 
 # T2VZ_FAULTS for the corpus run: each rule targets one job of its own.
-CORPUS_FAULTS = ",".join([
-    "decode@f_eio_decode:eio:2",     # transient twice, then fine: 2 retries suffice
-    "generate@f_oom:oom:1",          # out of memory once: retried with a halved chunk size
-    "generate@f_fatal:fatal:1",      # permanent: must fail, and fails only once
-    "encode@f_eio_forever:eio",      # transient but persistent: bounded retries, then failed
-])
+CORPUS_FAULTS = ",".join(
+    [
+        "decode@f_eio_decode:eio:2",  # transient twice, then fine: 2 retries suffice
+        "generate@f_oom:oom:1",  # out of memory once: retried with a halved chunk size
+        "generate@f_fatal:fatal:1",  # permanent: must fail, and fails only once
+        "encode@f_eio_forever:eio",  # transient but persistent: bounded retries, then failed
+    ]
+)
 
 
 def _bin_only_model(src: Path, dst: Path) -> Path:
@@ -265,8 +280,15 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     label for rows without a valid job_id) to what the row must end as."""
     from fractions import Fraction
 
-    from media_fixtures import (make_audio_only, make_corrupt, make_text_file, make_truncated, make_video,
-                                make_zero_frame, vfr_timestamps)
+    from media_fixtures import (
+        make_audio_only,
+        make_corrupt,
+        make_text_file,
+        make_truncated,
+        make_video,
+        make_zero_frame,
+        vfr_timestamps,
+    )
 
     lib, extra, outside, out = root / "lib", root / "extra", root / "outside", root / "out"
     for folder in (lib, extra, outside, out):
@@ -275,14 +297,14 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
 
     clip = make_video(lib / "clip.mp4", frames=8, size=(64, 48))
     (lib / SHELL_SOURCE).write_bytes(clip.read_bytes())
-    make_video(extra / "odd.mp4", frames=6, size=(63, 47))                    # odd sizes (yuv444p)
+    make_video(extra / "odd.mp4", frames=6, size=(63, 47))  # odd sizes (yuv444p)
     make_video(lib / "vfr.mkv", frames=10, size=(64, 48), fps=30, timestamps=vfr_timestamps(10))
-    make_video(lib / "rotated.mp4", frames=6, size=(48, 64), rotation=90)      # portrait phone clip
+    make_video(lib / "rotated.mp4", frames=6, size=(48, 64), rotation=90)  # portrait phone clip
     make_video(lib / "one_pixel.mp4", frames=4, size=(1, 1), codec="ffv1")
     long_clip = make_video(lib / "long.mp4", frames=48, size=(64, 48), gop=4)
-    make_truncated(long_clip, lib / "truncated.mp4", keep=0.6)                 # moov at the end: lost
+    make_truncated(long_clip, lib / "truncated.mp4", keep=0.6)  # moov at the end: lost
     fast_start = make_video(lib / "faststart.mp4", frames=48, size=(64, 48), gop=4, faststart=True)
-    make_truncated(fast_start, lib / "truncated_faststart.mp4", keep=0.6)      # index kept, data cut
+    make_truncated(fast_start, lib / "truncated_faststart.mp4", keep=0.6)  # index kept, data cut
     make_text_file(lib / "text.mp4")
     make_corrupt(lib / "random.mp4")
     (lib / "empty.mp4").write_bytes(b"")
@@ -304,12 +326,27 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     (out / "sym_sidecar.json").symlink_to(outside / "victim.json")
 
     def canny(job_id: str, source: str, **kw: Any) -> dict:
-        return {"job_id": job_id, "mode": "canny", "source": source, "prompt": "a glass robot",
-                "model": str(sd), "controlnet": str(cn), **FAST, **kw}
+        return {
+            "job_id": job_id,
+            "mode": "canny",
+            "source": source,
+            "prompt": "a glass robot",
+            "model": str(sd),
+            "controlnet": str(cn),
+            **FAST,
+            **kw,
+        }
 
     def pix(job_id: str, source: str, **kw: Any) -> dict:
-        return {"job_id": job_id, "mode": "pix2pix", "source": source, "prompt": "make it snow",
-                "model": str(p2p), **FAST, **kw}
+        return {
+            "job_id": job_id,
+            "mode": "pix2pix",
+            "source": source,
+            "prompt": "make it snow",
+            "model": str(p2p),
+            **FAST,
+            **kw,
+        }
 
     t2v = {"mode": "text2video", "prompt": "a panda surfing", "model": str(sd), **FAST_T2V}
     rows: list[dict] = []
@@ -317,8 +354,12 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
 
     def add(row: dict, expect: str, words: tuple[str, ...] = (), label: str | None = None) -> None:
         rows.append(row)
-        cases[label or row["job_id"]] = {"row": len(rows) + 1, "expect": expect, "words": words,
-                                         "source": row.get("source")}
+        cases[label or row["job_id"]] = {
+            "row": len(rows) + 1,
+            "expect": expect,
+            "words": words,
+            "source": row.get("source"),
+        }
 
     # Good rows, some with shell metacharacters in the prompt and the source name.
     add(canny("good_canny", SHELL_SOURCE, prompt=SHELL_PROMPT), "ok")
@@ -359,8 +400,15 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     add(pix("f_eio_forever", "clip.mp4", seed=14), "failed", ("injected I/O error in encode for f_eio_forever",))
 
     manifest = write_manifest(lib / "manifest.csv", rows)
-    return {"manifest": manifest, "out": out, "lib": lib, "extra": extra, "outside": outside,
-            "cases": cases, "root": root}
+    return {
+        "manifest": manifest,
+        "out": out,
+        "lib": lib,
+        "extra": extra,
+        "outside": outside,
+        "cases": cases,
+        "root": root,
+    }
 
 
 _corpus_lock = threading.Lock()
@@ -380,11 +428,29 @@ def corpus_run(models: Path) -> dict[str, Any]:
             cwd.mkdir()
             env = run_env(root, T2VZ_FAULTS=CORPUS_FAULTS, T2VZ_RETRIES="2")
             started, started_at = time.monotonic(), time.time()
-            proc = run_cli(["run", str(corpus["manifest"]), "--output-dir", str(corpus["out"]),
-                            "--allowed-root", str(corpus["lib"]), "--allowed-root", str(corpus["extra"]),
-                            "--no-progress"], env, cwd, timeout=400)
-            corpus.update(proc=proc, cwd=cwd, seconds=time.monotonic() - started, started_at=started_at,
-                          api=env["PREFECT_API_URL"])
+            proc = run_cli(
+                [
+                    "run",
+                    str(corpus["manifest"]),
+                    "--output-dir",
+                    str(corpus["out"]),
+                    "--allowed-root",
+                    str(corpus["lib"]),
+                    "--allowed-root",
+                    str(corpus["extra"]),
+                    "--no-progress",
+                ],
+                env,
+                cwd,
+                timeout=400,
+            )
+            corpus.update(
+                proc=proc,
+                cwd=cwd,
+                seconds=time.monotonic() - started,
+                started_at=started_at,
+                api=env["PREFECT_API_URL"],
+            )
             corpus["report"] = load_report(corpus["out"]) if (corpus["out"] / "report.json").exists() else None
             _corpus = corpus
         return _corpus
@@ -396,8 +462,11 @@ def task_runs(api: str, flow_run_id: str, settle_s: float = 1.0, timeout_s: floa
     for `settle_s`."""
     deadline, seen, stable_since = time.monotonic() + timeout_s, None, time.monotonic()
     while True:
-        response = httpx.post(f"{api}/task_runs/filter",
-                              json={"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}, timeout=30)
+        response = httpx.post(
+            f"{api}/task_runs/filter",
+            json={"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+            timeout=30,
+        )
         response.raise_for_status()
         runs = {run["name"]: run for run in response.json()}
         snapshot = {name: (run["run_count"], (run.get("state") or {}).get("type")) for name, run in runs.items()}

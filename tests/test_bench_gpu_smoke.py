@@ -28,8 +28,14 @@ pytestmark = pytest.mark.timeout(1800)
 
 def _run(*args: str, timeout: float = 1700) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "T2VZ_GPU_LIMIT", "T2VZ_MAX_WORKERS")}
-    return subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_smoke_run_writes_every_section(tmp_path):
@@ -56,8 +62,9 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert all(row["ok"] for row in sections["precision"]["rows"])
     e2e = sections["e2e"]
     assert e2e["statuses"] == ["ok"] * 4 and e2e["generations"] == 4 and e2e["fps_end_to_end"] > 0
-    assert sections["oom_retry"]["halved_after_oom"] and sections["oom_retry"]["effective_chunk"] == 2, \
-        sections["oom_retry"]
+    assert sections["oom_retry"]["halved_after_oom"] and sections["oom_retry"]["effective_chunk"] == 2, sections[
+        "oom_retry"
+    ]
     assert sections["gpu_limit"]["one_at_a_time"], sections["gpu_limit"]
     assert all(row["max_chunk"] for row in sections["max_chunk"]["rows"])
     assert {row["mode"] for row in sections["sdxl"]["rows"]} == {"canny", "text2video"}

@@ -24,8 +24,14 @@ T2VZ = Path(sys.executable).parent / "t2vz"  # the console script pyproject decl
 
 def t2vz(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
     command = [str(T2VZ)] if T2VZ.exists() else [sys.executable, "-m", "flows.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd or REPO)
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or REPO,
+    )
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -38,8 +44,20 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def t2v_row(models: Path, job_id: str = "clip", **extra) -> dict:
-    return {**dict(job_id=job_id, mode="text2video", prompt="a red balloon", model=str(models / "sd"), seed=7,
-                   num_inference_steps=2, resolution=64, video_length=4, chunk_size=4), **extra}
+    return {
+        **dict(
+            job_id=job_id,
+            mode="text2video",
+            prompt="a red balloon",
+            model=str(models / "sd"),
+            seed=7,
+            num_inference_steps=2,
+            resolution=64,
+            video_length=4,
+            chunk_size=4,
+        ),
+        **extra,
+    }
 
 
 def test_validate_exit_codes(tmp_path, tiny_models):
@@ -119,7 +137,12 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     assert "all 1 row(s) up to date" in result.stdout and "Prefect UI" not in result.stdout
     assert (out / "clip.json").read_bytes() == sidecar
     line = json.loads((out / "report.json").read_text())["rows"][0]
-    assert (line["status"], line["generate"], line["decode"], line["up_to_date"]) == ("ok", "up to date", "skipped", True)
+    assert (line["status"], line["generate"], line["decode"], line["up_to_date"]) == (
+        "ok",
+        "up to date",
+        "skipped",
+        True,
+    )
 
     # An edited output makes the row run again, as a flow run whose steps all come from the cache.
     (out / "clip.gif").write_bytes(b"GIF89a edited")
@@ -133,9 +156,11 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
 
     # The report can be rebuilt from the sidecars (e.g. after shards ran), without Prefect; a row
     # without a sidecar is missing.
-    code = ("import sys; from flows.cli import main; code = main(['report', sys.argv[1]]); "
-            "heavy = [m for m in ('prefect', 'torch', 'diffusers') if m in sys.modules]; "
-            "print('imported:', heavy); sys.exit(code)")
+    code = (
+        "import sys; from flows.cli import main; code = main(['report', sys.argv[1]]); "
+        "heavy = [m for m in ('prefect', 'torch', 'diffusers') if m in sys.modules]; "
+        "print('imported:', heavy); sys.exit(code)"
+    )
     rebuilt = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
     assert rebuilt.returncode == 0 and "imported: []" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     (out / "clip.json").unlink()

@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 T2VZ = Path(sys.executable).parent / "t2vz"
 
 # What a library's warning or a crash looks like on a console.
-NOISE = re.compile(r"Traceback|Warning\b|WARNING|^W\d{4} |^I\d{4} |^INFO: |CancelledError|"
-                   r"deprecated|absl::", re.MULTILINE)
+NOISE = re.compile(
+    r"Traceback|Warning\b|WARNING|^W\d{4} |^I\d{4} |^INFO: |CancelledError|"
+    r"deprecated|absl::",
+    re.MULTILINE,
+)
 
 
 @pytest.mark.slow
@@ -43,8 +46,14 @@ def test_demo_run_prints_only_progress_results_and_summary(tmp_path, tiny_models
     # a fresh database migrates first: allow for a loaded test machine (default 20 s)
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
     command = [str(T2VZ)] if T2VZ.exists() else [sys.executable, "-m", "flows.cli"]
-    result = subprocess.run([*command, "run", "manifests/demo.csv", "--output-dir", "out"],
-                            capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [*command, "run", "manifests/demo.csv", "--output-dir", "out"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed
     assert "5 ok, 0 failed, 0 invalid" in result.stdout
@@ -57,13 +66,13 @@ def test_native_stderr_is_logged_not_printed(capfd, caplog):
     log = logging.getLogger("t2vz_core.test_native")
     with caplog.at_level(logging.DEBUG, logger=log.name), native_stderr_to_log(log):
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n\n")
-        subprocess.run([sys.executable, "-c", "import os; os.write(2, b'W0000 from a child\\n')"],
-                       check=True)
+        subprocess.run([sys.executable, "-c", "import os; os.write(2, b'W0000 from a child\\n')"], check=True)
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.DEBUG, "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."),
-        (logging.DEBUG, "W0000 from a child")]
+        (logging.DEBUG, "W0000 from a child"),
+    ]
 
 
 def test_library_warnings_become_debug_records(caplog, monkeypatch):

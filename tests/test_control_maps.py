@@ -28,12 +28,15 @@ def test_canny_thresholds():
     assert next(extract_control_maps("canny", np.zeros((1, 32, 32, 3), np.uint8))).max() == 0
 
 
-@pytest.mark.parametrize("params,backend,words", [
-    ({"low_threshold": 300, "high_threshold": 200}, None, "must be smaller than high_threshold"),
-    ({"low_threshold": 150, "high_threshold": 150}, None, "must be smaller than high_threshold"),  # as the manifest
-    ({"low": 1}, None, "unknown parameter"),
-    ({}, "sobel", "backend"),
-])
+@pytest.mark.parametrize(
+    "params,backend,words",
+    [
+        ({"low_threshold": 300, "high_threshold": 200}, None, "must be smaller than high_threshold"),
+        ({"low_threshold": 150, "high_threshold": 150}, None, "must be smaller than high_threshold"),  # as the manifest
+        ({"low": 1}, None, "unknown parameter"),
+        ({}, "sobel", "backend"),
+    ],
+)
 def test_bad_canny_parameters(params, backend, words):
     with pytest.raises(InputError, match=words):
         extract_control_maps("canny", np.zeros((1, 8, 8, 3), np.uint8), params, backend=backend)
@@ -41,8 +44,7 @@ def test_bad_canny_parameters(params, backend, words):
         control_params("normals")
 
 
-@pytest.mark.parametrize("backend,weights", [("midas", "dpt_hybrid-midas-501f0c75.pt"),
-                                             ("zoe", "ZoeD_M12_N.pt")])
+@pytest.mark.parametrize("backend,weights", [("midas", "dpt_hybrid-midas-501f0c75.pt"), ("zoe", "ZoeD_M12_N.pt")])
 def test_depth_without_weights_is_a_clear_input_error(tmp_path, backend, weights):
     frame = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.raises(InputError, match=f"depth backend '{backend}'.*{weights}.*from https://huggingface"):
@@ -57,8 +59,7 @@ def test_depth_without_weights_is_a_clear_input_error(tmp_path, backend, weights
 def person_frames(tmp_path_factory):
     """A short clip of a real photo of a person panning, decoded into a FrameStore."""
     d = tmp_path_factory.mktemp("maps")
-    video = make_video(d / "person.mp4", frames=4, size=(256, 256), pattern="image",
-                       image=data.astronaut())
+    video = make_video(d / "person.mp4", frames=4, size=(256, 256), pattern="image", image=data.astronaut())
     plan = plan_decode(probe(video), DecodeSpec(resolution=256))
     return d, decode_to_store(video, plan, d / "frames", backend="pyav")
 

@@ -51,8 +51,14 @@ def request(**fields) -> GenerationRequest:
 def pipeline_preprocessed(pipe, frames: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """What the ControlNet pipeline makes of these frames (the engine's former resident tensor)."""
     return pipe.prepare_image(
-        image=frames.astype(np.float32) / 255.0, width=SIZE, height=SIZE, batch_size=len(frames),
-        num_images_per_prompt=1, device=torch.device("cpu"), dtype=dtype, do_classifier_free_guidance=False,
+        image=frames.astype(np.float32) / 255.0,
+        width=SIZE,
+        height=SIZE,
+        batch_size=len(frames),
+        num_images_per_prompt=1,
+        device=torch.device("cpu"),
+        dtype=dtype,
+        do_classifier_free_guidance=False,
     )
 
 

@@ -67,8 +67,17 @@ def canny_request(**fields) -> GenerationRequest:
 
 
 def t2v_request(**fields) -> GenerationRequest:
-    base = dict(mode="text2video", prompt="a dog", num_inference_steps=6, t0=2, t1=4, seed=2,
-                width=SIZE, height=SIZE, video_length=5)
+    base = dict(
+        mode="text2video",
+        prompt="a dog",
+        num_inference_steps=6,
+        t0=2,
+        t1=4,
+        seed=2,
+        width=SIZE,
+        height=SIZE,
+        video_length=5,
+    )
     return GenerationRequest(**{**base, **fields})
 
 
@@ -137,8 +146,14 @@ def test_without_guidance_one_branch_group(canny):
     try:
         canny.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=1))
         canny.controlnet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=1))
-        expected = canny(prompt=["a man dancing"] * n, image=[PIL.Image.fromarray(m) for m in frames_in],
-                         latents=latents, num_inference_steps=3, guidance_scale=1.0, output_type="np").images
+        expected = canny(
+            prompt=["a man dancing"] * n,
+            image=[PIL.Image.fromarray(m) for m in frames_in],
+            latents=latents,
+            num_inference_steps=3,
+            guidance_scale=1.0,
+            output_type="np",
+        ).images
     finally:
         canny.unet.set_attn_processor(dict(saved[0]))
         canny.controlnet.set_attn_processor(dict(saved[1]))
@@ -171,8 +186,13 @@ def test_guess_mode_controlnet_groups_its_single_branch(canny):
     try:
         pipe.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
         controlnet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=1))
-        expected = pipe(prompt=["a man dancing"] * n, image=[PIL.Image.fromarray(m) for m in frames_in],
-                        latents=latents, num_inference_steps=3, output_type="np").images
+        expected = pipe(
+            prompt=["a man dancing"] * n,
+            image=[PIL.Image.fromarray(m) for m in frames_in],
+            latents=latents,
+            num_inference_steps=3,
+            output_type="np",
+        ).images
     finally:
         pipe.unet.set_attn_processor(dict(saved[0]))
         controlnet.set_attn_processor(dict(saved[1]))
@@ -276,7 +296,9 @@ def test_stale_or_corrupt_checkpoint_is_ignored(canny, tmp_path):
 # -------------------------------------------------------------------------------- schedulers
 
 
-@pytest.mark.parametrize("scheduler", ["DPMSolverMultistepScheduler", "PNDMScheduler", "EulerAncestralDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "scheduler", ["DPMSolverMultistepScheduler", "PNDMScheduler", "EulerAncestralDiscreteScheduler"]
+)
 def test_chunking_invariant_for_stateful_and_stochastic_schedulers(canny, scheduler):
     """Per-chunk scheduler copies (multistep history, step counters) and per-row step noise."""
     pipe = with_scheduler(canny, scheduler)
@@ -300,13 +322,18 @@ def test_bf16_pipelines_keep_latents_in_unet_dtype_and_resume(tiny_models, canny
     bf16 = Runtime(device="cpu", dtype="bf16")
     cases = [
         (sd, load_pipeline("sd", tiny_models / "sd", runtime=bf16), t2v_request(chunk_size=3), None),
-        (canny, load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=bf16),
-         canny_request(chunk_size=3), maps(4)),
+        (
+            canny,
+            load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=bf16),
+            canny_request(chunk_size=3),
+            maps(4),
+        ),
     ]
     for fp32_pipe, pipe, request, frames_in in cases:
         dtypes = set()
         handle = pipe.unet.register_forward_pre_hook(
-            lambda _m, args, kwargs: dtypes.add((args[0] if args else kwargs["sample"]).dtype), with_kwargs=True
+            lambda _m, args, kwargs, seen=dtypes: seen.add((args[0] if args else kwargs["sample"]).dtype),
+            with_kwargs=True,
         )
         try:
             got = generate(pipe, request, frames_in, output_dtype=np.float32)

@@ -97,8 +97,12 @@ def sd(tiny_models):
 def test_text2video_matches_reference_pipeline(sd, t2v_reference):
     n = 6
     expected = t2v_reference(
-        prompt="a dog running", video_length=n, height=SIZE, width=SIZE,
-        generator=torch.Generator("cpu").manual_seed(7), **T2V,
+        prompt="a dog running",
+        video_length=n,
+        height=SIZE,
+        width=SIZE,
+        generator=torch.Generator("cpu").manual_seed(7),
+        **T2V,
     ).images
     got = ours(sd, mode="text2video", prompt="a dog running", video_length=n, seed=7, **T2V)
     assert maxdiff(got, expected) <= ORACLE_TOL
@@ -116,8 +120,13 @@ def test_chunked_text2video_matches_frame_ids_recipe(sd, t2v_reference):
         frame_ids = [0] + list(range(start, end))
         generator.manual_seed(seed)
         out = t2v_reference(
-            prompt="a red car", video_length=len(frame_ids), height=SIZE, width=SIZE,
-            generator=generator, frame_ids=frame_ids, **kw,
+            prompt="a red car",
+            video_length=len(frame_ids),
+            height=SIZE,
+            width=SIZE,
+            generator=generator,
+            frame_ids=frame_ids,
+            **kw,
         ).images
         expected.append(out[1:])
     expected = np.concatenate(expected)
@@ -141,12 +150,24 @@ def test_controlnet_modes_match_pipeline_and_chunking(tiny_models, mode):
     seed, steps, scale = 5, 3, 0.8
     with reference_cross_frame(2, pipe.unet, pipe.controlnet):
         expected = pipe(
-            prompt=["a man dancing"] * N_FRAMES, negative_prompt=["blurry"] * N_FRAMES, image=pil(maps),
-            latents=shared_latents(seed).repeat(N_FRAMES, 1, 1, 1), num_inference_steps=steps,
-            guidance_scale=7.5, controlnet_conditioning_scale=scale, output_type="np",
+            prompt=["a man dancing"] * N_FRAMES,
+            negative_prompt=["blurry"] * N_FRAMES,
+            image=pil(maps),
+            latents=shared_latents(seed).repeat(N_FRAMES, 1, 1, 1),
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            controlnet_conditioning_scale=scale,
+            output_type="np",
         ).images
-    fields = dict(mode=mode, prompt="a man dancing", negative_prompt="blurry", num_inference_steps=steps,
-                  guidance_scale=7.5, controlnet_conditioning_scale=scale, seed=seed)
+    fields = dict(
+        mode=mode,
+        prompt="a man dancing",
+        negative_prompt="blurry",
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        controlnet_conditioning_scale=scale,
+        seed=seed,
+    )
     full = ours(pipe, maps, **fields)
     assert maxdiff(full, expected) <= ORACLE_TOL
     for chunk_size in CHUNKS:
@@ -157,8 +178,9 @@ def test_controlnet_modes_match_pipeline_and_chunking(tiny_models, mode):
 
 def test_same_seed_same_frames(tiny_models):
     pipe = load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=CPU)
-    request = GenerationRequest(mode="canny", prompt="a cat", num_inference_steps=3, seed=9,
-                                width=SIZE, height=SIZE, chunk_size=4)
+    request = GenerationRequest(
+        mode="canny", prompt="a cat", num_inference_steps=3, seed=9, width=SIZE, height=SIZE, chunk_size=4
+    )
     maps = frames(seed=1, count=5, sparse=True)
     first, second = generate(pipe, request, maps), generate(pipe, request, maps)
     assert first.dtype == np.uint8 and first.shape == (5, SIZE, SIZE, 3)
@@ -176,12 +198,22 @@ def test_pix2pix_matches_pipeline_and_chunking(tiny_models):
     seed, steps = 4, 3
     with reference_cross_frame(3, pipe.unet):
         expected = pipe(
-            prompt=["make it snow"] * N_FRAMES, image=pil(source),
-            latents=shared_latents(seed).repeat(N_FRAMES, 1, 1, 1), num_inference_steps=steps,
-            guidance_scale=7.5, image_guidance_scale=1.5, output_type="np",
+            prompt=["make it snow"] * N_FRAMES,
+            image=pil(source),
+            latents=shared_latents(seed).repeat(N_FRAMES, 1, 1, 1),
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            image_guidance_scale=1.5,
+            output_type="np",
         ).images
-    fields = dict(mode="pix2pix", prompt="make it snow", num_inference_steps=steps, guidance_scale=7.5,
-                  image_guidance_scale=1.5, seed=seed)
+    fields = dict(
+        mode="pix2pix",
+        prompt="make it snow",
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        seed=seed,
+    )
     full = ours(pipe, source, **fields)
     assert maxdiff(full, expected) <= ORACLE_TOL
     for chunk_size in CHUNKS:
@@ -199,8 +231,15 @@ def test_sdxl_text2video_matches_reference_pipeline(tiny_models):
         reference = TextToVideoZeroSDXLPipeline.from_pretrained(tiny_models / "sdxl", add_watermarker=False)
     reference.set_progress_bar_config(disable=True)
     kw = dict(num_inference_steps=5, t0=1, t1=3, motion_field_strength_x=8, motion_field_strength_y=-4)
-    expected = reference(prompt="a cat", video_length=4, height=SIZE, width=SIZE, output_type="np",
-                         generator=torch.Generator("cpu").manual_seed(1), **kw).images
+    expected = reference(
+        prompt="a cat",
+        video_length=4,
+        height=SIZE,
+        width=SIZE,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(1),
+        **kw,
+    ).images
     pipe = load_pipeline("sdxl", tiny_models / "sdxl", runtime=CPU)
     assert maxdiff(ours(pipe, mode="text2video", prompt="a cat", video_length=4, seed=1, **kw), expected) <= ORACLE_TOL
 
@@ -209,8 +248,16 @@ def test_sdxl_controlnet_matches_pipeline(tiny_models):
     pipe = load_pipeline("sdxl", tiny_models / "sdxl", tiny_models / "controlnet-sdxl-canny", runtime=CPU)
     maps, n = frames(seed=2, count=4, sparse=True), 4
     with reference_cross_frame(2, pipe.unet, pipe.controlnet):
-        expected = pipe(prompt=["a cat"] * n, image=pil(maps), latents=shared_latents(2).repeat(n, 1, 1, 1),
-                        num_inference_steps=3, guidance_scale=5.0, height=SIZE, width=SIZE, output_type="np").images
+        expected = pipe(
+            prompt=["a cat"] * n,
+            image=pil(maps),
+            latents=shared_latents(2).repeat(n, 1, 1, 1),
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            height=SIZE,
+            width=SIZE,
+            output_type="np",
+        ).images
     fields = dict(mode="canny", prompt="a cat", num_inference_steps=3, guidance_scale=5.0, seed=2)
     full = ours(pipe, maps, **fields)
     assert maxdiff(full, expected) <= ORACLE_TOL

@@ -87,10 +87,18 @@ MAPS = np.zeros((4, 64, 64, 3), np.uint8)
         ("canny", {"mode": "canny"}, None, "mode canny needs canny control maps (one per frame), got none"),
         ("canny", {"mode": "canny", "video_length": 5}, MAPS, "video_length=5 but there are 4 canny control maps"),
         ("canny", {"mode": "canny", "video_length": None}, MAPS[:0], "canny control maps: got no frames"),
-        ("canny", {"mode": "canny", "video_length": None}, np.zeros((4, 64, 32, 3), np.uint8),
-         "canny control maps from frame 0: expected uint8 frames of shape (k, 64, 64, 3)"),
-        ("pix2pix", {"mode": "pix2pix", "video_length": None}, MAPS.astype(np.float32),
-         "source frames from frame 0: expected uint8 frames"),
+        (
+            "canny",
+            {"mode": "canny", "video_length": None},
+            np.zeros((4, 64, 32, 3), np.uint8),
+            "canny control maps from frame 0: expected uint8 frames of shape (k, 64, 64, 3)",
+        ),
+        (
+            "pix2pix",
+            {"mode": "pix2pix", "video_length": None},
+            MAPS.astype(np.float32),
+            "source frames from frame 0: expected uint8 frames",
+        ),
         ("sd", {"mode": "text2video", "num_inference_steps": 5}, None, "t1=5 must be at most"),
     ],
 )

@@ -35,14 +35,20 @@ def canny_pipe(tiny_models):
 def _canny(pipe) -> np.ndarray:
     maps = np.zeros((3, 64, 64, 3), np.uint8)
     maps[:, 20:40, 10:50] = 255
-    request = GenerationRequest(mode="canny", prompt="a boat", num_inference_steps=2, width=64, height=64,
-                                chunk_size=2, seed=3)
+    request = GenerationRequest(
+        mode="canny", prompt="a boat", num_inference_steps=2, width=64, height=64, chunk_size=2, seed=3
+    )
     return generate(pipe, request, maps, output_dtype=np.float32)
 
 
 def test_runtime_fast_path_options_validate():
     runtime = Runtime()
-    assert (runtime.compile, runtime.channels_last, runtime.tf32, runtime.attention_backend) == (False, False, True, "auto")
+    assert (runtime.compile, runtime.channels_last, runtime.tf32, runtime.attention_backend) == (
+        False,
+        False,
+        True,
+        "auto",
+    )
     assert Runtime(attention_backend=" Flash ").attention_backend == "flash"
     with pytest.raises(InputError, match="attention_backend 'fast'"):
         Runtime(attention_backend="fast")
@@ -123,11 +129,16 @@ def test_fast_path_flags_reach_the_runtime_of_a_run():
     from flows.cli import build_parser, run_options
     from t2vz_core.options import RunOptions
 
-    args = build_parser().parse_args(["run", "m.csv", "-o", "out", "--compile", "--channels-last", "--no-tf32",
-                                      "--attention-backend", "efficient"])
+    args = build_parser().parse_args(
+        ["run", "m.csv", "-o", "out", "--compile", "--channels-last", "--no-tf32", "--attention-backend", "efficient"]
+    )
     runtime = run_options(args).runtime()
-    assert (runtime.compile, runtime.channels_last, runtime.tf32, runtime.attention_backend) == \
-        (True, True, False, "efficient")
+    assert (runtime.compile, runtime.channels_last, runtime.tf32, runtime.attention_backend) == (
+        True,
+        True,
+        False,
+        "efficient",
+    )
     plain = run_options(build_parser().parse_args(["run", "m.csv", "-o", "out"]))
     assert plain == RunOptions() and plain.runtime() == Runtime()
     assert fast_paths.cache_key(runtime) != fast_paths.cache_key(plain.runtime())

@@ -17,8 +17,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MEDIA = REPO / "manifests" / "media"
-HEADER = ["job_id", "mode", "source", "control", "prompt", "model", "controlnet", "seed",
-          "num_inference_steps", "chunk_size", "resolution", "max_frames", "video_length", "output"]
+HEADER = [
+    "job_id",
+    "mode",
+    "source",
+    "control",
+    "prompt",
+    "model",
+    "controlnet",
+    "seed",
+    "num_inference_steps",
+    "chunk_size",
+    "resolution",
+    "max_frames",
+    "video_length",
+    "output",
+]
 OK_ROWS = ("t2v", "pose", "canny", "depth", "p2p")
 GENERATING = ("decode", "control", "generate", "encode")
 
@@ -27,18 +41,64 @@ def _rows(models: Path) -> list[dict]:
     sd, p2p = models / "sd", models / "pix2pix"
     common = dict(model=sd, resolution=64, max_frames=4, num_inference_steps=2, chunk_size=4)
     return [
-        dict(job_id="t2v", mode="text2video", prompt="a panda surfing", model=sd, seed=1, num_inference_steps=2,
-             chunk_size=4, resolution=64, video_length=4, output="mp4;gif"),
-        dict(job_id="pose", mode="pose", source="media/person.mp4", prompt="an astronaut dancing",
-             controlnet=models / "controlnet-openpose", seed=2, **common),
-        dict(job_id="canny", mode="canny", source="media/rocket.mp4", prompt="a glass rocket",
-             controlnet=models / "controlnet-canny", seed=3, output="mp4;webm", **common),
-        dict(job_id="depth", mode="depth", source="media/depth.mp4", control="given", prompt="two spheres",
-             controlnet=models / "controlnet-depth", seed=4, **common),
-        dict(job_id="p2p", mode="pix2pix", source="media/cat.mp4", prompt="make it snow", seed=5,
-             output="mp4;png", **{**common, "model": p2p}),
-        dict(job_id="broken", mode="canny", source="media/not-a-video.mp4", prompt="x",
-             controlnet=models / "controlnet-canny", **common),
+        dict(
+            job_id="t2v",
+            mode="text2video",
+            prompt="a panda surfing",
+            model=sd,
+            seed=1,
+            num_inference_steps=2,
+            chunk_size=4,
+            resolution=64,
+            video_length=4,
+            output="mp4;gif",
+        ),
+        dict(
+            job_id="pose",
+            mode="pose",
+            source="media/person.mp4",
+            prompt="an astronaut dancing",
+            controlnet=models / "controlnet-openpose",
+            seed=2,
+            **common,
+        ),
+        dict(
+            job_id="canny",
+            mode="canny",
+            source="media/rocket.mp4",
+            prompt="a glass rocket",
+            controlnet=models / "controlnet-canny",
+            seed=3,
+            output="mp4;webm",
+            **common,
+        ),
+        dict(
+            job_id="depth",
+            mode="depth",
+            source="media/depth.mp4",
+            control="given",
+            prompt="two spheres",
+            controlnet=models / "controlnet-depth",
+            seed=4,
+            **common,
+        ),
+        dict(
+            job_id="p2p",
+            mode="pix2pix",
+            source="media/cat.mp4",
+            prompt="make it snow",
+            seed=5,
+            output="mp4;png",
+            **{**common, "model": p2p},
+        ),
+        dict(
+            job_id="broken",
+            mode="canny",
+            source="media/not-a-video.mp4",
+            prompt="x",
+            controlnet=models / "controlnet-canny",
+            **common,
+        ),
         dict(job_id="invalid", mode="spiral", prompt="x"),
     ]
 
@@ -57,8 +117,12 @@ def run(manifest: Path, out: Path, work: Path, **kwargs):
     from flows.batch import process_manifest
     from t2vz_core.options import RunOptions
 
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(out),
-                             options=RunOptions(work_dir=str(work), **kwargs), return_state=True)
+    state = process_manifest(
+        manifest_path=str(manifest),
+        output_dir=str(out),
+        options=RunOptions(work_dir=str(work), **kwargs),
+        return_state=True,
+    )
     rep = state.result(raise_on_failure=False)
     assert isinstance(rep, dict), rep
     sidecars = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "report.json"}
@@ -86,8 +150,17 @@ def project(prefect_harness, tiny_models, tmp_path_factory, monkey_env):
     out, work = root / "out", root / "work"
     before = load_counts()
     state, rep, sidecars = run(manifest, out, work)
-    return dict(root=root, rows=rows, manifest=manifest, out=out, work=work, state=state, report=rep,
-                sidecars=sidecars, loads=load_counts()[0] - before[0])
+    return dict(
+        root=root,
+        rows=rows,
+        manifest=manifest,
+        out=out,
+        work=work,
+        state=state,
+        report=rep,
+        sidecars=sidecars,
+        loads=load_counts()[0] - before[0],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +213,8 @@ def test_run_publishes_table_progress_and_markdown_artifacts(project):
     run_id = project["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:  # the harness's API (PREFECT_API_URL)
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50
+        )
     by_type = {a.type: a for a in artifacts}
     assert {"table", "progress", "markdown"} <= set(by_type), [a.type for a in artifacts]
     assert float(by_type["progress"].data) == 100.0
@@ -178,11 +252,17 @@ def test_qc_scores_previews_and_the_gallery(project):
         if job_id == "t2v":
             assert scores["source_warp_error"] is scores["warp_error_ratio"] is scores["source_flicker"] is None
         else:
-            assert scores["warp_error_ratio"] == pytest.approx(scores["warp_error"] / max(scores["source_warp_error"], 1),
-                                                               abs=1e-3)
+            assert scores["warp_error_ratio"] == pytest.approx(
+                scores["warp_error"] / max(scores["source_warp_error"], 1), abs=1e-3
+            )
     assert sidecars["broken"]["qc"] is None and sidecars["broken"]["steps"]["qc"]["status"] == "not run"
-    expected = {"t2v": {"output"}, "pose": {"source", "control", "output"}, "canny": {"source", "control", "output"},
-                "depth": {"control", "output"}, "p2p": {"source", "output"}}
+    expected = {
+        "t2v": {"output"},
+        "pose": {"source", "control", "output"},
+        "canny": {"source", "control", "output"},
+        "depth": {"control", "output"},
+        "p2p": {"source", "output"},
+    }
     found: dict[str, set] = {}
     for path in (out / "previews").glob("*.webp"):
         job_id, kind, _ = path.name.rsplit(".", 2)
@@ -198,13 +278,15 @@ def test_qc_scores_previews_and_the_gallery(project):
     run_id = project["state"].state_details.flow_run_id
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50
+        )
     by_type = {a.type: a for a in artifacts}
     assert (out / "report.html").as_uri() in by_type["markdown"].data
     assert "## By mode and status" in by_type["markdown"].data and "| canny | ok | 1 | 4 |" in by_type["markdown"].data
     table = json.loads(by_type["table"].data) if isinstance(by_type["table"].data, str) else by_type["table"].data
     assert {row["job_id"]: row["warp_error_ratio"] for row in table}["canny"] == sidecars["canny"]["qc"][
-        "warp_error_ratio"]
+        "warp_error_ratio"
+    ]
 
 
 def test_unchanged_rerun_runs_only_the_failed_row_and_loads_no_model(project):
@@ -247,16 +329,24 @@ def test_prompt_change_reruns_only_that_rows_generate_and_encode(project):
     manifest = write_manifest(project["root"] / "prompt.csv", rows)
     out = project["root"] / "out-prompt"  # fresh outputs, shared work folder
     _, rep, sidecars = run(manifest, out, project["work"])
-    assert statuses(sidecars["canny"]) == {"decode": "cached", "cuts": "cached", "control": "cached",
-                                           "generate": "computed", "encode": "computed", "qc": "computed",
-                                           "publish": "computed"}
+    assert statuses(sidecars["canny"]) == {
+        "decode": "cached",
+        "cuts": "cached",
+        "control": "cached",
+        "generate": "computed",
+        "encode": "computed",
+        "qc": "computed",
+        "publish": "computed",
+    }
     for job_id in ("t2v", "pose", "depth", "p2p"):
         steps = statuses(sidecars[job_id])
         assert all(steps[s] in ("cached", "skipped") for s in (*GENERATING, "qc")), (job_id, steps)
         assert steps["publish"] == "computed"  # copied into the new output folder
         assert (out / "previews" / f"{job_id}.output.webp").exists()  # previews too, from the cached qc entry
-    assert sidecars["canny"]["resolved"]["keys"]["generate"] != project["sidecars"]["canny"]["resolved"]["keys"][
-        "generate"]
+    assert (
+        sidecars["canny"]["resolved"]["keys"]["generate"]
+        != project["sidecars"]["canny"]["resolved"]["keys"]["generate"]
+    )
 
 
 def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebuilt(project, tiny_models):
@@ -275,7 +365,9 @@ def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebui
     assert all(statuses(sidecars["canny"])[s] == "computed" for s in GENERATING)
 
     # A work entry deleted behind Prefect's back (its cache record still exists) is rebuilt.
-    encode_entry = Path(sidecars["canny"]["options"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
+    encode_entry = (
+        Path(sidecars["canny"]["options"]["work_dir"]) / "encode" / sidecars["canny"]["resolved"]["keys"]["encode"]
+    )
     shutil.rmtree(encode_entry)
     (root / "out" / "canny.mp4").unlink()
     _, _, sidecars = run(manifest, root / "out", project["work"])
@@ -301,15 +393,14 @@ def test_refresh_column_and_force_recompute(project):
 
 
 def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project, monkeypatch):
-    monkeypatch.setenv("T2VZ_FAULTS", "publish@io:eio:1,generate@oom:oom:1,generate@oom-t2v:oom:1,"
-                                      "publish@fatal:fatal")
+    monkeypatch.setenv("T2VZ_FAULTS", "publish@io:eio:1,generate@oom:oom:1,generate@oom-t2v:oom:1,publish@fatal:fatal")
     t2v = next(r for r in project["rows"] if r["job_id"] == "t2v")
     depth = next(r for r in project["rows"] if r["job_id"] == "depth")
     rows = [
-        {**t2v, "job_id": "io"},                       # everything cached but publishing
-        {**depth, "job_id": "oom", "seed": 10},        # new seeds: generation runs
+        {**t2v, "job_id": "io"},  # everything cached but publishing
+        {**depth, "job_id": "oom", "seed": 10},  # new seeds: generation runs
         {**t2v, "job_id": "oom-t2v", "seed": 11},
-        {**depth, "job_id": "fatal"},                  # cached, fails publishing for good
+        {**depth, "job_id": "fatal"},  # cached, fails publishing for good
     ]
     manifest = write_manifest(project["root"] / "faults.csv", rows)
     state, rep, sidecars = run(manifest, project["root"] / "out-faults", project["work"])
@@ -322,8 +413,9 @@ def test_transient_faults_are_retried_permanent_ones_fail_their_row_once(project
     # text2video keeps its chunk size (its frames depend on it); on a CPU nothing can be offloaded.
     assert sidecars["oom-t2v"]["resolved"]["effective_chunk_size"] == 4
     runs = task_runs_of(state)
-    attempts = {name: runs[name]["run_count"] for name in ("publish-fatal", "publish-io", "generate-oom",
-                                                           "generate-oom-t2v")}
+    attempts = {
+        name: runs[name]["run_count"] for name in ("publish-fatal", "publish-io", "generate-oom", "generate-oom-t2v")
+    }
     assert attempts == {"publish-fatal": 1, "publish-io": 2, "generate-oom": 2, "generate-oom-t2v": 2}, attempts
 
 

@@ -10,12 +10,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_flow import DEMO_MEDIA, run
 
-HEADER = ["job_id", "mode", "source", "control", "prompt", "model", "controlnet", "control_backend", "annotator",
-          "low_threshold", "high_threshold", "seed", "num_inference_steps", "chunk_size", "resolution",
-          "max_frames"]
+HEADER = [
+    "job_id",
+    "mode",
+    "source",
+    "control",
+    "prompt",
+    "model",
+    "controlnet",
+    "control_backend",
+    "annotator",
+    "low_threshold",
+    "high_threshold",
+    "seed",
+    "num_inference_steps",
+    "chunk_size",
+    "resolution",
+    "max_frames",
+]
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
@@ -43,10 +57,24 @@ def test_canny_thresholds_and_annotator_reach_the_control_step(prefect_harness, 
     shutil.copytree(DEMO_MEDIA, tmp_path / "media")
     (tmp_path / "empty-annotators").mkdir()
     common = dict(model=tiny_models / "sd", seed=3, num_inference_steps=2, chunk_size=4, resolution=64, max_frames=4)
-    canny = dict(job_id="canny", mode="canny", source="media/rocket.mp4", prompt="a glass rocket",
-                 controlnet=tiny_models / "controlnet-canny", **common)
-    depth = dict(job_id="depth", mode="depth", source="media/depth.mp4", control="extract", prompt="two spheres",
-                 controlnet=tiny_models / "controlnet-depth", annotator="empty-annotators", **common)
+    canny = dict(
+        job_id="canny",
+        mode="canny",
+        source="media/rocket.mp4",
+        prompt="a glass rocket",
+        controlnet=tiny_models / "controlnet-canny",
+        **common,
+    )
+    depth = dict(
+        job_id="depth",
+        mode="depth",
+        source="media/depth.mp4",
+        control="extract",
+        prompt="two spheres",
+        controlnet=tiny_models / "controlnet-depth",
+        annotator="empty-annotators",
+        **common,
+    )
     out, work = tmp_path / "out", tmp_path / "work"
     _, rep, first = run(write_rows(tmp_path / "a.csv", [canny, depth]), out, work)
     by_id = {line["job_id"]: line for line in rep["rows"]}

@@ -25,20 +25,38 @@ def test_mono_aac_clip_into_mp4_webm_and_gif(prefect_harness, tiny_models, tmp_p
     from t2vz_core.options import RunOptions
 
     monkeypatch.setenv("T2VZ_RETRY_DELAY_S", "0")
-    source = make_source(tmp_path / "media" / "phone.mp4",
-                         VideoCase("clip", size=(96, 64), fps=Fraction(30000, 1001)),
-                         AudioCase("aac", "mono", 48000))
+    source = make_source(
+        tmp_path / "media" / "phone.mp4",
+        VideoCase("clip", size=(96, 64), fps=Fraction(30000, 1001)),
+        AudioCase("aac", "mono", 48000),
+    )
     manifest = tmp_path / "jobs.csv"
-    row = dict(job_id="wild", mode="pix2pix", source="media/phone.mp4", prompt="make it snow",
-               model=tiny_models / "pix2pix", seed=5, num_inference_steps=2, chunk_size=4,
-               resolution=64, start=START, end=END, fps=FPS, output="mp4;webm;gif")
+    row = dict(
+        job_id="wild",
+        mode="pix2pix",
+        source="media/phone.mp4",
+        prompt="make it snow",
+        model=tiny_models / "pix2pix",
+        seed=5,
+        num_inference_steps=2,
+        chunk_size=4,
+        resolution=64,
+        start=START,
+        end=END,
+        fps=FPS,
+        output="mp4;webm;gif",
+    )
     with open(manifest, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow({k: str(v) for k, v in row.items()})
     out = tmp_path / "out"
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(out),
-                             options=RunOptions(work_dir=str(tmp_path / "work")), return_state=True)
+    state = process_manifest(
+        manifest_path=str(manifest),
+        output_dir=str(out),
+        options=RunOptions(work_dir=str(tmp_path / "work")),
+        return_state=True,
+    )
     report = state.result(raise_on_failure=False)
     assert isinstance(report, dict) and report["counts"]["ok"] == 1, report
     sidecar = json.loads((out / "wild.json").read_text())

@@ -22,18 +22,49 @@ def _flags(command: str) -> dict[str, str]:
 def test_every_run_option_is_a_flag_of_run_and_of_serve():
     run, serve = _flags("run"), _flags("serve")
     assert set(RunOptions.model_fields) <= set(run)
-    assert {k: v for k, v in run.items() if k in RunOptions.model_fields} == \
-        {k: v for k, v in serve.items() if k in RunOptions.model_fields}
+    assert {k: v for k, v in run.items() if k in RunOptions.model_fields} == {
+        k: v for k, v in serve.items() if k in RunOptions.model_fields
+    }
 
 
 def test_flags_build_the_options_and_unset_flags_keep_defaults(monkeypatch):
     monkeypatch.delenv("T2VZ_MAX_WORKERS", raising=False)
-    args = build_parser().parse_args(["run", "m.csv", "-o", "out", "--vae-slicing", "--vae-tiling", "--device", "cpu",
-                                      "--dtype", "bf16", "--allowed-root", "a", "--allowed-root", "b",
-                                      "--work-dir", "w", "--max-workers", "3", "--force", "--allow-pickle"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "m.csv",
+            "-o",
+            "out",
+            "--vae-slicing",
+            "--vae-tiling",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bf16",
+            "--allowed-root",
+            "a",
+            "--allowed-root",
+            "b",
+            "--work-dir",
+            "w",
+            "--max-workers",
+            "3",
+            "--force",
+            "--allow-pickle",
+        ]
+    )
     options = run_options(args)
-    assert options == RunOptions(device="cpu", dtype="bf16", vae_slicing=True, vae_tiling=True, allowed_roots=["a", "b"],
-                                 work_dir="w", max_workers=3, force=True, allow_pickle=True)
+    assert options == RunOptions(
+        device="cpu",
+        dtype="bf16",
+        vae_slicing=True,
+        vae_tiling=True,
+        allowed_roots=["a", "b"],
+        work_dir="w",
+        max_workers=3,
+        force=True,
+        allow_pickle=True,
+    )
     assert run_options(build_parser().parse_args(["run", "m.csv", "-o", "out"])) == RunOptions()
     monkeypatch.setenv("T2VZ_MAX_WORKERS", "4")
     assert run_options(build_parser().parse_args(["run", "m.csv", "-o", "out"])).max_workers == 4
@@ -51,8 +82,10 @@ def test_vae_flags_reach_the_runtime():
     plain = build_parser().parse_args(["run", "m.csv", "-o", "out"])
     assert not plain.vae_slicing and not plain.vae_tiling
 
-    cfg = RunConfig(output_dir=Path("out"), options=RunOptions(device="cpu", work_dir="work",
-                                                               vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling))
+    cfg = RunConfig(
+        output_dir=Path("out"),
+        options=RunOptions(device="cpu", work_dir="work", vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling),
+    )
     runtime = cfg.runtime()
     assert runtime.vae_slicing and runtime.vae_tiling
 
@@ -68,16 +101,31 @@ def test_every_option_reaches_the_sidecar_of_a_direct_flow_run(tmp_path, tiny_mo
     from flows.batch import process_manifest
 
     manifest = tmp_path / "m.csv"
-    manifest.write_text("job_id,mode,prompt,model,num_inference_steps,resolution,video_length\n"
-                        f"kite,text2video,a red kite,{tiny_models / 'sd'},2,64,3\n")
-    options = {"device": "cpu", "dtype": "fp32", "offload": "none", "allow_pickle": True, "vae_slicing": True,
-               "vae_tiling": True, "force": True, "allowed_roots": [str(tmp_path)],
-               "work_dir": str(tmp_path / "work"), "max_workers": 1,
-               # fast paths (compile stays off: inductor would compile for minutes on a CPU)
-               "compile": False, "channels_last": True, "tf32": False, "attention_backend": "math"}
+    manifest.write_text(
+        "job_id,mode,prompt,model,num_inference_steps,resolution,video_length\n"
+        f"kite,text2video,a red kite,{tiny_models / 'sd'},2,64,3\n"
+    )
+    options = {
+        "device": "cpu",
+        "dtype": "fp32",
+        "offload": "none",
+        "allow_pickle": True,
+        "vae_slicing": True,
+        "vae_tiling": True,
+        "force": True,
+        "allowed_roots": [str(tmp_path)],
+        "work_dir": str(tmp_path / "work"),
+        "max_workers": 1,
+        # fast paths (compile stays off: inductor would compile for minutes on a CPU)
+        "compile": False,
+        "channels_last": True,
+        "tf32": False,
+        "attention_backend": "math",
+    }
     assert set(options) == set(RunOptions.model_fields), "a new run option: give it a value here"
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(tmp_path / "out"),
-                             options=RunOptions(**options), return_state=True)
+    state = process_manifest(
+        manifest_path=str(manifest), output_dir=str(tmp_path / "out"), options=RunOptions(**options), return_state=True
+    )
     assert state.is_completed(), state.message
     assert json.loads((tmp_path / "out" / "kite.json").read_text())["options"] == options
 

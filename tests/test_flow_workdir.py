@@ -157,7 +157,9 @@ _CHILD = textwrap.dedent(
 def _child(root, mode, log):
     return subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(root), mode, str(log)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -185,13 +187,16 @@ def test_sigkill_mid_build_leaves_nothing_final_and_releases_the_lock(tmp_path):
     assert seen == [["part1"]] and not entry.hit  # resumed from what the killed build wrote
 
 
-@pytest.mark.parametrize("content", [
-    '{"job_id": "a", "status": "ok"}',                  # a sidecar of t2vz before schema 2
-    '{"schema": 99, "job_id": "a", "status": "ok"}',    # one from a later version
-    '{"schema": 2, "job_id": "a", "status": 7, "x": 1}',  # the schema number, but not a sidecar
-    '[1, 2, 3]',
-    '{not json',
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"job_id": "a", "status": "ok"}',  # a sidecar of t2vz before schema 2
+        '{"schema": 99, "job_id": "a", "status": "ok"}',  # one from a later version
+        '{"schema": 2, "job_id": "a", "status": 7, "x": 1}',  # the schema number, but not a sidecar
+        "[1, 2, 3]",
+        "{not json",
+    ],
+)
 def test_an_older_or_foreign_sidecar_is_stale_never_a_crash(tmp_path, content):
     from t2vz_core import freshness
     from t2vz_core.manifest import Job
@@ -210,8 +215,15 @@ def test_an_older_or_foreign_sidecar_is_stale_never_a_crash(tmp_path, content):
 
 
 def test_report_has_one_line_per_row_and_survives_spreadsheets(tmp_path):
-    ok = {"job_id": "a", "row": 2, "mode": "canny", "status": "ok", "outputs": [str(tmp_path / "a.mp4")],
-          "seconds": 1.5, "steps": {"decode": {"status": "computed"}, "generate": {"status": "cached"}}}
+    ok = {
+        "job_id": "a",
+        "row": 2,
+        "mode": "canny",
+        "status": "ok",
+        "outputs": [str(tmp_path / "a.mp4")],
+        "seconds": 1.5,
+        "steps": {"decode": {"status": "computed"}, "generate": {"status": "cached"}},
+    }
     bad = {"job_id": "b", "row": 4, "mode": "pose", "status": "failed", "error": "=HYPERLINK(x)", "steps": {}}
     write_sidecar(tmp_path, Sidecar(**ok))
     write_sidecar(tmp_path, Sidecar(**bad))

@@ -43,12 +43,25 @@ def finished(prefect_harness, tiny_models, tmp_path_factory):
     shutil.copy(REPO / "manifests" / "media" / "rocket.mp4", root / "rocket.mp4")
     shutil.copytree(tiny_models / "sd", root / "sd")  # a copy whose bytes a test may change
     common = dict(model=root / "sd", resolution=64, num_inference_steps=2, chunk_size=4, seed=3)
-    rows = [dict(job_id="t2v", mode="text2video", prompt="a red balloon", video_length=4, output="mp4;png", **common),
-            dict(job_id="canny", mode="canny", source=root / "rocket.mp4", prompt="a glass rocket", max_frames=4,
-                 controlnet=tiny_models / "controlnet-canny", **common)]
+    rows = [
+        dict(job_id="t2v", mode="text2video", prompt="a red balloon", video_length=4, output="mp4;png", **common),
+        dict(
+            job_id="canny",
+            mode="canny",
+            source=root / "rocket.mp4",
+            prompt="a glass rocket",
+            max_frames=4,
+            controlnet=tiny_models / "controlnet-canny",
+            **common,
+        ),
+    ]
     manifest = write_manifest(root / "jobs.csv", rows)
-    state = process_manifest(manifest_path=str(manifest), output_dir=str(root / "out"),
-                             options=RunOptions(work_dir=str(root / "work"), device="cpu"), return_state=True)
+    state = process_manifest(
+        manifest_path=str(manifest),
+        output_dir=str(root / "out"),
+        options=RunOptions(work_dir=str(root / "work"), device="cpu"),
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     return dict(root=root, rows=rows, manifest=manifest, work=WorkDir(root / "work"))
 
@@ -84,32 +97,36 @@ def test_a_finished_run_is_up_to_date_even_moved_and_without_its_work_folder(fin
 def test_the_check_reads_no_frames_and_imports_neither_torch_nor_prefect(finished):
     import subprocess
 
-    code = ("import sys; from t2vz_core import freshness; from t2vz_core.manifest import read_manifest; "
-            "from t2vz_core.runtime import Runtime; "
-            f"jobs = read_manifest({str(finished['manifest'])!r}).jobs; "
-            f"c = freshness.check_rows(jobs, {str(finished['root'] / 'out')!r}, Runtime('cpu')); "
-            "print(all(x.current for x in c.values()), 'torch' in sys.modules, 'prefect' in sys.modules, "
-            "'diffusers' in sys.modules)")
+    code = (
+        "import sys; from t2vz_core import freshness; from t2vz_core.manifest import read_manifest; "
+        "from t2vz_core.runtime import Runtime; "
+        f"jobs = read_manifest({str(finished['manifest'])!r}).jobs; "
+        f"c = freshness.check_rows(jobs, {str(finished['root'] / 'out')!r}, Runtime('cpu')); "
+        "print(all(x.current for x in c.values()), 'torch' in sys.modules, 'prefect' in sys.modules, "
+        "'diffusers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.split() == ["True", "False", "False", "False"]
 
 
-@pytest.mark.parametrize("change, stale, reason", [
-    ("prompt", "canny", "its row changed"),
-    ("output_edited", "t2v", "t2v.mp4 was changed after it was published"),
-    ("output_deleted", "canny", "canny.mp4 is missing"),
-    ("png_frame_edited", "t2v", "t2v was changed after it was published"),
-    ("source_bytes", "canny", "its source file or decode settings changed"),
-    ("source_touched", "none", ""),  # same bytes, new mtime: keys follow bytes, not timestamps
-    ("dtype", "both", "its model, generation settings, device or dtype changed"),
-    ("version", "both", "changed"),
-    ("failed", "t2v", "its last run failed"),
-    ("refresh", "canny", "refresh is set"),
-    ("no_sidecar", "t2v", "not run yet"),
-    ("old_sidecar", "canny", "its record predates up-to-date checks"),
-])
-def test_each_change_makes_its_row_stale_with_a_reason(finished, tmp_path, monkeypatch, source, change, stale,
-                                                      reason):
+@pytest.mark.parametrize(
+    "change, stale, reason",
+    [
+        ("prompt", "canny", "its row changed"),
+        ("output_edited", "t2v", "t2v.mp4 was changed after it was published"),
+        ("output_deleted", "canny", "canny.mp4 is missing"),
+        ("png_frame_edited", "t2v", "t2v was changed after it was published"),
+        ("source_bytes", "canny", "its source file or decode settings changed"),
+        ("source_touched", "none", ""),  # same bytes, new mtime: keys follow bytes, not timestamps
+        ("dtype", "both", "its model, generation settings, device or dtype changed"),
+        ("version", "both", "changed"),
+        ("failed", "t2v", "its last run failed"),
+        ("refresh", "canny", "refresh is set"),
+        ("no_sidecar", "t2v", "not run yet"),
+        ("old_sidecar", "canny", "its record predates up-to-date checks"),
+    ],
+)
+def test_each_change_makes_its_row_stale_with_a_reason(finished, tmp_path, monkeypatch, source, change, stale, reason):
     out = copy_out(finished, tmp_path)
     rows = [dict(r) for r in finished["rows"]]
     runtime = CPU
@@ -158,6 +175,7 @@ def test_changed_model_bytes_make_rows_stale(finished, tmp_path):
         result = check(finished, finished["root"] / "out")
     finally:
         extra.unlink()
-    assert result == {job_id: (False, "its model, generation settings, device or dtype changed")
-                      for job_id in ("t2v", "canny")}
+    assert result == {
+        job_id: (False, "its model, generation settings, device or dtype changed") for job_id in ("t2v", "canny")
+    }
     assert check(finished, finished["root"] / "out")["t2v"] == (True, "up to date")

@@ -25,8 +25,11 @@ def review(tmp_path_factory):
 
 def test_one_card_per_row_with_its_status(review):
     _, rows, page = review
-    cards = re.findall(r'<article class="card[^"]*" id="card-(\d+)"[^>]*data-status="([^"]*)"[^>]*'
-                       r'data-job="([^"]*)"', page)
+    cards = re.findall(
+        r'<article class="card[^"]*" id="card-(\d+)"[^>]*data-status="([^"]*)"[^>]*'
+        r'data-job="([^"]*)"',
+        page,
+    )
     assert [int(i) for i, _, _ in cards] == list(range(len(rows)))
     assert {job: status for _, status, job in cards} == EXPECTED_STATUS
     assert "<title>t2vz: nightly.csv</title>" in page
@@ -55,14 +58,14 @@ def test_self_contained_no_network(review):
 
 def test_qc_scores_and_failed_row_error_are_shown(review):
     _, _, page = review
-    flagged = page[page.index('data-job="canny-flagged"'):page.index('data-job="pose-failed"')]
+    flagged = page[page.index('data-job="canny-flagged"') : page.index('data-job="pose-failed"')]
     assert 'data-ratio="4.000000"' in flagged and '<td class="warp_error_ratio">4.00</td>' in flagged
     assert "warp error ratio ≤ 3.0" in flagged
-    t2v = page[page.index('data-job="t2v"'):page.index('data-job="bad-seed"')]
+    t2v = page[page.index('data-job="t2v"') : page.index('data-job="bad-seed"')]
     assert 'data-ratio=""' in t2v and '<td class="source_warp_error">-</td>' in t2v
     assert "no source (text2video)" in t2v
     assert "seed: &#x27;abc&#x27; is not a whole number" in page
-    failed = page[page.index('data-job="pose-failed"'):page.index('data-job="t2v"')]
+    failed = page[page.index('data-job="pose-failed"') : page.index('data-job="t2v"')]
     assert "<img" not in failed  # its previews on disk are an older run's: not shown
     assert "generate 0.20 (failed)" in failed
 
@@ -88,8 +91,10 @@ def test_links_are_relative_inside_the_output_folder_and_file_urls_outside(tmp_p
 
 def test_the_gallery_imports_nothing_heavy():
     """report.html is rewritten on the all-up-to-date fast path: stdlib only."""
-    code = ("import sys, t2vz_core.gallery; "
-            "print(sorted(m for m in ('numpy', 'cv2', 'PIL', 'pandas', 'torch') if m in sys.modules))")
+    code = (
+        "import sys, t2vz_core.gallery; "
+        "print(sorted(m for m in ('numpy', 'cv2', 'PIL', 'pandas', 'torch') if m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

@@ -19,13 +19,15 @@ from review_fixtures import EXPECTED_STATUS, XSS_PROMPT, make_review_folder
 from t2vz_core.gallery import write_gallery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                               else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs Debian's chromium and chromium-driver (make test installs them: "
-           "apt-get install -y chromium chromium-driver)")
+    "apt-get install -y chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +46,18 @@ def browser(page):
     _, _, root = page
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--window-size=1300,1400", f"--user-data-dir={root / 'chromium-profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,1400",
+        f"--user-data-dir={root / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -92,8 +103,7 @@ def test_the_gallery_in_chromium(page, browser):
     assert len(images) == 9  # 3 + 2 + 3 + 1: not the failed row's (an older run's)
     for image in images:
         driver.execute_script("arguments[0].scrollIntoView();", image)
-        WebDriverWait(driver, 15).until(
-            lambda d, img=image: d.execute_script("return arguments[0].complete;", img))
+        WebDriverWait(driver, 15).until(lambda d, img=image: d.execute_script("return arguments[0].complete;", img))
         width = driver.execute_script("return arguments[0].naturalWidth;", image)
         assert width == 96, f"{image.get_attribute('src')} did not load (naturalWidth {width})"
     driver.execute_script("window.scrollTo(0, 0);")

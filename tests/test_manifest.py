@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from t2vz_core import row_steps
 from t2vz_core.errors import InputError
 from t2vz_core.manifest import (
     COLUMNS,
@@ -25,9 +26,7 @@ from t2vz_core.manifest import (
     format_errors,
     read_manifest,
 )
-from t2vz_core import row_steps
 from t2vz_core.media.plan import DecodeSpec
-
 
 pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
@@ -69,7 +68,11 @@ def test_video_mode_defaults(folder):
     canny = one_job(folder, "job_id,mode,source,prompt", "c,canny,clips/a.mp4,snow")
     assert canny.source == (folder / "clips" / "a.mp4").resolve()
     assert (canny.control, canny.controlnet, canny.controlnet_conditioning_scale, canny.fit) == (
-        "extract", None, 1.0, "keep")
+        "extract",
+        None,
+        1.0,
+        "keep",
+    )
     assert (canny.t0, canny.t1, canny.video_length, canny.motion_field_strength_x) == (None,) * 4
     pix = one_job(folder, "job_id,mode,source,prompt", "p,pix2pix,clips/a.mp4,make it snow")
     assert pix.model == "timbrooks/instruct-pix2pix"
@@ -90,7 +93,8 @@ def test_default_controlnets_by_family(folder, monkeypatch):
     job = Job(job_id="a", mode="depth", source="clips/a.mp4", prompt="x", controlnet="org/my-depth")
     assert job.controlnet_for("sdxl") == "org/my-depth"
     assert Job(job_id="b", mode="depth", source="clips/a.mp4", prompt="x").controlnet_for("sdxl") == (
-        "diffusers/controlnet-depth-sdxl-1.0")
+        "diffusers/controlnet-depth-sdxl-1.0"
+    )
 
 
 def test_default_t0_t1_is_valid_for_every_step_count():
@@ -109,16 +113,21 @@ def test_tiny_step_counts_get_valid_t0_t1(folder):
 
 
 def test_numbers_are_parsed_strictly_but_kindly(folder):
-    job = one_job(folder, "job_id,mode,source,prompt,num_inference_steps,guidance_scale,fps,start,end,seed",
-                  "a,canny,clips/a.mp4,x,50.0,1e1,30000/1001,0:01.5,00:01:00, 7 ")
+    job = one_job(
+        folder,
+        "job_id,mode,source,prompt,num_inference_steps,guidance_scale,fps,start,end,seed",
+        "a,canny,clips/a.mp4,x,50.0,1e1,30000/1001,0:01.5,00:01:00, 7 ",
+    )
     assert (job.num_inference_steps, job.guidance_scale, job.seed) == (50, 10.0, 7)
     assert job.fps == pytest.approx(30000 / 1001)
     assert (job.start, job.end) == (1.5, 60.0)
 
 
 def test_ignored_cells_are_warnings_and_do_not_change_the_job(folder):
-    path = write(folder, "job_id,mode,source,prompt,image_guidance_scale,t0\n"
-                         "a,canny,clips/a.mp4,x,2.5,3\nb,canny,clips/a.mp4,x,,\n")
+    path = write(
+        folder,
+        "job_id,mode,source,prompt,image_guidance_scale,t0\na,canny,clips/a.mp4,x,2.5,3\nb,canny,clips/a.mp4,x,,\n",
+    )
     manifest = read_manifest(path)
     assert manifest.errors == []
     assert [(w.row, w.column) for w in manifest.warnings] == [(2, "image_guidance_scale"), (2, "t0")]
@@ -129,16 +138,22 @@ def test_ignored_cells_are_warnings_and_do_not_change_the_job(folder):
 
 def test_control_extraction_columns_are_parsed_checked_per_mode_and_keyed(folder):
     (folder / "weights").mkdir()
-    path = write(folder, "job_id,mode,source,control,prompt,control_backend,annotator,low_threshold,high_threshold\n"
-                         "c,canny,clips/a.mp4,,x,OpenCV,,50,150\n"
-                         "d,depth,clips/a.mp4,,x,zoe,weights,,\n"
-                         "p,pose,clips/a.mp4,given,x,dwpose,weights,,\n"
-                         "t,text2video,,,x,,,60,\n"
-                         "q,canny,clips/a.mp4,,x,,,,\n")
+    path = write(
+        folder,
+        "job_id,mode,source,control,prompt,control_backend,annotator,low_threshold,high_threshold\n"
+        "c,canny,clips/a.mp4,,x,OpenCV,,50,150\n"
+        "d,depth,clips/a.mp4,,x,zoe,weights,,\n"
+        "p,pose,clips/a.mp4,given,x,dwpose,weights,,\n"
+        "t,text2video,,,x,,,60,\n"
+        "q,canny,clips/a.mp4,,x,,,,\n",
+    )
     manifest = read_manifest(path)
     assert manifest.errors == []
     assert [(w.row, w.column) for w in manifest.warnings] == [
-        (4, "control_backend"), (4, "annotator"), (5, "low_threshold")]
+        (4, "control_backend"),
+        (4, "annotator"),
+        (5, "low_threshold"),
+    ]
     assert "ignored with control=given" in manifest.warnings[0].message
     assert "ignored in mode text2video" in manifest.warnings[2].message
     c, d, p, t, q = manifest.jobs
@@ -147,21 +162,43 @@ def test_control_extraction_columns_are_parsed_checked_per_mode_and_keyed(folder
     assert row_steps.control_options(p) == (None, {}) and t.low_threshold is None
     assert row_steps.control_options(q) == (None, {})
     # Every new cell is a parameter: it moves the row's cache dict.
-    assert c.cache_dict() | {"job_id": "q", "control_backend": None, "low_threshold": None,
-                             "high_threshold": None} == q.cache_dict()
+    assert (
+        c.cache_dict() | {"job_id": "q", "control_backend": None, "low_threshold": None, "high_threshold": None}
+        == q.cache_dict()
+    )
 
 
 def test_generation_kwargs_build_a_valid_engine_request(folder, monkeypatch):
     from t2vz_core.engine.request import GenerationRequest
 
     monkeypatch.chdir(folder)
-    t2v = Job(job_id="t", mode="text2video", prompt="a cat", num_inference_steps=20, width=256, height=128,
-              video_length=12, seed=np.int64(5))
+    t2v = Job(
+        job_id="t",
+        mode="text2video",
+        prompt="a cat",
+        num_inference_steps=20,
+        width=256,
+        height=128,
+        video_length=12,
+        seed=np.int64(5),
+    )
     kwargs = row_steps.generation_params(t2v)
     assert set(kwargs) == {
-        "mode", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "image_guidance_scale",
-        "controlnet_conditioning_scale", "seed", "chunk_size", "motion_field_strength_x",
-        "motion_field_strength_y", "t0", "t1", "video_length"}
+        "mode",
+        "prompt",
+        "negative_prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "image_guidance_scale",
+        "controlnet_conditioning_scale",
+        "seed",
+        "chunk_size",
+        "motion_field_strength_x",
+        "motion_field_strength_y",
+        "t0",
+        "t1",
+        "video_length",
+    }
     assert (kwargs["video_length"], kwargs["t0"], kwargs["t1"], kwargs["seed"]) == (12, 18, 19, 5)
     request = GenerationRequest(**row_steps.generation_request(t2v)).validate()
     assert (request.width, request.height, request.video_length) == (256, 128, 12)
@@ -176,18 +213,36 @@ def test_generation_kwargs_build_a_valid_engine_request(folder, monkeypatch):
 
 def test_decode_spec(folder, monkeypatch):
     monkeypatch.chdir(folder)
-    job = Job(job_id="c", mode="canny", source="clips/a.mp4", prompt="x", start="2", end="4.5", fps=12,
-              max_frames=30, width=320, height=240, fit="pad")
-    assert row_steps.decode_spec_kwargs(job) == {"start": 2.0, "end": 4.5, "fps": 12.0, "max_frames": 30,
-                                        "resolution": None, "width": 320, "height": 240, "fit": "pad"}
+    job = Job(
+        job_id="c",
+        mode="canny",
+        source="clips/a.mp4",
+        prompt="x",
+        start="2",
+        end="4.5",
+        fps=12,
+        max_frames=30,
+        width=320,
+        height=240,
+        fit="pad",
+    )
+    assert row_steps.decode_spec_kwargs(job) == {
+        "start": 2.0,
+        "end": 4.5,
+        "fps": 12.0,
+        "max_frames": 30,
+        "resolution": None,
+        "width": 320,
+        "height": 240,
+        "fit": "pad",
+    }
     assert row_steps.decode_spec(job) == DecodeSpec(**row_steps.decode_spec_kwargs(job))
     one_side = Job(job_id="d", mode="canny", source="clips/a.mp4", prompt="x", width=320)
     assert (one_side.resolution, one_side.height) == (None, None)
 
 
 def test_cache_dict_is_json_stable_and_tracks_parameters(folder):
-    path = write(folder, "job_id,mode,source,prompt,refresh,output\n"
-                         "a,canny,clips/a.mp4,snow,yes,gif;MP4;gif\n")
+    path = write(folder, "job_id,mode,source,prompt,refresh,output\na,canny,clips/a.mp4,snow,yes,gif;MP4;gif\n")
     first = read_manifest(path).jobs[0]
     assert first.refresh is True and first.outputs == ["gif", "mp4"]
     data = first.cache_dict()
@@ -204,8 +259,9 @@ def test_local_model_folders_resolve_against_the_manifest(folder):
     (folder / "models" / "sd").mkdir(parents=True)
     job = one_job(folder, "job_id,mode,prompt,model", "a,text2video,x,models/sd")
     assert job.model == str((folder / "models" / "sd").resolve())
-    manifest = read_manifest(write(folder, "job_id,mode,prompt,model,revision\na,text2video,x,models/sd,main\n"
-                                           "b,text2video,x,org/sd,v1.0\n"))
+    manifest = read_manifest(
+        write(folder, "job_id,mode,prompt,model,revision\na,text2video,x,models/sd,main\nb,text2video,x,org/sd,v1.0\n")
+    )
     assert [(e.row, e.column) for e in manifest.errors] == [(2, "revision")]
     assert manifest.jobs[0].revision == "v1.0"
 
@@ -238,8 +294,7 @@ def test_notebook_construction_validates_too():
 def test_manifest_error_text():
     error = ManifestError(5, "seed", "seed must be a whole number, got 'abc'", "clip-1")
     assert str(error) == "row 5, column seed (job 'clip-1'): seed must be a whole number, got 'abc'"
-    assert ManifestError(2, None, "bad", None).to_dict() == {"row": 2, "column": None, "message": "bad",
-                                                             "job_id": None}
+    assert ManifestError(2, None, "bad", None).to_dict() == {"row": 2, "column": None, "message": "bad", "job_id": None}
     text = format_errors([ManifestError(9, "mode", "b"), ManifestError(3, "t1", "a")], "x/demo.csv")
     assert text.splitlines() == ["demo.csv: row 3, column t1: a", "demo.csv: row 9, column mode: b"]
 
@@ -250,7 +305,7 @@ def _big_manifest(folder: Path, rows: int) -> Path:
         if i % 1000 == 999:
             lines.append(f"job{i},canny,clips/a.mp4,bad row,abc,50,7.5,mp4")  # one bad cell per 1000 rows
         elif i % 2:
-            lines.append(f"job{i},canny,clips/a.mp4,\"a cat, number {i}\",{i},30,7.5,mp4;gif")
+            lines.append(f'job{i},canny,clips/a.mp4,"a cat, number {i}",{i},30,7.5,mp4;gif')
         else:
             lines.append(f"job{i},text2video,,a dog {i},{i},50,9,mp4")
     return write(folder, "\n".join(lines) + "\n")
@@ -277,8 +332,9 @@ def test_jobs_pickle_hash_and_round_trip_through_a_dict(folder):
     """Prefect passes jobs between processes (pickle) and may rebuild them from parameters (dicts)."""
     import pickle
 
-    manifest = read_manifest(write(folder, "job_id,mode,source,prompt,fps\n"
-                                           "c,canny,clips/a.mp4,x,24\nt,text2video,,y,\n"))
+    manifest = read_manifest(
+        write(folder, "job_id,mode,source,prompt,fps\nc,canny,clips/a.mp4,x,24\nt,text2video,,y,\n")
+    )
     context = {"base_dir": folder, "allowed_roots": [folder]}
     for job in manifest.jobs:
         assert pickle.loads(pickle.dumps(job)) == job

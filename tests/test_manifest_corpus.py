@@ -63,8 +63,11 @@ ROW_CASES = [
     ("negative-seed", bad(seed="-1"), [("seed", "out of range")]),
     ("empty-prompt", bad(prompt="   "), [("prompt", "prompt is required")]),
     ("missing-source", bad(mode="canny"), [("source", "source is required for mode canny")]),
-    ("t1-beyond-steps", bad(num_inference_steps="20", t0="10", t1="30"),
-     [("t1", "0 <= t0 < t1 <= num_inference_steps-1 (= 19)")]),
+    (
+        "t1-beyond-steps",
+        bad(num_inference_steps="20", t0="10", t1="30"),
+        [("t1", "0 <= t0 < t1 <= num_inference_steps-1 (= 19)")],
+    ),
     ("t0-not-below-t1", bad(t0="47", t1="47"), [("t0", "t0=47 must be smaller than t1=47")]),
     ("default-t0-t1-fewer-steps", bad(num_inference_steps="30", t1="29", t0="40"), [("t0", "smaller than t1")]),
     ("absurd-resolution", bad(resolution="100000"), [("resolution", "out of range: expected 64 to 2048")]),
@@ -72,10 +75,16 @@ ROW_CASES = [
     ("absurd-video-length", bad(video_length="1000000"), [("video_length", "out of range")]),
     ("zero-max-frames", bad(mode="canny", source="clips/a.mp4", max_frames="0"), [("max_frames", "out of range")]),
     ("chunk-size-one", bad(chunk_size="1"), [("chunk_size", "expected 2 to")]),
-    ("start-after-end", bad(mode="canny", source="clips/a.mp4", start="5", end="3"),
-     [("end", "end (3 s) must be after start (5 s)")]),
-    ("clock-start-after-end", bad(mode="pose", source="clips/a.mp4", start="1:00", end="0:30"),
-     [("end", "must be after start (60 s)")]),
+    (
+        "start-after-end",
+        bad(mode="canny", source="clips/a.mp4", start="5", end="3"),
+        [("end", "end (3 s) must be after start (5 s)")],
+    ),
+    (
+        "clock-start-after-end",
+        bad(mode="pose", source="clips/a.mp4", start="1:00", end="0:30"),
+        [("end", "must be after start (60 s)")],
+    ),
     ("bad-clock", bad(mode="pose", source="clips/a.mp4", start="1:75"), [("start", "not a valid time")]),
     ("bad-output-format", bad(output="mp4;avi"), [("output", "unknown output format 'avi'")]),
     ("job-id-slash", bad(job_id="a/b"), [("job_id", "job_id 'a/b' is not allowed")]),
@@ -91,40 +100,74 @@ ROW_CASES = [
     ("model-shell", bad(model="; rm -rf /"), [("model", "neither an existing local folder nor a hub id")]),
     ("model-url", bad(model="https://evil.example/model"), [("model", "URL")]),
     ("revision-shell", bad(revision="main; curl x"), [("revision", "not a valid branch")]),
-    ("revision-on-local-folder", bad(model="clips", revision="main"),
-     [("revision", "revision applies to hub models; the model is a local folder")]),
+    (
+        "revision-on-local-folder",
+        bad(model="clips", revision="main"),
+        [("revision", "revision applies to hub models; the model is a local folder")],
+    ),
     ("controlnet-on-text2video", bad(controlnet="org/cn"), [("controlnet", "not used by mode text2video")]),
     ("source-on-text2video", bad(source="clips/a.mp4"), [("source", "text2video generates from the prompt")]),
-    ("video-length-on-canny", bad(mode="canny", source="clips/a.mp4", video_length="16"),
-     [("video_length", "use max_frames")]),
+    (
+        "video-length-on-canny",
+        bad(mode="canny", source="clips/a.mp4", video_length="16"),
+        [("video_length", "use max_frames")],
+    ),
     ("width-without-height", bad(width="512"), [("height", "text2video needs both width and height")]),
-    ("crop-without-height", bad(mode="canny", source="clips/a.mp4", width="512", fit="crop"),
-     [("height", "fit=crop needs both width and height")]),
+    (
+        "crop-without-height",
+        bad(mode="canny", source="clips/a.mp4", width="512", fit="crop"),
+        [("height", "fit=crop needs both width and height")],
+    ),
     ("resolution-and-size", bad(width="512", height="256", resolution="512"), [("resolution", "not both")]),
     ("bad-control", bad(mode="canny", source="clips/a.mp4", control="maybe"), [("control", "unknown control")]),
-    ("unknown-control-backend", bad(mode="pose", source="clips/a.mp4", control_backend="posenet"),
-     [("control_backend", "unknown control_backend 'posenet'")]),
-    ("backend-of-another-mode", bad(mode="depth", source="clips/a.mp4", control_backend="dwpose"),
-     [("control_backend", "does not make depth maps: use one of midas, zoe")]),
-    ("annotator-without-weights-backend", bad(mode="pose", source="clips/a.mp4", annotator="org/annotators"),
-     [("annotator", "not used by the mediapipe backend")]),
-    ("annotator-missing-folder", bad(mode="depth", source="clips/a.mp4", annotator="./no-such-weights"),
-     [("annotator", "not found")]),
+    (
+        "unknown-control-backend",
+        bad(mode="pose", source="clips/a.mp4", control_backend="posenet"),
+        [("control_backend", "unknown control_backend 'posenet'")],
+    ),
+    (
+        "backend-of-another-mode",
+        bad(mode="depth", source="clips/a.mp4", control_backend="dwpose"),
+        [("control_backend", "does not make depth maps: use one of midas, zoe")],
+    ),
+    (
+        "annotator-without-weights-backend",
+        bad(mode="pose", source="clips/a.mp4", annotator="org/annotators"),
+        [("annotator", "not used by the mediapipe backend")],
+    ),
+    (
+        "annotator-missing-folder",
+        bad(mode="depth", source="clips/a.mp4", annotator="./no-such-weights"),
+        [("annotator", "not found")],
+    ),
     ("annotator-url", bad(mode="depth", source="clips/a.mp4", annotator="https://x.org/w"), [("annotator", "URL")]),
-    ("threshold-not-int", bad(mode="canny", source="clips/a.mp4", low_threshold="1.5"),
-     [("low_threshold", "whole number")]),
-    ("threshold-out-of-range", bad(mode="canny", source="clips/a.mp4", high_threshold="256"),
-     [("high_threshold", "out of range: expected 1 to 255")]),
-    ("thresholds-crossed", bad(mode="canny", source="clips/a.mp4", low_threshold="150", high_threshold="150"),
-     [("low_threshold", "must be smaller than high_threshold (150)")]),
-    ("low-above-default-high", bad(mode="canny", source="clips/a.mp4", low_threshold="220"),
-     [("low_threshold", "(220) must be smaller than high_threshold (200)")]),
+    (
+        "threshold-not-int",
+        bad(mode="canny", source="clips/a.mp4", low_threshold="1.5"),
+        [("low_threshold", "whole number")],
+    ),
+    (
+        "threshold-out-of-range",
+        bad(mode="canny", source="clips/a.mp4", high_threshold="256"),
+        [("high_threshold", "out of range: expected 1 to 255")],
+    ),
+    (
+        "thresholds-crossed",
+        bad(mode="canny", source="clips/a.mp4", low_threshold="150", high_threshold="150"),
+        [("low_threshold", "must be smaller than high_threshold (150)")],
+    ),
+    (
+        "low-above-default-high",
+        bad(mode="canny", source="clips/a.mp4", low_threshold="220"),
+        [("low_threshold", "(220) must be smaller than high_threshold (200)")],
+    ),
     ("bad-refresh", bad(refresh="maybe"), [("refresh", "true or false")]),
     ("output-collision", bad(job_id="ok1.json"), [("job_id", "collides with the .json output of job 'ok1'")]),
-    ("every-bad-cell-at-once",
-     bad(mode="canny", source="clips/a.mp4", seed="x", start="5", end="3", output="avi", num_inference_steps="0"),
-     [("seed", "whole number"), ("num_inference_steps", "out of range"), ("end", "after start"),
-      ("output", "avi")]),
+    (
+        "every-bad-cell-at-once",
+        bad(mode="canny", source="clips/a.mp4", seed="x", start="5", end="3", output="avi", num_inference_steps="0"),
+        [("seed", "whole number"), ("num_inference_steps", "out of range"), ("end", "after start"), ("output", "avi")],
+    ),
 ]
 
 
@@ -138,7 +181,7 @@ def test_bad_row_is_reported_and_the_others_still_run(library, row_cells, expect
     assert [job.row for job in manifest.jobs] == [2, 4]
     assert all(error.row == 3 for error in manifest.errors), manifest.errors
     assert [(e.column) for e in manifest.errors] == [column for column, _ in expected], manifest.errors
-    for error, (column, words) in zip(manifest.errors, expected):
+    for error, (_column, words) in zip(manifest.errors, expected):
         assert words in error.message, error.message
         assert error.job_id == row_cells["job_id"][:128]
     text = format_errors(manifest.errors, path)
@@ -148,22 +191,44 @@ def test_bad_row_is_reported_and_the_others_still_run(library, row_cells, expect
 
 # (case id, raw file text, [(row, column, words)], valid job ids)
 RAW_CASES = [
-    ("bom", "\ufeffjob_id,mode,prompt\nok1,text2video,x\nbad,text2video, \n",
-     [(3, "prompt", "required")], ["ok1"]),
-    ("quoted-newlines-keep-spreadsheet-rows",
-     'job_id,mode,prompt\nok1,text2video,"line one\nline two, with a comma"\nbad,cartoon,x\nok2,text2video,y\n',
-     [(3, "mode", "unknown mode")], ["ok1", "ok2"]),
-    ("blank-lines-keep-row-numbers", "job_id,mode,prompt\n\nok1,text2video,x\n,,\nbad,cartoon,x\n",
-     [(5, "mode", "unknown mode")], ["ok1"]),
-    ("extra-cells", "job_id,mode,prompt\nok1,text2video,x\nbad,text2video,a, b\nok2,text2video,y\n",
-     [(3, None, "1 more cell(s) than the header")], ["ok1", "ok2"]),
-    ("short-row", "job_id,mode,prompt,seed\nok1,text2video,x,1\nbad,text2video\n",
-     [(3, "prompt", "required")], ["ok1"]),
-    ("data-under-nameless-column", "job_id,mode,prompt,\nok1,text2video,x,\nbad,text2video,x,oops\n",
-     [(3, None, "no column name")], ["ok1"]),
+    ("bom", "\ufeffjob_id,mode,prompt\nok1,text2video,x\nbad,text2video, \n", [(3, "prompt", "required")], ["ok1"]),
+    (
+        "quoted-newlines-keep-spreadsheet-rows",
+        'job_id,mode,prompt\nok1,text2video,"line one\nline two, with a comma"\nbad,cartoon,x\nok2,text2video,y\n',
+        [(3, "mode", "unknown mode")],
+        ["ok1", "ok2"],
+    ),
+    (
+        "blank-lines-keep-row-numbers",
+        "job_id,mode,prompt\n\nok1,text2video,x\n,,\nbad,cartoon,x\n",
+        [(5, "mode", "unknown mode")],
+        ["ok1"],
+    ),
+    (
+        "extra-cells",
+        "job_id,mode,prompt\nok1,text2video,x\nbad,text2video,a, b\nok2,text2video,y\n",
+        [(3, None, "1 more cell(s) than the header")],
+        ["ok1", "ok2"],
+    ),
+    (
+        "short-row",
+        "job_id,mode,prompt,seed\nok1,text2video,x,1\nbad,text2video\n",
+        [(3, "prompt", "required")],
+        ["ok1"],
+    ),
+    (
+        "data-under-nameless-column",
+        "job_id,mode,prompt,\nok1,text2video,x,\nbad,text2video,x,oops\n",
+        [(3, None, "no column name")],
+        ["ok1"],
+    ),
     ("stray-quote-inside-a-cell", 'job_id,mode,prompt\nok1,text2video,a 5" tall robot\n', [], ["ok1"]),
-    ("crlf-line-ends", "job_id,mode,prompt\r\nok1,text2video,\"two\r\nlines\"\r\nbad,cartoon,x\r\n",
-     [(3, "mode", "unknown mode")], ["ok1"]),
+    (
+        "crlf-line-ends",
+        'job_id,mode,prompt\r\nok1,text2video,"two\r\nlines"\r\nbad,cartoon,x\r\n',
+        [(3, "mode", "unknown mode")],
+        ["ok1"],
+    ),
     ("header-only", "job_id,mode,prompt\n", [], []),
     ("header-case-spaces-and-notes", " Job_ID , MODE ,Prompt,#notes\nok1,text2video,x,anything\n", [], ["ok1"]),
 ]
@@ -207,15 +272,27 @@ FILE_CASES = [
     ("empty-file", b"", "the file is empty", None),
     ("whitespace-only", b"\n \n\t\n", "the file is empty", None),
     ("missing-required-columns", b"job_id,source\na,x.mp4\n", "missing required columns mode, prompt", 1),
-    ("unknown-column", b"job_id,mode,prompt,guidence_scale\na,text2video,x,3\n",
-     "unknown column 'guidence_scale' (did you mean 'guidance_scale'?)", 1),
+    (
+        "unknown-column",
+        b"job_id,mode,prompt,guidence_scale\na,text2video,x,3\n",
+        "unknown column 'guidence_scale' (did you mean 'guidance_scale'?)",
+        1,
+    ),
     ("duplicate-column", b"job_id,mode,prompt,prompt\na,text2video,x,y\n", "'prompt' appears twice", 1),
-    ("non-utf8-bytes", b"job_id,mode,prompt\nok1,text2video,caf\xe9 au lait\n",
-     "not valid UTF-8 at byte offset 37 (line 2, character 19", 2),
+    (
+        "non-utf8-bytes",
+        b"job_id,mode,prompt\nok1,text2video,caf\xe9 au lait\n",
+        "not valid UTF-8 at byte offset 37 (line 2, character 19",
+        2,
+    ),
     ("utf16", "job_id,mode,prompt\na,text2video,x\n".encode("utf-16"), "UTF-16", None),
     ("semicolon-separated", b"job_id;mode;prompt\na;text2video;x\n", "separated by ';'", 1),
-    ("unclosed-quote", b'job_id,mode,prompt\nok1,text2video,x\nb,text2video,"never closed\nc,text2video,y\n',
-     "a quote that is never closed", 3),
+    (
+        "unclosed-quote",
+        b'job_id,mode,prompt\nok1,text2video,x\nb,text2video,"never closed\nc,text2video,y\n',
+        "a quote that is never closed",
+        3,
+    ),
     ("nul-bytes", b"job_id,mode,prompt\na,text2video,x\x00y\n", "NUL", 2),
 ]
 

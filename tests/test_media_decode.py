@@ -17,15 +17,14 @@ from t2vz_core.media import decode as decode_module
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("decode")
     return {
-        "ntsc": make_video(d / "ntsc.mp4", frames=45, size=(96, 64), fps=Fraction(30000, 1001),
-                           preset="medium"),  # B-frames: decode order != display order
+        "ntsc": make_video(
+            d / "ntsc.mp4", frames=45, size=(96, 64), fps=Fraction(30000, 1001), preset="medium"
+        ),  # B-frames: decode order != display order
         "sixty": make_video(d / "sixty.mp4", frames=48, size=(96, 64), fps=60),
-        "vfr": make_video(d / "vfr.mp4", frames=20, size=(96, 64), fps=30,
-                          timestamps=vfr_timestamps(20)),
+        "vfr": make_video(d / "vfr.mp4", frames=20, size=(96, 64), fps=30, timestamps=vfr_timestamps(20)),
         "webm": make_video(d / "vp8.webm", frames=24, size=(96, 64), codec="vp8"),
         "tiny": make_video(d / "tiny.mkv", frames=4, size=(1, 1), codec="ffv1"),
-        **{f"rot{r}": make_video(d / f"rot{r}.mp4", frames=12, size=(96, 64), rotation=r)
-           for r in (90, 180, 270)},
+        **{f"rot{r}": make_video(d / f"rot{r}.mp4", frames=12, size=(96, 64), rotation=r) for r in (90, 180, 270)},
     }
 
 
@@ -38,8 +37,9 @@ def decode_all(path, spec=None, **kwargs):
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
 def test_both_backends_deliver_the_planned_frames(media, backend):
     stats = {}
-    plan, chunks, frames = decode_all(media["ntsc"], DecodeSpec(resolution=64), backend=backend,
-                                      chunk_size=8, stats=stats)
+    plan, chunks, frames = decode_all(
+        media["ntsc"], DecodeSpec(resolution=64), backend=backend, chunk_size=8, stats=stats
+    )
     assert stats["backend"] == backend and stats["fallback"] is None
     assert frames.shape == (45, 40, 64, 3) and frames.dtype == np.uint8
     assert [len(c) for c in chunks] == [8] * 5 + [5]
@@ -82,11 +82,9 @@ def test_vp8_webm_goes_to_pyav_and_is_indexed_right(media):
 
 
 def test_crop_and_pad(media):
-    _, _, crop = decode_all(media["ntsc"], DecodeSpec(width=48, height=48, fit="crop", max_frames=2),
-                            backend="pyav")
+    _, _, crop = decode_all(media["ntsc"], DecodeSpec(width=48, height=48, fit="crop", max_frames=2), backend="pyav")
     assert crop.shape == (2, 48, 48, 3)
-    _, _, pad = decode_all(media["ntsc"], DecodeSpec(width=96, height=96, fit="pad", max_frames=2),
-                           backend="pyav")
+    _, _, pad = decode_all(media["ntsc"], DecodeSpec(width=96, height=96, fit="pad", max_frames=2), backend="pyav")
     assert pad.shape == (2, 96, 96, 3)
     assert pad[:, :16].max() == 0 and pad[:, -16:].max() == 0  # black bars top and bottom
     assert read_frame_index(pad[1, 16:-16]) == 1
@@ -112,8 +110,7 @@ HANG_HOLDING_THE_GIL = "import re, sys; sys.stdin.readline(); re.match(r'(a+)+$'
 def test_a_hung_decoder_is_killed_after_the_timeout(media, monkeypatch, caplog):
     # A catastrophic regex runs in C without releasing the GIL, like decord#373's hang:
     # no thread could interrupt it, the worker process is killed instead.
-    monkeypatch.setattr(decode_module, "_worker_command",
-                        lambda: [sys.executable, "-c", HANG_HOLDING_THE_GIL])
+    monkeypatch.setattr(decode_module, "_worker_command", lambda: [sys.executable, "-c", HANG_HOLDING_THE_GIL])
     plan = plan_decode(probe(media["ntsc"]), DecodeSpec(max_frames=5))
     with pytest.raises(TransientError, match="no frames for 1 s") as err:
         list(iter_frames(media["ntsc"], plan, backend="decord", timeout=1.0))
@@ -143,7 +140,6 @@ def test_bad_arguments(media):
         next(iter_frames(media["ntsc"], plan, backend="opencv"))
     with pytest.raises(ValueError, match="chunk_size"):
         next(iter_frames(media["ntsc"], plan, chunk_size=0))
-
 
 
 def test_decord_worker_reads_in_segments(media, monkeypatch):

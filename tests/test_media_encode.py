@@ -24,8 +24,7 @@ NTSC = Fraction(30000, 1001)
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A 3 s 29.97 fps clip with a tone that steps up 100 Hz every half second."""
-    path = make_video(tmp_path_factory.mktemp("enc") / "src.mp4", frames=90, size=(96, 64),
-                      fps=NTSC, audio=True)
+    path = make_video(tmp_path_factory.mktemp("enc") / "src.mp4", frames=90, size=(96, 64), fps=NTSC, audio=True)
     info = probe(path)
     plan = plan_decode(info, DecodeSpec(start=1.0, end=2.0))
     frames = np.concatenate(list(iter_frames(path, plan, backend="pyav")))
@@ -42,8 +41,15 @@ def audio_of(path):
 @pytest.mark.parametrize("fmt,audio_codec", [("mp4", "aac"), ("webm", "opus")])
 def test_video_with_trimmed_audio_and_provenance(tmp_path, source, fmt, audio_codec):
     src, plan, frames = source
-    out = encode_video(frames, tmp_path / f"out.{fmt}", plan.fps, fmt=fmt, audio_source=src,
-                       audio_start=plan.start, metadata={"prompt": "a cat", "seed": 42, "model": "m"})
+    out = encode_video(
+        frames,
+        tmp_path / f"out.{fmt}",
+        plan.fps,
+        fmt=fmt,
+        audio_source=src,
+        audio_start=plan.start,
+        metadata={"prompt": "a cat", "seed": 42, "model": "m"},
+    )
     info = probe(out)
     assert info.fps == NTSC and info.frame_count == 30 and (info.width, info.height) == (96, 64)
     assert info.codec == ("h264" if fmt == "mp4" else "vp9")
@@ -107,13 +113,16 @@ def test_a_crash_mid_encode_leaves_the_old_file_and_no_temp(tmp_path, source):
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    ({"fmt": "avi"}, "fmt"),
-    ({"fmt": "webm"}, "suffix"),
-    ({"crf": 60}, "crf"),
-    ({"preset": "quick"}, "preset"),
-    ({"fps": 0}, "fps"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"fmt": "avi"}, "fmt"),
+        ({"fmt": "webm"}, "suffix"),
+        ({"crf": 60}, "crf"),
+        ({"preset": "quick"}, "preset"),
+        ({"fps": 0}, "fps"),
+    ],
+)
 def test_bad_arguments(tmp_path, source, kwargs, words):
     args = {"fps": 24, **kwargs}
     with pytest.raises(InputError, match=words):

@@ -56,8 +56,7 @@ def _audio_params():
             for rate in RATES:
                 case = AudioCase(codec, layout, rate)
                 why = audio_unwritable(case)
-                yield pytest.param(case, id=case.id,
-                                   marks=[pytest.mark.skip(reason=why)] if why else [])
+                yield pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=why)] if why else [])
 
 
 TIMING_CASES = [
@@ -74,8 +73,7 @@ VIDEO_CASES = [
     VideoCase("h264-yuv444p", pix_fmt="yuv444p"),
     VideoCase("h264-10bit", pix_fmt="yuv420p10le"),
     VideoCase("hevc", "libx265", options=_QUIET_X265),
-    VideoCase("hevc-10bit-mkv", "libx265", pix_fmt="yuv420p10le", suffix=".mkv",
-              options=_QUIET_X265),
+    VideoCase("hevc-10bit-mkv", "libx265", pix_fmt="yuv420p10le", suffix=".mkv", options=_QUIET_X265),
     VideoCase("vp9-webm", "libvpx-vp9", suffix=".webm", options=VP9_FAST),
     VideoCase("av1-mp4", "libsvtav1", options=(("preset", "12"),)),
     VideoCase("av1-webm", "libsvtav1", suffix=".webm", options=(("preset", "12"),)),
@@ -91,12 +89,17 @@ VIDEO_CASES = [
     VideoCase("sar-2:3-mkv", suffix=".mkv", size=(64, 80), sar=Fraction(2, 3)),
 ]
 # The audio each video carries: what its container usually holds.
-_VIDEO_AUDIO = {".mp4": AudioCase("aac"), ".mov": AudioCase("pcm_s16le", "stereo", 48000),
-                ".mkv": AudioCase("flac", "stereo", 44100), ".webm": AudioCase("opus"),
-                ".avi": AudioCase("pcm_s16le", "mono", 22050)}
+_VIDEO_AUDIO = {
+    ".mp4": AudioCase("aac"),
+    ".mov": AudioCase("pcm_s16le", "stereo", 48000),
+    ".mkv": AudioCase("flac", "stereo", 44100),
+    ".webm": AudioCase("opus"),
+    ".avi": AudioCase("pcm_s16le", "mono", 22050),
+}
 
 
 # --- sources and decoded frames, made once per process (each xdist worker its own) -------
+
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
@@ -129,6 +132,7 @@ def decoded(src: Path, trim: tuple[float, float] | None):
 
 # --- the checks ------------------------------------------------------------------------
 
+
 def run_case(src: Path, fmt: str, out_dir: Path, trim=TRIM) -> tuple:
     """Encode `src` (trimmed) to `fmt` as the row's encode step does; check the frames."""
     info, plan, frames = decoded(src, trim)
@@ -137,8 +141,15 @@ def run_case(src: Path, fmt: str, out_dir: Path, trim=TRIM) -> tuple:
         out = write_png_sequence(frames, out_dir / "png", plan.fps)
         check_png(out, plan)
         return info, plan, out
-    out = encode_video(frames, out_dir / f"video.{fmt}", plan.fps, fmt=fmt, preset="ultrafast",
-                       audio_source=src if info.has_audio else None, audio_start=plan.start)
+    out = encode_video(
+        frames,
+        out_dir / f"video.{fmt}",
+        plan.fps,
+        fmt=fmt,
+        preset="ultrafast",
+        audio_source=src if info.has_audio else None,
+        audio_start=plan.start,
+    )
     check_video(out, fmt, plan)
     return info, plan, out
 
@@ -183,6 +194,7 @@ def check_video(out: Path, fmt: str, plan) -> None:
 
 
 # --- the matrices ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
 @pytest.mark.parametrize("audio", list(_audio_params()))

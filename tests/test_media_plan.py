@@ -10,15 +10,24 @@ from t2vz_core.errors import InputError
 from t2vz_core.media import DecodeSpec, VideoInfo, plan_decode
 
 
-def info_for(pts, time_base, fps, width=1920, height=1080, rotation=0, is_vfr=False,
-             duration=None):
+def info_for(pts, time_base, fps, width=1920, height=1080, rotation=0, is_vfr=False, duration=None):
     pts = tuple(pts)
     if duration is None:
         duration = float(len(pts) / Fraction(fps))
-    return VideoInfo(path=Path("clip.mp4"), fps=Fraction(fps), frame_count=len(pts),
-                     duration=duration, width=width, height=height, rotation=rotation,
-                     has_audio=False, codec="h264", is_vfr=is_vfr, time_base=Fraction(time_base),
-                     pts=pts)
+    return VideoInfo(
+        path=Path("clip.mp4"),
+        fps=Fraction(fps),
+        frame_count=len(pts),
+        duration=duration,
+        width=width,
+        height=height,
+        rotation=rotation,
+        has_audio=False,
+        codec="h264",
+        is_vfr=is_vfr,
+        time_base=Fraction(time_base),
+        pts=pts,
+    )
 
 
 def cfr(n, fps, time_base=None):
@@ -55,8 +64,9 @@ def test_ntsc_to_24_follows_the_clock():
     info = cfr(200, Fraction(30000, 1001))
     plan = plan_decode(info, DecodeSpec(fps=24))
     # brute force with exact arithmetic: the frame on screen at k/24 s
-    expected = [max(i for i in range(200) if Fraction(i * 1001, 30000) <= Fraction(k, 24))
-                for k in range(len(plan.indices))]
+    expected = [
+        max(i for i in range(200) if Fraction(i * 1001, 30000) <= Fraction(k, 24)) for k in range(len(plan.indices))
+    ]
     assert list(plan.indices) == expected
     assert len(plan) == int(Fraction(200 * 1001, 30000) * 24) + 1
 
@@ -70,24 +80,31 @@ def test_time_range_and_max_frames():
 
 def test_variable_rate_uses_real_timestamps():
     stamps = vfr_timestamps(30)
-    info = info_for([round(t * 90000) for t in stamps], Fraction(1, 90000), 30, is_vfr=True,
-                    duration=float(stamps[-1] + Fraction(1, 10)))
+    info = info_for(
+        [round(t * 90000) for t in stamps],
+        Fraction(1, 90000),
+        30,
+        is_vfr=True,
+        duration=float(stamps[-1] + Fraction(1, 10)),
+    )
     plan = plan_decode(info)
-    expected = [max(i for i, t in enumerate(stamps) if t <= Fraction(k, 30))
-                for k in range(len(plan.indices))]
+    expected = [max(i for i, t in enumerate(stamps) if t <= Fraction(k, 30)) for k in range(len(plan.indices))]
     assert list(plan.indices) == expected
     assert len(plan) > len(stamps)  # slow parts repeat frames: constant rate, no drift
 
 
-@pytest.mark.parametrize("src,rotation,spec,out", [
-    ((1920, 1080), 0, DecodeSpec(resolution=512), (512, 288)),  # not 512x256 as in the original
-    ((1080, 1920), 0, DecodeSpec(resolution=512), (288, 512)),
-    ((640, 480), 0, DecodeSpec(width=320), (320, 240)),
-    ((640, 480), 0, DecodeSpec(height=240), (320, 240)),
-    ((1000, 1000), 0, DecodeSpec(width=512, height=256), (256, 256)),  # keep: fits in the box
-    ((33, 17), 0, DecodeSpec(resolution=64), (64, 32)),
-    ((1920, 1080), 0, DecodeSpec(), (1920, 1080)),
-])
+@pytest.mark.parametrize(
+    "src,rotation,spec,out",
+    [
+        ((1920, 1080), 0, DecodeSpec(resolution=512), (512, 288)),  # not 512x256 as in the original
+        ((1080, 1920), 0, DecodeSpec(resolution=512), (288, 512)),
+        ((640, 480), 0, DecodeSpec(width=320), (320, 240)),
+        ((640, 480), 0, DecodeSpec(height=240), (320, 240)),
+        ((1000, 1000), 0, DecodeSpec(width=512, height=256), (256, 256)),  # keep: fits in the box
+        ((33, 17), 0, DecodeSpec(resolution=64), (64, 32)),
+        ((1920, 1080), 0, DecodeSpec(), (1920, 1080)),
+    ],
+)
 def test_sizes_keep_aspect_in_multiples_of_8(src, rotation, spec, out):
     plan = plan_decode(info_for(range(3), Fraction(1, 30), 30, *src, rotation=rotation), spec)
     assert (plan.width, plan.height) == out
@@ -110,19 +127,22 @@ def test_crop_and_pad_give_exact_sizes():
     assert pad.geometry.resize == (512, 288) and pad.geometry.pad == (0, 112, 0, 112)
 
 
-@pytest.mark.parametrize("spec,words", [
-    (DecodeSpec(start=20.0), "start"),
-    (DecodeSpec(start=-1.0), "start"),
-    (DecodeSpec(start=2.0, end=1.0), "end"),
-    (DecodeSpec(fps=0), "fps"),
-    (DecodeSpec(fps="abc"), "fps"),
-    (DecodeSpec(max_frames=0), "max_frames"),
-    (DecodeSpec(width=100), "multiple of 8"),
-    (DecodeSpec(resolution=100000), "resolution"),
-    (DecodeSpec(width=64, fit="crop"), "needs both width and height"),
-    (DecodeSpec(resolution=512, width=512), "not both"),
-    (DecodeSpec(fit="stretch"), "fit"),
-])
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        (DecodeSpec(start=20.0), "start"),
+        (DecodeSpec(start=-1.0), "start"),
+        (DecodeSpec(start=2.0, end=1.0), "end"),
+        (DecodeSpec(fps=0), "fps"),
+        (DecodeSpec(fps="abc"), "fps"),
+        (DecodeSpec(max_frames=0), "max_frames"),
+        (DecodeSpec(width=100), "multiple of 8"),
+        (DecodeSpec(resolution=100000), "resolution"),
+        (DecodeSpec(width=64, fit="crop"), "needs both width and height"),
+        (DecodeSpec(resolution=512, width=512), "not both"),
+        (DecodeSpec(fit="stretch"), "fit"),
+    ],
+)
 def test_bad_specs_raise_input_error_naming_the_parameter(spec, words):
     with pytest.raises(InputError, match=words):
         plan_decode(cfr(300, 30), spec)

@@ -49,11 +49,14 @@ def test_variable_frame_rate_is_detected(tmp_path):
     assert float(stamps[-1]) < info.duration <= float(stamps[-1]) + 0.1 + 1e-6
 
 
-@pytest.mark.parametrize("name,kwargs,expect", [
-    ("vp9.webm", {"codec": "vp9"}, ("vp9", 64, 48)),
-    ("odd.mp4", {"size": (33, 17)}, ("h264", 33, 17)),
-    ("tiny.mkv", {"size": (1, 1), "codec": "ffv1"}, ("ffv1", 1, 1)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,expect",
+    [
+        ("vp9.webm", {"codec": "vp9"}, ("vp9", 64, 48)),
+        ("odd.mp4", {"size": (33, 17)}, ("h264", 33, 17)),
+        ("tiny.mkv", {"size": (1, 1), "codec": "ffv1"}, ("ffv1", 1, 1)),
+    ],
+)
 def test_other_codecs_and_sizes(tmp_path, name, kwargs, expect):
     info = probe(make_video(tmp_path / name, frames=6, **kwargs))
     assert (info.codec, info.width, info.height) == expect
@@ -85,19 +88,22 @@ def _empty(d):
     return d / "empty.mp4"
 
 
-@pytest.mark.parametrize("make,reason", [
-    (lambda d: make_text_file(d / "notes.mp4"), "not a readable media file"),
-    (lambda d: make_corrupt(d / "junk.mp4"), "not a readable media file"),
-    (_truncated_faststart, "truncated"),
-    (_truncated_plain, "moov"),
-    (_truncated_webm, "truncated"),
-    (lambda d: make_zero_frame(d / "zero.mp4"), "no video frames"),
-    (lambda d: make_audio_only(d / "song.m4a"), "no video stream (streams: audio)"),
-    (lambda d: d / "missing.mp4", "no such file"),
-    (lambda d: d, "is a folder"),
-    (_empty, "empty file"),
-    (_huge_image, "too large"),
-])
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda d: make_text_file(d / "notes.mp4"), "not a readable media file"),
+        (lambda d: make_corrupt(d / "junk.mp4"), "not a readable media file"),
+        (_truncated_faststart, "truncated"),
+        (_truncated_plain, "moov"),
+        (_truncated_webm, "truncated"),
+        (lambda d: make_zero_frame(d / "zero.mp4"), "no video frames"),
+        (lambda d: make_audio_only(d / "song.m4a"), "no video stream (streams: audio)"),
+        (lambda d: d / "missing.mp4", "no such file"),
+        (lambda d: d, "is a folder"),
+        (_empty, "empty file"),
+        (_huge_image, "too large"),
+    ],
+)
 def test_bad_files_name_the_file_and_reason(tmp_path, make, reason):
     path = make(tmp_path)
     with pytest.raises(MediaError) as err:

@@ -96,7 +96,7 @@ def test_concurrent_writers_wait_for_each_other(tmp_path):
             with FrameStore.writer(tmp_path / "s", 24, {"p": 1}) as w:
                 for i in range(8):
                     if not w.done(i, i + 1):
-                        w.write(i, data[i: i + 1])
+                        w.write(i, data[i : i + 1])
                         time.sleep(0.01)
                 results.append(w.reused)
         except Exception as exc:  # pragma: no cover - reported below
@@ -139,16 +139,19 @@ KILLED_WRITER = textwrap.dedent("""
 
 def test_sigkill_mid_write_leaves_no_final_store_and_resumes(tmp_path):
     final = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(final)], cwd=REPO,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(final)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.readline().strip() == b"written"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not final.exists()
     w = FrameStore.writer(final, 24, {"p": 1})  # the dead writer's lock died with it
     done = w.first_missing()
-    assert done >= 6 and all(not p.name.endswith(".tmp") for p in w.partial.iterdir()
-                             if p.name[0] != ".")
+    assert done >= 6 and all(not p.name.endswith(".tmp") for p in w.partial.iterdir() if p.name[0] != ".")
     store = w.close() if done else None
     assert len(store) == done and store[5].max() == 5
 

@@ -43,10 +43,15 @@ def files(tiny_models, tmp_path_factory) -> dict[str, Path]:
         (two / name).write_bytes(b"x")
     (root / "style.bin").write_bytes(b"x")
     (root / "clip.mp4").write_bytes(b"x")
-    return {"root": root, "lora": lora, "odd": odd, "two": two,
-            "sd_file": write_original_checkpoint(tiny_models / "sd", root / "dreambooth.safetensors"),
-            "p2p_file": write_original_checkpoint(tiny_models / "pix2pix", root / "ip2p.safetensors"),
-            "xl_file": write_original_sdxl_checkpoint(tiny_models / "sdxl", root / "xl.safetensors")}
+    return {
+        "root": root,
+        "lora": lora,
+        "odd": odd,
+        "two": two,
+        "sd_file": write_original_checkpoint(tiny_models / "sd", root / "dreambooth.safetensors"),
+        "p2p_file": write_original_checkpoint(tiny_models / "pix2pix", root / "ip2p.safetensors"),
+        "xl_file": write_original_sdxl_checkpoint(tiny_models / "sdxl", root / "xl.safetensors"),
+    }
 
 
 def job(**cells) -> Job:
@@ -60,8 +65,10 @@ def test_lora_cell_scales_paths_and_hub_ids(files):
     base = files["root"]
     weights = parse_lora_cell("lora:0.8; lora/pytorch_lora_weights.safetensors ;org/ink-style:-1.5e-1", base)
     assert [(w.ref, w.scale) for w in weights] == [
-        (str(files["lora"]), 0.8), (str(files["lora"] / "pytorch_lora_weights.safetensors"), 1.0),
-        ("org/ink-style", -0.15)]
+        (str(files["lora"]), 0.8),
+        (str(files["lora"] / "pytorch_lora_weights.safetensors"), 1.0),
+        ("org/ink-style", -0.15),
+    ]
     # A path that itself ends in ':<number>' is taken whole; its scale can still follow.
     assert [(w.ref, w.scale) for w in parse_lora_cell("styles:2", base)] == [(str(files["odd"]), 1.0)]
     assert [(w.ref, w.scale) for w in parse_lora_cell("styles:2:0.5", base)] == [(str(files["odd"]), 0.5)]
@@ -69,15 +76,18 @@ def test_lora_cell_scales_paths_and_hub_ids(files):
         parse_lora_cell("styles:2;styles:2:0.5", base)
 
 
-@pytest.mark.parametrize("cell, message", [
-    ("lora:11", "scale 11 is out of range"),
-    ("lora:nan", "neither an existing"),
-    ("style.bin", "not .safetensors"),
-    ("two", "holds 2 .safetensors files"),
-    ("./missing.safetensors", "not found"),
-    (" ; ", "names no LoRA"),
-    ("lora;lora:0.5", "twice"),
-])
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ("lora:11", "scale 11 is out of range"),
+        ("lora:nan", "neither an existing"),
+        ("style.bin", "not .safetensors"),
+        ("two", "holds 2 .safetensors files"),
+        ("./missing.safetensors", "not found"),
+        (" ; ", "names no LoRA"),
+        ("lora;lora:0.5", "twice"),
+    ],
+)
 def test_bad_lora_cells(files, cell, message):
     with pytest.raises(ValueError, match=message):
         parse_lora_cell(cell, files["root"])
@@ -94,7 +104,8 @@ def test_manifest_errors_name_row_and_column(files, tiny_models):
         f"ckpt,text2video,,x,clip.mp4,,,,,\n"
         f"sched,text2video,,x,,,,heun,,\n"
         f"cn,text2video,,x,,,,,,{sd}\n"
-        f"lo,text2video,,x,,,lora:99,,,\n")
+        f"lo,text2video,,x,,,lora:99,,,\n"
+    )
     result = read_manifest(manifest)
     assert [j.job_id for j in result.jobs] == ["ok"]
     ok = result.jobs[0]
@@ -130,8 +141,9 @@ def test_ckpt_model_needs_model_config(files, tiny_models):
 
 
 def test_sidecar_dict_names_the_cells_as_columns(files, tiny_models):
-    data = job(model=str(files["sd_file"]), model_config=str(tiny_models / "sd"), lora="org/ink:0.5",
-               scheduler="ddim").cache_dict()
+    data = job(
+        model=str(files["sd_file"]), model_config=str(tiny_models / "sd"), lora="org/ink:0.5", scheduler="ddim"
+    ).cache_dict()
     assert data["model_config"] == str(tiny_models / "sd") and data["scheduler"] == "ddim"
     assert data["lora"] == [{"ref": "org/ink", "scale": 0.5}]
     assert Job.model_validate({**data, "job_id": "b"}).cache_dict() == {**data, "job_id": "b"}  # reads back
@@ -184,7 +196,8 @@ def test_generate_key_covers_every_cell_and_the_lora_bytes(files, tiny_models, t
     moved = tmp_path / "moved"
     shutil.move(lora, moved)
     assert generate_key(job(model=sd, num_inference_steps=4, t0=1, t1=2, lora=f"{moved}:0.7")) == generate_key(
-        job(model=sd, num_inference_steps=4, t0=1, t1=2, lora=f"{moved}/pytorch_lora_weights.safetensors:0.7"))
+        job(model=sd, num_inference_steps=4, t0=1, t1=2, lora=f"{moved}/pytorch_lora_weights.safetensors:0.7")
+    )
 
 
 def test_single_file_fingerprint_is_its_bytes(files, tiny_models, tmp_path):

@@ -88,10 +88,20 @@ def test_unusable_runtimes_are_input_errors(monkeypatch):
 
 # ---------------------------------------------------------------------------- loading and sharing
 
-@pytest.mark.parametrize("device, dtype, offload", [
-    ("cpu", "auto", "none"), ("cpu", "bf16", "none"), ("cuda", "auto", "none"), ("cuda:1", "bf16", "model"),
-    ("mps", "auto", "none"), ("auto", "auto", "none"), ("cpu", "fp16", "none"), ("cpu", "auto", "model"),
-])
+
+@pytest.mark.parametrize(
+    "device, dtype, offload",
+    [
+        ("cpu", "auto", "none"),
+        ("cpu", "bf16", "none"),
+        ("cuda", "auto", "none"),
+        ("cuda:1", "bf16", "model"),
+        ("mps", "auto", "none"),
+        ("auto", "auto", "none"),
+        ("cpu", "fp16", "none"),
+        ("cpu", "auto", "model"),
+    ],
+)
 def test_signature_agrees_with_resolve(monkeypatch, device, dtype, offload):
     """Cache keys use signature(): it must name what resolve() gives, and refuse what it refuses."""
     _machine(monkeypatch, cuda=2, mps=True)
@@ -110,8 +120,10 @@ def test_a_named_device_is_signed_without_importing_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from t2vz_core.runtime import Runtime; "
-            "print(Runtime('cpu').signature(), Runtime('cuda:1', 'bf16').signature(), 'torch' in sys.modules)")
+    code = (
+        "import sys; from t2vz_core.runtime import Runtime; "
+        "print(Runtime('cpu').signature(), Runtime('cuda:1', 'bf16').signature(), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "('cpu', 'float32') ('cuda', 'bfloat16') False"
 
@@ -128,7 +140,6 @@ def test_auto_is_signed_without_torch_only_where_no_gpu_can_exist():
     resolved = Runtime().resolve()
     assert out.split(")")[0] + ")" == str((resolved[0].type, str(resolved[1]).replace("torch.", "")))
     assert out.strip().endswith(str(not runtime._no_gpu_possible()))  # torch imported only when it had to be
-
 
 
 def test_each_model_loads_once_and_controlnet_variants_share_the_base(tiny_models, monkeypatch):

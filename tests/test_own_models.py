@@ -37,8 +37,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:Default grid_sample:UserWarning"
 
 CPU = Runtime(device="cpu", dtype="fp32")
 N_FRAMES = 3
-CANNY = dict(mode="canny", prompt="a man dancing", negative_prompt="blurry", num_inference_steps=2, guidance_scale=7.5,
-             controlnet_conditioning_scale=0.8, seed=5)
+CANNY = dict(
+    mode="canny",
+    prompt="a man dancing",
+    negative_prompt="blurry",
+    num_inference_steps=2,
+    guidance_scale=7.5,
+    controlnet_conditioning_scale=0.8,
+    seed=5,
+)
 SAME = 1e-6  # two routes to the same weights: float noise at most
 
 
@@ -72,8 +79,9 @@ def canny(pipe, maps, scheduler=None, **fields) -> np.ndarray:
 
 
 def cached_canny(tiny_models, maps, sources=ModelSources(), model=None, controlnet=None, **fields):
-    pipe = load_pipeline("sd", model or tiny_models / "sd", controlnet or tiny_models / "controlnet-canny", CPU,
-                         sources=sources)
+    pipe = load_pipeline(
+        "sd", model or tiny_models / "sd", controlnet or tiny_models / "controlnet-canny", CPU, sources=sources
+    )
     return canny(pipe, maps, **fields)
 
 
@@ -88,17 +96,25 @@ def test_lora_matches_diffusers_controlnet_pipeline_with_cross_frame_attention(t
     ours = cached_canny(tiny_models, maps, ModelSources(loras=((str(own["lora"]), scale),)))
 
     reference = StableDiffusionControlNetPipeline.from_pretrained(
-        tiny_models / "sd", controlnet=ControlNetModel.from_pretrained(tiny_models / "controlnet-canny"),
-        safety_checker=None, requires_safety_checker=False)
+        tiny_models / "sd",
+        controlnet=ControlNetModel.from_pretrained(tiny_models / "controlnet-canny"),
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     reference.set_progress_bar_config(disable=True)
     reference.load_lora_weights(own["lora"], adapter_name="style")
     reference.set_adapters(["style"], adapter_weights=[scale])
     with reference_cross_frame(2, reference.unet, reference.controlnet):
         expected = reference(
-            prompt=[CANNY["prompt"]] * N_FRAMES, negative_prompt=[CANNY["negative_prompt"]] * N_FRAMES,
-            image=pil(maps), latents=shared_latents(CANNY["seed"]).repeat(N_FRAMES, 1, 1, 1),
-            num_inference_steps=CANNY["num_inference_steps"], guidance_scale=CANNY["guidance_scale"],
-            controlnet_conditioning_scale=CANNY["controlnet_conditioning_scale"], output_type="np").images
+            prompt=[CANNY["prompt"]] * N_FRAMES,
+            negative_prompt=[CANNY["negative_prompt"]] * N_FRAMES,
+            image=pil(maps),
+            latents=shared_latents(CANNY["seed"]).repeat(N_FRAMES, 1, 1, 1),
+            num_inference_steps=CANNY["num_inference_steps"],
+            guidance_scale=CANNY["guidance_scale"],
+            controlnet_conditioning_scale=CANNY["controlnet_conditioning_scale"],
+            output_type="np",
+        ).images
     assert maxdiff(ours, expected) <= ORACLE_TOL
     assert maxdiff(ours, plain) > 0.02  # the LoRA changes the frames (UNet and text encoder layers)
 
@@ -146,20 +162,32 @@ def test_sdxl_lora_matches_diffusers_sdxl_controlnet_pipeline(tiny_models, tmp_p
     fields = dict(mode="canny", prompt="a cat", num_inference_steps=3, guidance_scale=5.0, seed=2)
     request = GenerationRequest(width=SIZE, height=SIZE, **fields)
     controlnet = tiny_models / "controlnet-sdxl-canny"
-    plain = generate(load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU), request, maps,
-                     output_dtype=np.float32)
-    ours = generate(load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU,
-                                  sources=ModelSources(loras=((str(lora), scale),))),
-                    request, maps, output_dtype=np.float32)
+    plain = generate(
+        load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU), request, maps, output_dtype=np.float32
+    )
+    ours = generate(
+        load_pipeline("sdxl", tiny_models / "sdxl", controlnet, CPU, sources=ModelSources(loras=((str(lora), scale),))),
+        request,
+        maps,
+        output_dtype=np.float32,
+    )
     reference = StableDiffusionXLControlNetPipeline.from_pretrained(
-        tiny_models / "sdxl", controlnet=ControlNetModel.from_pretrained(controlnet))
+        tiny_models / "sdxl", controlnet=ControlNetModel.from_pretrained(controlnet)
+    )
     reference.set_progress_bar_config(disable=True)
     reference.load_lora_weights(lora, adapter_name="xl")
     reference.set_adapters(["xl"], adapter_weights=[scale])
     with reference_cross_frame(2, reference.unet, reference.controlnet):
-        expected = reference(prompt=["a cat"] * n, image=pil(maps), latents=shared_latents(2).repeat(n, 1, 1, 1),
-                             num_inference_steps=3, guidance_scale=5.0, height=SIZE, width=SIZE,
-                             output_type="np").images
+        expected = reference(
+            prompt=["a cat"] * n,
+            image=pil(maps),
+            latents=shared_latents(2).repeat(n, 1, 1, 1),
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            height=SIZE,
+            width=SIZE,
+            output_type="np",
+        ).images
     assert maxdiff(ours, expected) <= ORACLE_TOL
     assert maxdiff(ours, plain) > 0.02
 
@@ -178,33 +206,60 @@ def test_lora_of_another_architecture_is_a_clear_error(tiny_models, own):
 def test_single_file_model_and_controlnet_give_the_folders_frames(tiny_models, own):
     maps = frames(seed=4, count=N_FRAMES, sparse=True)
     from_folders = cached_canny(tiny_models, maps)
-    sources = ModelSources(model_config=str(tiny_models / "sd"),
-                           controlnet_config=str(tiny_models / "controlnet-canny"))
+    sources = ModelSources(
+        model_config=str(tiny_models / "sd"), controlnet_config=str(tiny_models / "controlnet-canny")
+    )
     from_files = cached_canny(tiny_models, maps, sources, model=own["sd_file"], controlnet=own["canny_file"])
     assert maxdiff(from_files, from_folders) == 0.0
 
 
 def test_single_file_pix2pix_and_text2video(tiny_models, own):
     source = frames(seed=5, count=N_FRAMES)
-    request = GenerationRequest(mode="pix2pix", prompt="make it snow", num_inference_steps=2, seed=4, width=SIZE,
-                                height=SIZE)
+    request = GenerationRequest(
+        mode="pix2pix", prompt="make it snow", num_inference_steps=2, seed=4, width=SIZE, height=SIZE
+    )
     folder = generate(load_pipeline("pix2pix", tiny_models / "pix2pix", runtime=CPU), request, source)
-    file = generate(load_pipeline("pix2pix", own["pix2pix_file"], runtime=CPU,
-                                  sources=ModelSources(model_config=str(tiny_models / "pix2pix"))), request, source)
+    file = generate(
+        load_pipeline(
+            "pix2pix", own["pix2pix_file"], runtime=CPU, sources=ModelSources(model_config=str(tiny_models / "pix2pix"))
+        ),
+        request,
+        source,
+    )
     assert np.array_equal(file, folder)
-    t2v = GenerationRequest(mode="text2video", prompt="a cat", num_inference_steps=4, t0=1, t1=2, video_length=3,
-                            seed=2, width=SIZE, height=SIZE)
+    t2v = GenerationRequest(
+        mode="text2video",
+        prompt="a cat",
+        num_inference_steps=4,
+        t0=1,
+        t1=2,
+        video_length=3,
+        seed=2,
+        width=SIZE,
+        height=SIZE,
+    )
     folder = generate(load_pipeline("sd", tiny_models / "sd", runtime=CPU), t2v)
-    file = generate(load_pipeline("sd", own["sd_file"], runtime=CPU,
-                                  sources=ModelSources(model_config=str(tiny_models / "sd"))), t2v)
+    file = generate(
+        load_pipeline("sd", own["sd_file"], runtime=CPU, sources=ModelSources(model_config=str(tiny_models / "sd"))),
+        t2v,
+    )
     assert np.array_equal(file, folder)
 
 
 def test_single_file_sdxl_gives_the_folders_frames(tiny_models, tmp_path):
     folder = write_distinct_sdxl(tiny_models / "sdxl", tmp_path / "sdxl")
     file = write_original_sdxl_checkpoint(folder, tmp_path / "sdxl.safetensors")
-    request = GenerationRequest(mode="text2video", prompt="a cat", num_inference_steps=3, t0=0, t1=1, video_length=2,
-                                seed=1, width=SIZE, height=SIZE)
+    request = GenerationRequest(
+        mode="text2video",
+        prompt="a cat",
+        num_inference_steps=3,
+        t0=0,
+        t1=1,
+        video_length=2,
+        seed=1,
+        width=SIZE,
+        height=SIZE,
+    )
     expected = generate(load_pipeline("sdxl", folder, runtime=CPU), request)
     got = generate(load_pipeline("sdxl", file, runtime=CPU, sources=ModelSources(model_config=str(folder))), request)
     assert np.array_equal(got, expected) and expected.std() > 10
@@ -217,8 +272,9 @@ def test_single_file_without_configs_offline_says_what_is_missing(tiny_models, o
     with pytest.raises(InputError, match="controlnet_config column"):
         load_pipeline("sd", tiny_models / "sd", own["canny_file"], runtime=CPU)
     with pytest.raises(InputError, match="is a sd checkpoint, but model_config .* is a pix2pix model"):
-        load_pipeline("sd", own["sd_file"], runtime=CPU,
-                      sources=ModelSources(model_config=str(tiny_models / "pix2pix")))
+        load_pipeline(
+            "sd", own["sd_file"], runtime=CPU, sources=ModelSources(model_config=str(tiny_models / "pix2pix"))
+        )
 
 
 def test_ckpt_stays_behind_allow_pickle(tiny_models, own, tmp_path):
@@ -292,8 +348,17 @@ def test_every_scheduler_runs_canny_independently_of_chunking(tiny_models):
 
 def test_text2video_runs_with_the_schedulers_that_keep_t0_t1_exact(tiny_models):
     pipe = load_pipeline("sd", tiny_models / "sd", runtime=CPU)
-    request = GenerationRequest(mode="text2video", prompt="a dog", num_inference_steps=4, t0=1, t1=2, video_length=3,
-                                seed=3, width=SIZE, height=SIZE)
+    request = GenerationRequest(
+        mode="text2video",
+        prompt="a dog",
+        num_inference_steps=4,
+        t0=1,
+        t1=2,
+        video_length=3,
+        seed=3,
+        width=SIZE,
+        height=SIZE,
+    )
     own_scheduler = generate(pipe, request, output_dtype=np.float32)
     assert TEXT2VIDEO_SCHEDULERS == {"ddim"}
     for name in TEXT2VIDEO_SCHEDULERS:

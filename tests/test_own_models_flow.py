@@ -25,20 +25,41 @@ def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(tmp_path, 
         warnings.simplefilter("ignore")
         make_lora(tiny_models / "sd", tmp_path / "loras" / "ink", seed=0)
     write_original_checkpoint(tiny_models / "sd", tmp_path / "models" / "dreambooth.safetensors")
-    common = dict(model="models/dreambooth.safetensors", model_config=str(tiny_models / "sd"),
-                  num_inference_steps=2, chunk_size=4, resolution=64)
+    common = dict(
+        model="models/dreambooth.safetensors",
+        model_config=str(tiny_models / "sd"),
+        num_inference_steps=2,
+        chunk_size=4,
+        resolution=64,
+    )
     rows = [
-        dict(job_id="styled", mode="canny", source="media/rocket.mp4", prompt="a glass rocket", seed=3,
-             controlnet=str(tiny_models / "controlnet-canny"), lora="loras/ink:0.6", scheduler="euler_a",
-             max_frames=4, **common),
-        dict(job_id="t2v", mode="text2video", prompt="a panda surfing", seed=1, video_length=3,
-             lora="loras/ink/pytorch_lora_weights.safetensors", scheduler="ddim", **common),
+        dict(
+            job_id="styled",
+            mode="canny",
+            source="media/rocket.mp4",
+            prompt="a glass rocket",
+            seed=3,
+            controlnet=str(tiny_models / "controlnet-canny"),
+            lora="loras/ink:0.6",
+            scheduler="euler_a",
+            max_frames=4,
+            **common,
+        ),
+        dict(
+            job_id="t2v",
+            mode="text2video",
+            prompt="a panda surfing",
+            seed=1,
+            video_length=3,
+            lora="loras/ink/pytorch_lora_weights.safetensors",
+            scheduler="ddim",
+            **common,
+        ),
     ]
     manifest = write_csv(tmp_path / "jobs.csv", rows)
     out, work = tmp_path / "out", tmp_path / "work"
     env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
-    args = ("run", str(manifest), "--output-dir", str(out), "--work-dir", str(work), "--no-progress",
-            "--device", "cpu")
+    args = ("run", str(manifest), "--output-dir", str(out), "--work-dir", str(work), "--no-progress", "--device", "cpu")
 
     result = t2vz(*args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

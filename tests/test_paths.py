@@ -151,8 +151,7 @@ def test_model_refs_local_folders_and_errors(tmp_path):
     with pytest.raises(InputError, match="URL"):
         check_model_ref("s3://bucket/model", tmp_path)
     # model folders are not confined to the allowed roots (they are not sources)
-    assert check_model_ref(str(tmp_path / "models"), tmp_path / "models" / "sd") == str(
-        (tmp_path / "models").resolve())
+    assert check_model_ref(str(tmp_path / "models"), tmp_path / "models" / "sd") == str((tmp_path / "models").resolve())
 
 
 def test_revisions():

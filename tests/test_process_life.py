@@ -50,12 +50,14 @@ def test_engine_stops_at_the_step_boundary_and_resumes(tiny_models, tmp_path):
     from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.models import Runtime, load_pipeline
 
-    pipe = load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny",
-                         runtime=Runtime(device="cpu", dtype="fp32"))
+    pipe = load_pipeline(
+        "sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=Runtime(device="cpu", dtype="fp32")
+    )
     rng = np.random.default_rng(0)
     maps = ((rng.random((6, 64, 64, 3)) > 0.8) * 255).astype(np.uint8)
-    request = GenerationRequest(mode="canny", prompt="a man dancing", num_inference_steps=4, seed=1,
-                                width=64, height=64, chunk_size=4)  # two UNet chunks per step
+    request = GenerationRequest(
+        mode="canny", prompt="a man dancing", num_inference_steps=4, seed=1, width=64, height=64, chunk_size=4
+    )  # two UNet chunks per step
     expected = generate(pipe, request, maps, output_dtype=np.float32)
     path = tmp_path / "checkpoint"
     calls = []
@@ -113,9 +115,14 @@ def _env(home: Path, **extra: str) -> dict:
 def _start(manifest: Path, out: Path, home: Path, *args: str, **extra: str) -> subprocess.Popen:
     command = [str(T2VZ)] if T2VZ.exists() else [sys.executable, "-m", "flows.cli"]
     log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([*command, "run", str(manifest), "-o", str(out), "--device", "cpu", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=_env(home, **extra), cwd=REPO,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*command, "run", str(manifest), "-o", str(out), "--device", "cpu", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(home, **extra),
+        cwd=REPO,
+        start_new_session=True,
+    )
     log.close()
     return proc
 
@@ -166,8 +173,7 @@ def _server_hosts(home: Path) -> list[int]:
 
 
 def _listening_ports_of(pids: set[int]) -> list[int]:
-    return [c.laddr.port for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    return [c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
 
 
 def _wait_for(predicate, proc: subprocess.Popen, tree: Tree, out: Path, timeout_s: float = RUN_TIMEOUT_S):
@@ -196,7 +202,9 @@ def two_rows(tmp_path_factory, tiny_models) -> Path:
     path.write_text(
         "job_id,mode,source,prompt,model,controlnet,seed,num_inference_steps,resolution,output\n"
         f"long,canny,clip.mp4,a red ball,{sd},{controlnet},1,8,64,mp4\n"
-        f"after,canny,clip.mp4,a blue ball,{sd},{controlnet},2,2,64,mp4\n", encoding="utf-8")
+        f"after,canny,clip.mp4,a blue ball,{sd},{controlnet},2,2,64,mp4\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -291,11 +299,16 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
     manifest = tmp_path / "tiny.csv"
     manifest.write_text(
         "job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,video_length,output\n"
-        f"tiny,text2video,,a red ball,{tiny_models / 'sd'},1,2,64,2,mp4\n", encoding="utf-8")
+        f"tiny,text2video,,a red ball,{tiny_models / 'sd'},1,2,64,2,mp4\n",
+        encoding="utf-8",
+    )
     make_text_file(tmp_path / "broken.mp4")
     failing = tmp_path / "failing.csv"
-    failing.write_text("job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,output\n"
-                       f"broken,pix2pix,broken.mp4,snow,{tiny_models / 'pix2pix'},1,1,64,mp4\n", encoding="utf-8")
+    failing.write_text(
+        "job_id,mode,source,prompt,model,seed,num_inference_steps,resolution,output\n"
+        f"broken,pix2pix,broken.mp4,snow,{tiny_models / 'pix2pix'},1,1,64,mp4\n",
+        encoding="utf-8",
+    )
     work = tmp_path / "work"  # one generation for all eight runs: the rest is process and server
     runs = []
     started = time.monotonic()
@@ -321,6 +334,7 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
         assert report["counts"]["ok" if expected == 0 else "failed"] == 1
         assert "Traceback" not in _log(out)
         assert tree.alive() == [], (out.name, tree.alive())
+
     # Each separate home had its own server, the shared home one server for its four runs.
     def servers(trees_of: list[Tree]) -> set:
         return {key for tree in trees_of for key, name in tree.seen.items() if "flows.server_host" in name}

@@ -114,7 +114,7 @@ def test_frames_are_streamed_lazily():
     def chunks(name):
         for start in range(0, len(frames), 3):
             pulled.append((name, start))
-            yield frames[start: start + 3]
+            yield frames[start : start + 3]
 
     qc.score_frames(chunks("out"), chunks("src"))
     # the two streams are read in lock step, chunk by chunk

@@ -14,10 +14,18 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from media_fixtures import make_video
-from reliability_support import (T2VZ, check_output_folder, decoded_frames, explain, load_report, run_cli,
-                                 run_env, sidecar, write_manifest)
+from reliability_support import (
+    T2VZ,
+    check_output_folder,
+    decoded_frames,
+    explain,
+    load_report,
+    run_cli,
+    run_env,
+    sidecar,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -26,19 +34,45 @@ def test_two_runs_at_once_then_an_up_to_date_third(tiny_models, tmp_path):
     lib = tmp_path / "lib"
     make_video(lib / "clip.mp4", frames=6, size=(64, 48))
     base = {"resolution": 64, "num_inference_steps": 3, "chunk_size": 4, "seed": 7}
-    manifest = write_manifest(lib / "manifest.csv", [
-        {"job_id": "t2v", "mode": "text2video", "prompt": "a lighthouse", "model": str(tiny_models / "sd"),
-         "video_length": 6, **base},
-        {"job_id": "canny", "mode": "canny", "source": "clip.mp4", "prompt": "a boat", "model": str(tiny_models / "sd"),
-         "controlnet": str(tiny_models / "controlnet-canny"), **base},
-        {"job_id": "p2p", "mode": "pix2pix", "source": "clip.mp4", "prompt": "make it night",
-         "model": str(tiny_models / "pix2pix"), **base},
-    ])
+    manifest = write_manifest(
+        lib / "manifest.csv",
+        [
+            {
+                "job_id": "t2v",
+                "mode": "text2video",
+                "prompt": "a lighthouse",
+                "model": str(tiny_models / "sd"),
+                "video_length": 6,
+                **base,
+            },
+            {
+                "job_id": "canny",
+                "mode": "canny",
+                "source": "clip.mp4",
+                "prompt": "a boat",
+                "model": str(tiny_models / "sd"),
+                "controlnet": str(tiny_models / "controlnet-canny"),
+                **base,
+            },
+            {
+                "job_id": "p2p",
+                "mode": "pix2pix",
+                "source": "clip.mp4",
+                "prompt": "make it night",
+                "model": str(tiny_models / "pix2pix"),
+                **base,
+            },
+        ],
+    )
     out = tmp_path / "out"
     args = ["run", str(manifest), "--output-dir", str(out), "--no-progress"]
     env = run_env(tmp_path)
-    procs = [subprocess.Popen([T2VZ, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [T2VZ, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     results = [proc.communicate(timeout=300)[0] for proc in procs]
     for proc, text in zip(procs, results):
         assert proc.returncode == 0, f"exit {proc.returncode}:\n{text[-4000:]}"

@@ -23,10 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from media_fixtures import make_video
-from reliability_support import (check_output_folder, cli_command, explain, load_report, read_progress, run_cli,
-                                 run_env, sidecar, write_manifest)
+from reliability_support import (
+    check_output_folder,
+    cli_command,
+    explain,
+    load_report,
+    read_progress,
+    run_cli,
+    run_env,
+    sidecar,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -38,14 +46,40 @@ def _manifest(tmp_path: Path, models: Path) -> Path:
     make_video(lib / "clip.mp4", frames=13, size=(64, 48))
     make_video(lib / "short.mp4", frames=4, size=(64, 48))
     base = {"model": str(models / "sd"), "resolution": 64, "seed": 5}
-    return write_manifest(lib / "manifest.csv", [
-        {"job_id": "first", "mode": "canny", "source": "short.mp4", "prompt": "a paper boat",
-         "controlnet": str(models / "controlnet-canny"), "num_inference_steps": 2, "chunk_size": 4, **base},
-        {"job_id": "slow", "mode": "canny", "source": "clip.mp4", "prompt": "a glass rocket",
-         "controlnet": str(models / "controlnet-canny"), "num_inference_steps": STEPS, "chunk_size": 4, **base},
-        {"job_id": "last", "mode": "text2video", "prompt": "a red kite", "num_inference_steps": 2,
-         "chunk_size": 4, "video_length": 4, **base},
-    ])
+    return write_manifest(
+        lib / "manifest.csv",
+        [
+            {
+                "job_id": "first",
+                "mode": "canny",
+                "source": "short.mp4",
+                "prompt": "a paper boat",
+                "controlnet": str(models / "controlnet-canny"),
+                "num_inference_steps": 2,
+                "chunk_size": 4,
+                **base,
+            },
+            {
+                "job_id": "slow",
+                "mode": "canny",
+                "source": "clip.mp4",
+                "prompt": "a glass rocket",
+                "controlnet": str(models / "controlnet-canny"),
+                "num_inference_steps": STEPS,
+                "chunk_size": 4,
+                **base,
+            },
+            {
+                "job_id": "last",
+                "mode": "text2video",
+                "prompt": "a red kite",
+                "num_inference_steps": 2,
+                "chunk_size": 4,
+                "video_length": 4,
+                **base,
+            },
+        ],
+    )
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -57,14 +91,16 @@ def _kill_mid_generation(cmd: list[str], env: dict, cwd: Path, out: Path, progre
     Returns the step count saved in the checkpoint at the moment of the kill."""
     import torch
 
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True
+    )
     deadline = time.monotonic() + 240
     try:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"run 1 ended before it could be killed: {explain(proc)}"
-                                     f"\n{proc.stdout.read()[-4000:]}")
+                raise AssertionError(
+                    f"run 1 ended before it could be killed: {explain(proc)}\n{proc.stdout.read()[-4000:]}"
+                )
             done = [d for job, step, d, total, _ in read_progress(progress) if job == "slow" and step == "generate"]
             if _checkpoints(out) and done and max(done) > 2 * CHUNKS:  # step 3 started: step 2 is saved
                 break
@@ -112,8 +148,11 @@ def test_sigkill_mid_generation_then_rerun_resumes_and_loses_nothing(tiny_models
 
     # generation resumed from the checkpoint: the first report already counts the saved steps,
     # and only the remaining steps' UNet chunks ran
-    reports = [(d, total, msg) for job, step, d, total, msg in read_progress(progress2)
-               if job == "slow" and step == "generate" and total > 1]
+    reports = [
+        (d, total, msg)
+        for job, step, d, total, msg in read_progress(progress2)
+        if job == "slow" and step == "generate" and total > 1
+    ]
     assert reports, read_progress(progress2)
     first_done, total, message = reports[0]
     assert "resumed" in message and first_done == saved_step * CHUNKS, reports[:3]

@@ -12,7 +12,6 @@ Attempt counts come from the task runs on the Prefect server (run_count).
 from __future__ import annotations
 
 import pytest
-
 from reliability_support import corpus_run, sidecar, task_runs
 
 pytestmark = pytest.mark.timeout(500)
@@ -52,7 +51,8 @@ def test_out_of_memory_retry_halves_the_chunk_size(corpus):
     resolved = sidecar(corpus["out"], "f_oom")["resolved"]
     assert resolved["request"]["chunk_size"] == 2 and resolved["effective_chunk_size"] == 2, (
         "after an out-of-memory error generation must retry with chunk_size 4 // 2 = 2, "
-        f"it ran with {resolved['effective_chunk_size']}")
+        f"it ran with {resolved['effective_chunk_size']}"
+    )
 
 
 def test_a_permanent_error_fails_only_its_row_once_with_its_message(corpus, runs):

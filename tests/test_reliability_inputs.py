@@ -22,16 +22,42 @@ import os
 from pathlib import Path
 
 import pytest
-
 from reliability_support import SHELL_SOURCE, check_output_folder, corpus_run, explain, sidecar
 
 pytestmark = pytest.mark.timeout(500)
 
 CASES = [
-    "good_canny", "good_p2p", "good_t2v", "link_inside", "odd_size", "vfr", "rotated", "one_pixel",
-    "truncated", "truncated_fs", "text_mp4", "random_bytes", "empty_file", "zero_frames", "audio_only", "huge",
-    "folder_src", "missing_src", "dotdot", "abs_outside", "link_out", "slash", "shell_id", "subst_id",
-    "bin_weights", "sym_video", "sym_sidecar", "f_eio_decode", "f_oom", "f_fatal", "f_eio_forever",
+    "good_canny",
+    "good_p2p",
+    "good_t2v",
+    "link_inside",
+    "odd_size",
+    "vfr",
+    "rotated",
+    "one_pixel",
+    "truncated",
+    "truncated_fs",
+    "text_mp4",
+    "random_bytes",
+    "empty_file",
+    "zero_frames",
+    "audio_only",
+    "huge",
+    "folder_src",
+    "missing_src",
+    "dotdot",
+    "abs_outside",
+    "link_out",
+    "slash",
+    "shell_id",
+    "subst_id",
+    "bin_weights",
+    "sym_video",
+    "sym_sidecar",
+    "f_eio_decode",
+    "f_oom",
+    "f_fatal",
+    "f_eio_forever",
 ]
 
 
@@ -64,8 +90,13 @@ def test_the_run_finishes_with_a_complete_report(corpus):
     assert sorted(rows) == list(range(2, 2 + len(CASES)))  # one line per manifest row, spreadsheet numbering
     counts = corpus["report"]["counts"]
     expected = [_expected(corpus, label)["expect"] for label in CASES]
-    assert counts == {"total": len(CASES), "ok": expected.count("ok"), "failed": expected.count("failed"),
-                      "invalid": expected.count("invalid"), "missing": 0}
+    assert counts == {
+        "total": len(CASES),
+        "ok": expected.count("ok"),
+        "failed": expected.count("failed"),
+        "invalid": expected.count("invalid"),
+        "missing": 0,
+    }
 
 
 @pytest.mark.parametrize("label", CASES)

@@ -22,9 +22,17 @@ STEPS = step_names()
 
 
 def _line(row, job_id, mode="canny", status="ok", **extra) -> dict:
-    line = {"row": row, "job_id": job_id, "mode": mode, "status": status, "error": "", "outputs": [],
-            "seconds": 2.0, "sidecar": f"/out/{job_id}.json",
-            **{step: "computed" for step in STEPS}}
+    line = {
+        "row": row,
+        "job_id": job_id,
+        "mode": mode,
+        "status": status,
+        "error": "",
+        "outputs": [],
+        "seconds": 2.0,
+        "sidecar": f"/out/{job_id}.json",
+        **{step: "computed" for step in STEPS},
+    }
     line.update(extra)
     return line
 
@@ -48,8 +56,10 @@ def test_the_frame_writes_report_csv_byte_for_byte():
 
 
 def test_typed_columns_qc_scores_and_shots():
-    rows = [_line(2, "a", frames=8, shots=2, warp_error=3.5, warp_error_ratio=1.25),
-            _line(3, "b", frames=None, shots=None, warp_error=None, warp_error_ratio=None)]
+    rows = [
+        _line(2, "a", frames=8, shots=2, warp_error=3.5, warp_error_ratio=1.25),
+        _line(3, "b", frames=None, shots=None, warp_error=None, warp_error_ratio=None),
+    ]
     frame = report_table.report_frame(rows)
     assert list(frame.columns) == list(report.report_columns())
     assert list(frame.columns)[-6:] == [*report.QC_COLUMNS, "sidecar"]
@@ -90,8 +100,9 @@ print(json.dumps({"pandas": "pandas" in sys.modules, "pyarrow": "pyarrow" in sys
 
 
 def _rewrite(out, change: dict) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _REWRITE, str(out), json.dumps(change)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _REWRITE, str(out), json.dumps(change)], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout)
 
 
@@ -144,12 +155,16 @@ def test_summary_by_mode_and_status():
 def test_report_summary_command(tmp_path, capsys, no_env_allowed_roots):
     (tmp_path / "sd").mkdir()
     manifest = tmp_path / "jobs.csv"
-    manifest.write_text("job_id,mode,prompt,model,video_length\n"
-                        "one,text2video,a cat,sd,8\ntwo,text2video,a dog,sd,8\nbad,text2video,,sd,8\n")
+    manifest.write_text(
+        "job_id,mode,prompt,model,video_length\n"
+        "one,text2video,a cat,sd,8\ntwo,text2video,a dog,sd,8\nbad,text2video,,sd,8\n"
+    )
     out = tmp_path / "out"
     for job, seconds in zip(read_manifest(manifest).jobs, (2.0, 4.0)):
-        write_sidecar(out, Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="ok", seconds=seconds,
-                                   job=job.cache_dict()))
+        write_sidecar(
+            out,
+            Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="ok", seconds=seconds, job=job.cache_dict()),
+        )
     assert main(["report", str(manifest), "--output-dir", str(out), "--summary"]) == 1  # one invalid row
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:5] == ["mode", "status", "rows", "frames", "median_seconds"]
@@ -159,15 +174,29 @@ def test_report_summary_command(tmp_path, capsys, no_env_allowed_roots):
 
 
 def _scored(job_id: str, ratio: float | None, status: str = "ok") -> Sidecar:
-    return Sidecar(job_id=job_id, row=2, mode="canny", status=status, seconds=1.0, resolved={"frames": 8},
-                   qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": ratio})
+    return Sidecar(
+        job_id=job_id,
+        row=2,
+        mode="canny",
+        status=status,
+        seconds=1.0,
+        resolved={"frames": 8},
+        qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": ratio},
+    )
 
 
 def test_a_ratio_over_the_rows_limit_flags_it_and_it_still_counts_as_ok(tmp_path):
-    cases = [("over", 2.5, 2.0, "ok"), ("equal", 2.0, 2.0, "ok"), ("no-limit", 9.0, None, "ok"),
-             ("unscored", None, 2.0, "ok"), ("failed", 9.0, 2.0, "failed")]
-    lines = [report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio, status), tmp_path), limit)
-             for job_id, ratio, limit, status in cases]
+    cases = [
+        ("over", 2.5, 2.0, "ok"),
+        ("equal", 2.0, 2.0, "ok"),
+        ("no-limit", 9.0, None, "ok"),
+        ("unscored", None, 2.0, "ok"),
+        ("failed", 9.0, 2.0, "failed"),
+    ]
+    lines = [
+        report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio, status), tmp_path), limit)
+        for job_id, ratio, limit, status in cases
+    ]
     assert [line["status"] for line in lines] == ["flagged", "ok", "ok", "ok", "failed"]
     assert lines[0]["qc_max_warp_ratio"] == 2.0 and "qc_max_warp_ratio" not in lines[2]
     assert (lines[0]["warp_error_ratio"], lines[0]["frames"]) == (2.5, 8)
@@ -179,14 +208,25 @@ def test_a_ratio_over_the_rows_limit_flags_it_and_it_still_counts_as_ok(tmp_path
 def test_the_limit_comes_from_the_manifest_and_is_in_no_cache_key(tmp_path, no_env_allowed_roots):
     (tmp_path / "sd").mkdir()
     manifest = tmp_path / "jobs.csv"
-    manifest.write_text("job_id,mode,prompt,model,video_length,qc_max_warp_ratio\n"
-                        "strict,text2video,a cat,sd,8,1.5\nlax,text2video,a dog,sd,8,\n")
+    manifest.write_text(
+        "job_id,mode,prompt,model,video_length,qc_max_warp_ratio\n"
+        "strict,text2video,a cat,sd,8,1.5\nlax,text2video,a dog,sd,8,\n"
+    )
     jobs = read_manifest(manifest).jobs
     assert "qc_max_warp_ratio" not in jobs[0].cache_dict() and jobs[0].qc_max_warp_ratio == 1.5
     out = tmp_path / "out"
     for job in jobs:  # the same scores for both rows
-        write_sidecar(out, Sidecar(job_id=job.job_id, row=job.row, mode=job.mode, status="ok", job=job.cache_dict(),
-                                   qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": 2.0}))
+        write_sidecar(
+            out,
+            Sidecar(
+                job_id=job.job_id,
+                row=job.row,
+                mode=job.mode,
+                status="ok",
+                job=job.cache_dict(),
+                qc=dict.fromkeys(report.QC_COLUMNS) | {"warp_error_ratio": 2.0},
+            ),
+        )
     rep = report.write_manifest_report(manifest, out)
     assert [line["status"] for line in rep["rows"]] == ["flagged", "ok"]
     assert (rep["counts"]["ok"], rep["counts"]["flagged"]) == (2, 1)
@@ -199,8 +239,10 @@ def test_the_limit_comes_from_the_manifest_and_is_in_no_cache_key(tmp_path, no_e
 def test_run_prints_how_many_rows_were_flagged(tmp_path, capsys):
     from flows.cli import _print_report
 
-    lines = [report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio), tmp_path), 2.0)
-             for job_id, ratio in (("a", 3.0), ("b", 1.0))]
+    lines = [
+        report.apply_qc_limit(report.row_from_sidecar(_scored(job_id, ratio), tmp_path), 2.0)
+        for job_id, ratio in (("a", 3.0), ("b", 1.0))
+    ]
     _print_report({"rows": lines, "counts": report.summarize(lines), "output_dir": str(tmp_path)})
     printed = capsys.readouterr().out
     assert " flagged  row 2  a:" in printed and "2 ok, 0 failed, 0 invalid; 1 flagged by QC" in printed

@@ -94,13 +94,25 @@ def test_each_shot_equals_the_row_run_on_a_clip_of_only_that_shot(library, split
 def test_detector_cells_rerun_cuts_and_generation_but_reuse_decode_and_maps(library, split):
     same_shots = run_row(library, "split", shot_threshold=30)
     assert same_shots.results["cuts"].shots == split.results["cuts"].shots
-    assert hits(same_shots) == {"decode": True, "cuts": False, "control": True, "generate": True, "encode": True,
-                                "qc": True}
+    assert hits(same_shots) == {
+        "decode": True,
+        "cuts": False,
+        "control": True,
+        "generate": True,
+        "encode": True,
+        "qc": True,
+    }
 
     one_shot = run_row(library, "split", shot_threshold=200)
     assert one_shot.results["cuts"].shots == [(0, 27)]
-    assert hits(one_shot) == {"decode": True, "cuts": False, "control": True, "generate": False, "encode": False,
-                              "qc": False}
+    assert hits(one_shot) == {
+        "decode": True,
+        "cuts": False,
+        "control": True,
+        "generate": False,
+        "encode": False,
+        "qc": False,
+    }
 
     # One detected shot generates exactly like shots=none (today's behaviour): the same entry.
     unsplit = run_row(library, "split", shots="none")

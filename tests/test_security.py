@@ -17,9 +17,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from reliability_support import (PWNED, REPO, SHELL_PROMPT, cli_command, corpus_run, explain, run_cli, run_env,
-                                 sidecar, write_manifest)
+from reliability_support import (
+    PWNED,
+    REPO,
+    SHELL_PROMPT,
+    cli_command,
+    corpus_run,
+    explain,
+    run_cli,
+    run_env,
+    sidecar,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.timeout(500)
 
@@ -39,6 +48,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 # ---------------------------------------------------------------- outputs stay in the output folder
 
+
 def test_every_output_lies_inside_the_output_folder(corpus):
     out = corpus["out"]
     for line in corpus["report"]["rows"]:
@@ -46,10 +56,15 @@ def test_every_output_lies_inside_the_output_folder(corpus):
             assert _inside(Path(output), out), output
             assert not Path(output).is_symlink(), output
     # nothing was written next to the sources or anywhere else in the test's tree
-    written = [p for p in corpus["root"].rglob("*")
-               if p.stat(follow_symlinks=False).st_mtime >= corpus["started_at"] and p.is_file()
-               and not _inside(p, out) and not _inside(p, corpus["root"] / "prefect-home")
-               and not _inside(p, corpus["root"] / "prefect-results")]
+    written = [
+        p
+        for p in corpus["root"].rglob("*")
+        if p.stat(follow_symlinks=False).st_mtime >= corpus["started_at"]
+        and p.is_file()
+        and not _inside(p, out)
+        and not _inside(p, corpus["root"] / "prefect-home")
+        and not _inside(p, corpus["root"] / "prefect-results")
+    ]
     assert written == [], written
 
 
@@ -66,10 +81,14 @@ def test_a_symlink_planted_at_an_output_path_is_never_written_through(corpus):
 
 # ---------------------------------------------------------------- sources confined to allowed roots
 
+
 def test_sources_outside_the_allowed_roots_never_run(corpus):
     by_id = {r["job_id"]: r for r in corpus["report"]["rows"]}
-    for job_id, why in (("dotdot", "'..' leads to"), ("abs_outside", "outside the allowed roots"),
-                        ("link_out", "symlink to")):
+    for job_id, why in (
+        ("dotdot", "'..' leads to"),
+        ("abs_outside", "outside the allowed roots"),
+        ("link_out", "symlink to"),
+    ):
         assert by_id[job_id]["status"] == "invalid" and why in by_id[job_id]["error"], by_id[job_id]
         assert not (corpus["out"] / f"{job_id}.json").exists()
     # a second root given with --allowed-root is honoured
@@ -84,19 +103,24 @@ def test_allowed_roots_are_configurable_by_environment(tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "a.mp4").write_bytes(b"validated, not decoded")
-    manifest = write_manifest(tmp_path / "lib" / "m.csv", [
-        {"job_id": "a", "mode": "canny", "source": str(tmp_path / "media" / "a.mp4"), "prompt": "x"}])
+    manifest = write_manifest(
+        tmp_path / "lib" / "m.csv",
+        [{"job_id": "a", "mode": "canny", "source": str(tmp_path / "media" / "a.mp4"), "prompt": "x"}],
+    )
     env = {k: v for k, v in os.environ.items() if k != "T2VZ_ALLOWED_ROOTS"}
-    refused = subprocess.run(cli_command(["validate", str(manifest)]), env=env, capture_output=True, text=True,
-                             timeout=120, cwd=tmp_path)
+    refused = subprocess.run(
+        cli_command(["validate", str(manifest)]), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert refused.returncode == 1 and "outside the allowed roots" in refused.stderr, explain(refused)
     env["T2VZ_ALLOWED_ROOTS"] = f"{tmp_path / 'lib'}{os.pathsep}{tmp_path / 'media'}"
-    allowed = subprocess.run(cli_command(["validate", str(manifest)]), env=env, capture_output=True, text=True,
-                             timeout=120, cwd=tmp_path)
+    allowed = subprocess.run(
+        cli_command(["validate", str(manifest)]), env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert allowed.returncode == 0 and "1 valid row(s), 0 invalid" in allowed.stdout, explain(allowed)
 
 
 # ---------------------------------------------------------------- weights: safetensors, no remote code
+
 
 def test_pickle_only_weights_fail_their_row_with_a_clear_error(corpus):
     line = next(r for r in corpus["report"]["rows"] if r["job_id"] == "bin_weights")
@@ -107,12 +131,26 @@ def test_pickle_only_weights_fail_their_row_with_a_clear_error(corpus):
 
 def test_pickle_weights_load_when_the_user_opts_in(corpus, tmp_path):
     """The same pickle-only model runs with `t2vz run --allow-pickle` (a real subprocess)."""
-    manifest = write_manifest(tmp_path / "m.csv", [
-        {"job_id": "opted_in", "mode": "text2video", "prompt": "a kite", "model": str(corpus["root"] / "bin-model"),
-         "seed": 1, "num_inference_steps": 2, "chunk_size": 4, "resolution": 64, "video_length": 4}])
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            {
+                "job_id": "opted_in",
+                "mode": "text2video",
+                "prompt": "a kite",
+                "model": str(corpus["root"] / "bin-model"),
+                "seed": 1,
+                "num_inference_steps": 2,
+                "chunk_size": 4,
+                "resolution": 64,
+                "video_length": 4,
+            }
+        ],
+    )
     out = tmp_path / "out"
-    proc = run_cli(["run", str(manifest), "--output-dir", str(out), "--allow-pickle", "--no-progress"],
-                   run_env(tmp_path), tmp_path)
+    proc = run_cli(
+        ["run", str(manifest), "--output-dir", str(out), "--allow-pickle", "--no-progress"], run_env(tmp_path), tmp_path
+    )
     assert proc.returncode == 0, explain(proc)
     data = sidecar(out, "opted_in")
     assert data["status"] == "ok" and (out / "opted_in.mp4").is_file()
@@ -127,7 +165,8 @@ def test_custom_code_in_a_model_folder_is_never_executed(tiny_models, tmp_path):
     marker = tmp_path / "REMOTE_CODE_RAN"
     (folder / "unet" / "evil_unet.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from diffusers import UNet2DConditionModel\nclass EvilUNet(UNet2DConditionModel):\n    pass\n")
+        "from diffusers import UNet2DConditionModel\nclass EvilUNet(UNet2DConditionModel):\n    pass\n"
+    )
     index = json.loads((folder / "model_index.json").read_text())
     index["unet"] = ["evil_unet", "EvilUNet"]
     (folder / "model_index.json").write_text(json.dumps(index))
@@ -159,10 +198,25 @@ def test_no_remote_code_or_custom_pipelines_anywhere():
 
 # ---------------------------------------------------------------- no manifest string reaches a shell
 
-_SHELL_CALLS = {("os", "system"), ("os", "popen"), ("os", "execl"), ("os", "execlp"), ("os", "execle"),
-                ("os", "execv"), ("os", "execvp"), ("os", "execvpe"), ("os", "spawnl"), ("os", "spawnlp"),
-                ("os", "spawnv"), ("os", "spawnvp"), ("os", "posix_spawn"), ("os", "posix_spawnp"),
-                ("pty", "spawn"), ("subprocess", "getoutput"), ("subprocess", "getstatusoutput")}
+_SHELL_CALLS = {
+    ("os", "system"),
+    ("os", "popen"),
+    ("os", "execl"),
+    ("os", "execlp"),
+    ("os", "execle"),
+    ("os", "execv"),
+    ("os", "execvp"),
+    ("os", "execvpe"),
+    ("os", "spawnl"),
+    ("os", "spawnlp"),
+    ("os", "spawnv"),
+    ("os", "spawnvp"),
+    ("os", "posix_spawn"),
+    ("os", "posix_spawnp"),
+    ("pty", "spawn"),
+    ("subprocess", "getoutput"),
+    ("subprocess", "getstatusoutput"),
+}
 _SUBPROCESS = {"run", "call", "check_call", "check_output", "Popen"}
 
 
@@ -178,8 +232,9 @@ def test_no_shell_anywhere_in_the_code():
                 if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
                     assert (func.value.id, func.attr) not in _SHELL_CALLS, where
                     if func.value.id == "subprocess" and func.attr in _SUBPROCESS:
-                        assert node.args and not isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)), \
+                        assert node.args and not isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)), (
                             f"{where}: pass an argument list, not a command string"
+                        )
                 assert not _keyword_true(node, "shell"), where
                 if isinstance(func, ast.Name):
                     assert func.id not in ("eval", "exec", "system", "popen"), where

@@ -24,7 +24,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -105,8 +105,14 @@ class Stack:
 
     def start(self, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, *args], env=env or self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=self.logs)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=env or self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.logs,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -124,20 +130,25 @@ class Stack:
             for name, proc in self.procs.items():
                 assert proc.poll() is None, f"{name} exited:\n{_tail(self.logs / f'{name}.log')}"
             time.sleep(0.5)
-        raise AssertionError(f"flow run {run_id} not final after {timeout_s} s: {run.state}\n"
-                             + "\n".join(f"--- {n}\n{_tail(self.logs / f'{n}.log', 1500)}" for n in self.procs))
+        raise AssertionError(
+            f"flow run {run_id} not final after {timeout_s} s: {run.state}\n"
+            + "\n".join(f"--- {n}\n{_tail(self.logs / f'{n}.log', 1500)}" for n in self.procs)
+        )
 
     def children(self, parent_id: UUID) -> list[FlowRun]:
-        return self.client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+        return self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+        )
 
-    def events(self, name: str, since: datetime, until=lambda events: bool(events),
-               timeout_s: float = 15) -> list[ReceivedEvent]:
+    def events(
+        self, name: str, since: datetime, until=lambda events: bool(events), timeout_s: float = 15
+    ) -> list[ReceivedEvent]:
         """Events named `name` since `since`; polls because events reach the database asynchronously."""
         deadline = time.monotonic() + timeout_s
         while True:
-            events = self.client.read_events(EventFilter(event=EventNameFilter(name=[name]),
-                                                         occurred=EventOccurredFilter(since=since)), limit=50).events
+            events = self.client.read_events(
+                EventFilter(event=EventNameFilter(name=[name]), occurred=EventOccurredFilter(since=since)), limit=50
+            ).events
             if until(events) or time.monotonic() > deadline:
                 return events
             time.sleep(0.25)
@@ -145,12 +156,18 @@ class Stack:
     def workers_of(self, run_ids: list[UUID], since: datetime) -> dict[UUID, str]:
         """{flow run id: name of the worker that submitted it}, from `prefect.worker.submitted-flow-run`
         events (a worker that lost the race for a run logs "submitting" too, but emits no event)."""
-        def mapping(events: list[ReceivedEvent]) -> dict[UUID, str]:
-            return {UUID(r.id.removeprefix("prefect.flow-run.")): e.resource.name
-                    for e in events for r in e.related if r.role == "flow-run"}
 
-        events = self.events("prefect.worker.submitted-flow-run", since,
-                             until=lambda events: set(run_ids) <= set(mapping(events)))
+        def mapping(events: list[ReceivedEvent]) -> dict[UUID, str]:
+            return {
+                UUID(r.id.removeprefix("prefect.flow-run.")): e.resource.name
+                for e in events
+                for r in e.related
+                if r.role == "flow-run"
+            }
+
+        events = self.events(
+            "prefect.worker.submitted-flow-run", since, until=lambda events: set(run_ids) <= set(mapping(events))
+        )
         found = mapping(events)
         assert set(run_ids) <= set(found), f"no submitted-flow-run event for {set(run_ids) - set(found)}"
         return {run_id: found[run_id] for run_id in run_ids}
@@ -162,19 +179,36 @@ def stack(tmp_path_factory) -> Stack:
     root = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    server_env = {**base, "PREFECT_HOME": str(root / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                  # Services these tests do not use, off to spare the 2 CI cores (the scheduler too:
-                  # a test run at 02:00 UTC must not start the real nightly run).
-                  **{f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in (
-                      "SCHEDULER", "TRIGGERS", "LATE_RUNS", "PAUSE_EXPIRATIONS", "FOREMAN", "REPOSSESSOR",
-                      "CLEANUP_RECONCILER", "CANCELLATION_CLEANUP")}}
-    client_env = {**base, "PREFECT_HOME": str(root / "client-home"),
-                  "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-                  "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-                  "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    server_env = {
+        **base,
+        "PREFECT_HOME": str(root / "server-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Services these tests do not use, off to spare the 2 CI cores (the scheduler too:
+        # a test run at 02:00 UTC must not start the real nightly run).
+        **{
+            f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false"
+            for name in (
+                "SCHEDULER",
+                "TRIGGERS",
+                "LATE_RUNS",
+                "PAUSE_EXPIRATIONS",
+                "FOREMAN",
+                "REPOSSESSOR",
+                "CLEANUP_RECONCILER",
+                "CANCELLATION_CLEANUP",
+            )
+        },
+    }
+    client_env = {
+        **base,
+        "PREFECT_HOME": str(root / "client-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
-    s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-            env=server_env)
+    s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), env=server_env)
     # The client gets this server's URL directly, not through PREFECT_API_URL: the same test
     # process may also hold a prefect_test_harness (other modules), whose settings stay as they are.
     with SyncPrefectClient(s.api) as client:
@@ -183,17 +217,48 @@ def stack(tmp_path_factory) -> Stack:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.api_healthcheck() is not None:
                 assert s.procs["server"].poll() is None, f"server exited:\n{_tail(root / 'server.log')}"
-                assert time.monotonic() < deadline, \
+                assert time.monotonic() < deadline, (
                     f"server not healthy in {START_TIMEOUT_S} s:\n{_tail(root / 'server.log')}"
+                )
                 time.sleep(0.25)
-            setup = subprocess.run([sys.executable, "-m", "flows.deploy", "setup", "--gpus", "2"],
-                                   env=client_env, capture_output=True, text=True, timeout=120, cwd=root)
+            setup = subprocess.run(
+                [sys.executable, "-m", "flows.deploy", "setup", "--gpus", "2"],
+                env=client_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=root,
+            )
             assert setup.returncode == 0, setup.stdout + setup.stderr
             for name in GPU_WORKERS:
-                s.start(name, "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
-                        deploy.GPU_QUEUE, "--limit", "1", "--name", name)
-            s.start("dispatch", "-m", "prefect", "worker", "start", "--pool", deploy.WORK_POOL, "--work-queue",
-                    deploy.DISPATCH_QUEUE, "--name", "dispatch")
+                s.start(
+                    name,
+                    "-m",
+                    "prefect",
+                    "worker",
+                    "start",
+                    "--pool",
+                    deploy.WORK_POOL,
+                    "--work-queue",
+                    deploy.GPU_QUEUE,
+                    "--limit",
+                    "1",
+                    "--name",
+                    name,
+                )
+            s.start(
+                "dispatch",
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                deploy.WORK_POOL,
+                "--work-queue",
+                deploy.DISPATCH_QUEUE,
+                "--name",
+                "dispatch",
+            )
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
                 workers = client.read_workers_for_work_pool(deploy.WORK_POOL)
@@ -220,7 +285,8 @@ def manifest(tmp_path_factory, tiny_models) -> Path:
         f"good,text2video,,a red ball,{tiny_models / 'sd'},1,3,64,4,mp4\n"
         f"broken,pix2pix,broken.mp4,make it snow,{tiny_models / 'pix2pix'},2,3,64,,mp4\n"
         "invalid,no-such-mode,,a prompt,,,,,,\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return path
 
 
@@ -236,8 +302,9 @@ def _table(artifact) -> list[dict]:
 
 
 def _latest(stack: Stack, key: str):
-    found = stack.client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
-        key=ArtifactCollectionFilterKey(any_=[key])))
+    found = stack.client.read_latest_artifacts(
+        artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key]))
+    )
     assert len(found) == 1, (key, found)
     return found[0]
 
@@ -255,7 +322,8 @@ def test_server_serves_api_and_ui(stack):
     pool = client.read_work_pool(deploy.WORK_POOL)
     assert pool.type == "process"
     assert pool.base_job_template["variables"]["properties"]["env"]["default"] == {
-        deploy.GPU_LIMIT_ENV: deploy.GPU_LIMIT}
+        deploy.GPU_LIMIT_ENV: deploy.GPU_LIMIT
+    }
     nightly = client.read_deployment_by_name(deploy.FAN_OUT_DEPLOYMENT)
     assert [s.schedule.cron for s in nightly.schedules] == [deploy.DEFAULT_CRON]
     assert nightly.work_queue_name == deploy.DISPATCH_QUEUE and nightly.entrypoint == "flows.deploy.fan_out"
@@ -265,11 +333,18 @@ def test_server_serves_api_and_ui(stack):
 
 def test_prefect_deploy_applies_the_same_prefect_yaml(stack):
     """The stock path, `prefect deploy --all`, gives the deployments `flows.deploy setup` gave."""
-    before = {name: stack.client.read_deployment_by_name(name)
-              for name in (deploy.FAN_OUT_DEPLOYMENT, deploy.SHARD_DEPLOYMENT)}
-    result = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
-                            env=stack.env, cwd=deploy.PREFECT_FILE.parent, capture_output=True, text=True,
-                            timeout=120)
+    before = {
+        name: stack.client.read_deployment_by_name(name)
+        for name in (deploy.FAN_OUT_DEPLOYMENT, deploy.SHARD_DEPLOYMENT)
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        env=stack.env,
+        cwd=deploy.PREFECT_FILE.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for name, old in before.items():
         new = stack.client.read_deployment_by_name(name)
@@ -284,20 +359,40 @@ def every_option(work_dir: Path, allowed_root: Path) -> dict:
     needs an accelerator), as JSON: what a run started anywhere must record in its sidecars."""
     from t2vz_core.options import RunOptions
 
-    options = {"device": "cpu", "dtype": "fp32", "offload": "none", "allow_pickle": True, "vae_slicing": True,
-               "vae_tiling": True, "force": True, "allowed_roots": [str(allowed_root)],
-               "work_dir": str(work_dir), "max_workers": 1,
-               # fast paths (compile stays off: inductor would compile for minutes on a CPU)
-               "compile": False, "channels_last": True, "tf32": False, "attention_backend": "math"}
+    options = {
+        "device": "cpu",
+        "dtype": "fp32",
+        "offload": "none",
+        "allow_pickle": True,
+        "vae_slicing": True,
+        "vae_tiling": True,
+        "force": True,
+        "allowed_roots": [str(allowed_root)],
+        "work_dir": str(work_dir),
+        "max_workers": 1,
+        # fast paths (compile stays off: inductor would compile for minutes on a CPU)
+        "compile": False,
+        "channels_last": True,
+        "tf32": False,
+        "attention_backend": "math",
+    }
     assert set(options) == set(RunOptions.model_fields), "a new run option: give it a value here"
     return options
 
 
-def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path,
-             options: dict | None = None) -> tuple[FlowRun, list[FlowRun]]:
-    run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
-        "manifest_path": str(manifest), "output_dir": str(output_dir), "shard_size": 1,
-        "options": options or {"device": "cpu", "work_dir": str(work_dir)}, "poll_seconds": 0.5})
+def _fan_out(
+    stack: Stack, manifest: Path, output_dir: Path, work_dir: Path, options: dict | None = None
+) -> tuple[FlowRun, list[FlowRun]]:
+    run_id = stack.run_deployment(
+        deploy.FAN_OUT_DEPLOYMENT,
+        {
+            "manifest_path": str(manifest),
+            "output_dir": str(output_dir),
+            "shard_size": 1,
+            "options": options or {"device": "cpu", "work_dir": str(work_dir)},
+            "poll_seconds": 0.5,
+        },
+    )
     parent = stack.wait_final(run_id)
     shards = sorted(stack.children(run_id), key=lambda r: r.name)
     return parent, shards
@@ -306,7 +401,7 @@ def _fan_out(stack: Stack, manifest: Path, output_dir: Path, work_dir: Path,
 def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir, tmp_path):
     client = stack.client
     output_dir = tmp_path / "out"
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     t0 = time.monotonic()
     # Every run option travels whole from the fan-out to its shards and into their sidecars.
     options = every_option(work_dir, manifest.parent)
@@ -328,9 +423,12 @@ def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir,
     assert all(s.work_queue_name == deploy.GPU_QUEUE and s.infrastructure_pid for s in shards)
     assert set(workers.values()) == set(GPU_WORKERS), workers
     # The same states through the client's state filter.
-    completed = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
+    completed = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+        )
+    )
     assert [r.id for r in completed] == [by_rows[("good",)].id]
 
     # Every manifest row is in the report the fan-out rebuilt.
@@ -343,13 +441,18 @@ def test_fan_out_over_two_workers_then_all_up_to_date(stack, manifest, work_dir,
 
     # Artifacts, through the client: each shard's progress, table and summary; the fan-out's
     # complete row table (latest version of the shared key) and shard table.
-    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-        any_=[parent.id, *[s.id for s in shards]])))
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id, *[s.id for s in shards]]))
+    )
     kinds = Counter((a.flow_run_id, a.type) for a in artifacts)
     for shard in shards:
         assert {kind for run, kind in kinds if run == shard.id} >= {"progress", "table", "markdown"}, kinds
-    progress = client.read_artifacts(artifact_filter=ArtifactFilter(
-        flow_run_id=ArtifactFilterFlowRunId(any_=[by_rows[("good",)].id]), type=ArtifactFilterType(any_=["progress"])))
+    progress = client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[by_rows[("good",)].id]),
+            type=ArtifactFilterType(any_=["progress"]),
+        )
+    )
     assert progress and all(float(a.data) == 100.0 for a in progress)
     latest = _latest(stack, "t2vz-report-nightly")
     assert latest.flow_run_id == parent.id and latest.type == "table"
@@ -387,20 +490,47 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
     folder.mkdir()
     (folder / "daily.csv").write_text("\n".join(manifest.read_text().splitlines()[:2]) + "\n", encoding="utf-8")
     out = tmp_path / "served"
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     served_work = tmp_path / "served-work"  # its own work folder: it generates
     options = every_option(served_work, manifest.parent)
-    proc = stack.start("serve", "-m", "flows.cli", "serve", str(folder), "--output-dir", str(out),
-                       "--cron", "30 3 * * *", "--device", "cpu", "--dtype", "fp32", "--offload", "none",
-                       "--allow-pickle", "--vae-slicing", "--vae-tiling", "--force", "--allowed-root",
-                       str(manifest.parent), "--work-dir", str(served_work), "--max-workers", "1",
-                       "--channels-last", "--no-tf32", "--attention-backend", "math")
+    proc = stack.start(
+        "serve",
+        "-m",
+        "flows.cli",
+        "serve",
+        str(folder),
+        "--output-dir",
+        str(out),
+        "--cron",
+        "30 3 * * *",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--offload",
+        "none",
+        "--allow-pickle",
+        "--vae-slicing",
+        "--vae-tiling",
+        "--force",
+        "--allowed-root",
+        str(manifest.parent),
+        "--work-dir",
+        str(served_work),
+        "--max-workers",
+        "1",
+        "--channels-last",
+        "--no-tf32",
+        "--attention-backend",
+        "math",
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert proc.poll() is None, _tail(stack.logs / "serve.log")
-            found = stack.client.read_deployments(deployment_filter=DeploymentFilter(
-                name=DeploymentFilterName(any_=["daily"])))
+            found = stack.client.read_deployments(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["daily"]))
+            )
             if found:
                 break
             assert time.monotonic() < deadline, _tail(stack.logs / "serve.log")
@@ -418,8 +548,7 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
         def holders(events: list[ReceivedEvent]) -> set[str]:
             return {r.id for e in events if e.resource.name == deploy.GPU_LIMIT for r in e.related}
 
-        acquired = stack.events("prefect.concurrency-limit.acquired", since,
-                                until=lambda e: run_resource in holders(e))
+        acquired = stack.events("prefect.concurrency-limit.acquired", since, until=lambda e: run_resource in holders(e))
         assert run_resource in holders(acquired)
     finally:
         _stop(stack.procs.pop("serve"))
@@ -436,9 +565,12 @@ def long_manifest(tmp_path_factory, tiny_models) -> Path:
     folder = tmp_path_factory.mktemp("cancel")
     make_video(folder / "clip.mp4", frames=8, size=(64, 64))
     path = folder / "long.csv"
-    path.write_text("job_id,mode,source,prompt,model,controlnet,seed,num_inference_steps,resolution,output\n"
-                    f"long,canny,clip.mp4,a red ball,{tiny_models / 'sd'},{tiny_models / 'controlnet-canny'},"
-                    "1,200,64,mp4\n", encoding="utf-8")
+    path.write_text(
+        "job_id,mode,source,prompt,model,controlnet,seed,num_inference_steps,resolution,output\n"
+        f"long,canny,clip.mp4,a red ball,{tiny_models / 'sd'},{tiny_models / 'controlnet-canny'},"
+        "1,200,64,mp4\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -450,7 +582,8 @@ def _wait_checkpoint(stack: Stack, work: Path, proc: subprocess.Popen | None = N
         for name, p in stack.procs.items():
             assert p.poll() is None, f"{name} exited:\n{_tail(stack.logs / f'{name}.log')}"
         assert time.monotonic() < deadline, "no generation started:\n" + "\n".join(
-            f"--- {n}\n{_tail(stack.logs / f'{n}.log', 1500)}" for n in stack.procs)
+            f"--- {n}\n{_tail(stack.logs / f'{n}.log', 1500)}" for n in stack.procs
+        )
         time.sleep(0.1)
 
 
@@ -467,9 +600,16 @@ def test_cancelling_a_fan_out_cancels_its_running_shard(stack, long_manifest, tm
     """The dispatch worker SIGTERMs the fan-out, which sets its shard Cancelling; the GPU worker
     SIGTERMs the shard's process, whose row stops at a step boundary and is reported cancelled."""
     out, work = tmp_path / "out", tmp_path / "work"
-    run_id = stack.run_deployment(deploy.FAN_OUT_DEPLOYMENT, {
-        "manifest_path": str(long_manifest), "output_dir": str(out), "shard_size": 1,
-        "options": {"device": "cpu", "work_dir": str(work)}, "poll_seconds": 0.5})
+    run_id = stack.run_deployment(
+        deploy.FAN_OUT_DEPLOYMENT,
+        {
+            "manifest_path": str(long_manifest),
+            "output_dir": str(out),
+            "shard_size": 1,
+            "options": {"device": "cpu", "work_dir": str(work)},
+            "poll_seconds": 0.5,
+        },
+    )
     _wait_checkpoint(stack, work)
     (shard,) = stack.children(run_id)
     assert shard.state.type == StateType.RUNNING and shard.infrastructure_pid
@@ -478,8 +618,10 @@ def test_cancelling_a_fan_out_cancels_its_running_shard(stack, long_manifest, tm
     shard = stack.wait_final(shard.id, timeout_s=60)
     shard_s = time.monotonic() - started
     parent = stack.wait_final(run_id, timeout_s=60)
-    print(f"\nfan-out cancelled: its shard final after {shard_s:.1f} s, the fan-out after "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"\nfan-out cancelled: its shard final after {shard_s:.1f} s, the fan-out after "
+        f"{time.monotonic() - started:.1f} s"
+    )
     assert shard.state.type == StateType.CANCELLED, shard.state
     assert parent.state.type == StateType.CANCELLED, parent.state
     sidecar = json.loads((out / "long.json").read_text())
@@ -512,14 +654,25 @@ def test_cancelling_a_t2vz_run_through_the_api(stack, long_manifest, tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "run.log"
     with open(log, "w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(long_manifest), "-o", str(out),
-                                 "--device", "cpu"], env=stack.env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", str(long_manifest), "-o", str(out), "--device", "cpu"],
+            env=stack.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
     try:
         _wait_checkpoint(stack, out / ".t2vz-work", proc, log)
-        (run,) = [r for r in stack.client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
-            if r.parameters.get("output_dir") == str(out)]
+        (run,) = [
+            r
+            for r in stack.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+                )
+            )
+            if r.parameters.get("output_dir") == str(out)
+        ]
         started = time.monotonic()
         _cancel(stack, run.id)
         code = proc.wait(60)

@@ -40,8 +40,10 @@ def test_prefect_yaml_deployments_load_and_match_the_names_the_code_uses():
 
 def test_deployment_specs_fill_env_placeholders_and_refuse_what_they_would_drop(tmp_path, monkeypatch):
     path = tmp_path / "prefect.yaml"
-    path.write_text("deployments:\n  - name: n\n    entrypoint: flows.deploy.fan_out\n"
-                    "    parameters: {manifest_path: '{{ $T2VZ_TEST_MANIFEST }}'}\n")
+    path.write_text(
+        "deployments:\n  - name: n\n    entrypoint: flows.deploy.fan_out\n"
+        "    parameters: {manifest_path: '{{ $T2VZ_TEST_MANIFEST }}'}\n"
+    )
     monkeypatch.setenv("T2VZ_TEST_MANIFEST", "/data/m.csv")
     assert deploy.load_deployment_specs(path)[0]["parameters"] == {"manifest_path": "/data/m.csv"}
 
@@ -51,18 +53,23 @@ def test_deployment_specs_fill_env_placeholders_and_refuse_what_they_would_drop(
     path.write_text("deployments:\n  - name: n\n    entrypoint: flows/deploy.py:fan_out\n")
     with pytest.raises(ValueError, match="module-path entrypoint"):
         deploy.load_deployment_specs(path)
-    path.write_text("deployments:\n  - name: n\n    entrypoint: flows.deploy.fan_out\n"
-                    "    schedules: [{cron: '0 2 * * *', slug: x}]\n")
+    path.write_text(
+        "deployments:\n  - name: n\n    entrypoint: flows.deploy.fan_out\n"
+        "    schedules: [{cron: '0 2 * * *', slug: x}]\n"
+    )
     with pytest.raises(ValueError, match=r"schedules\.slug"):
         deploy.load_deployment_specs(path)
 
 
-@pytest.mark.parametrize("ids, size, shards", [
-    (["a", "b", "c", "d", "e"], 2, [["a", "b"], ["c", "d"], ["e"]]),
-    (["a", "b"], 1, [["a"], ["b"]]),
-    (["a", "b"], 10, [["a", "b"]]),
-    ([], 3, []),
-])
+@pytest.mark.parametrize(
+    "ids, size, shards",
+    [
+        (["a", "b", "c", "d", "e"], 2, [["a", "b"], ["c", "d"], ["e"]]),
+        (["a", "b"], 1, [["a"], ["b"]]),
+        (["a", "b"], 10, [["a", "b"]]),
+        ([], 3, []),
+    ],
+)
 def test_shards_keep_manifest_order_and_cover_every_row_once(ids, size, shards):
     assert deploy.shard_job_ids(ids, size) == shards
 
@@ -85,8 +92,9 @@ def test_serve_finds_manifests_and_builds_one_scheduled_deployment_each(tmp_path
     with pytest.raises(FileNotFoundError, match="no \\*.csv"):
         deploy.manifests_in(tmp_path / "empty")
 
-    deployments = deploy.serve_deployments(folder, tmp_path / "out", cron="15 4 * * *", timezone="Europe/Paris",
-                                           options=RunOptions(device="cpu"))
+    deployments = deploy.serve_deployments(
+        folder, tmp_path / "out", cron="15 4 * * *", timezone="Europe/Paris", options=RunOptions(device="cpu")
+    )
     assert [d.name for d in deployments] == ["a", "b"]
     for d in deployments:
         assert d.entrypoint == "flows.batch.process_manifest"

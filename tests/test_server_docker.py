@@ -30,8 +30,11 @@ def dockerfile() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text(encoding="utf-8"))
     lines = [line.strip() for line in text.splitlines()]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-            for line in lines if line and not line.startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+        if line and not line.startswith("#")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +143,10 @@ def test_compose_workers_one_gpu_each_on_the_deploy_pool(compose):
         cmd = _command(service)
         assert cmd[:3] == ["prefect", "worker", "start"], name
         assert (_option(cmd, "--pool"), _option(cmd, "--work-queue"), _option(cmd, "--limit")) == (
-            deploy.WORK_POOL, deploy.GPU_QUEUE, "1"), name
+            deploy.WORK_POOL,
+            deploy.GPU_QUEUE,
+            "1",
+        ), name
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
         assert len(devices[0]["device_ids"]) == 1, f"{name}: one GPU per worker"

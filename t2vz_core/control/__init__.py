@@ -16,6 +16,12 @@ from t2vz_core.control.maps import (
 from t2vz_core.control.openpose_render import render_openpose
 
 __all__ = [
-    "BACKENDS", "DEFAULT_BACKEND", "KINDS", "control_maps_to_store", "control_params",
-    "extract_control_maps", "make_mapper", "render_openpose",
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "KINDS",
+    "control_maps_to_store",
+    "control_params",
+    "extract_control_maps",
+    "make_mapper",
+    "render_openpose",
 ]

@@ -21,21 +21,27 @@ def resolve_weights(backend: str, annotator: str, files: list[str]) -> Path:
     if folder.is_dir():
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise InputError(f"{backend}: the annotator folder {folder} lacks "
-                             f"{', '.join(missing)}; download {_source(files)} into it")
+            raise InputError(
+                f"{backend}: the annotator folder {folder} lacks "
+                f"{', '.join(missing)}; download {_source(files)} into it"
+            )
         return folder
     if _looks_like_path(str(annotator)):
-        raise InputError(f"{backend}: annotator folder {annotator} does not exist; download "
-                         f"{_source(files)} into a folder and pass it as annotator")
+        raise InputError(
+            f"{backend}: annotator folder {annotator} does not exist; download "
+            f"{_source(files)} into a folder and pass it as annotator"
+        )
     try:
         from huggingface_hub import hf_hub_download
 
         paths = [Path(hf_hub_download(str(annotator), f)) for f in files]
     except Exception as exc:  # offline, missing repo or file: all mean "not available here"
-        raise InputError(f"{backend}: cannot get {', '.join(files)} from hub repo {annotator} "
-                         f"({type(exc).__name__}); on a machine without hub access download "
-                         f"{_source(files, annotator)} into a folder and pass that folder as "
-                         f"annotator") from None
+        raise InputError(
+            f"{backend}: cannot get {', '.join(files)} from hub repo {annotator} "
+            f"({type(exc).__name__}); on a machine without hub access download "
+            f"{_source(files, annotator)} into a folder and pass that folder as "
+            f"annotator"
+        ) from None
     folder = paths[0].parent
     if any(p.parent != folder for p in paths):
         raise InputError(f"{backend}: files of {annotator} are in different folders")
@@ -46,8 +52,9 @@ def require_packages(backend: str, packages: dict[str, str]) -> None:
     """InputError naming the pip requirements `backend` needs when any is missing."""
     missing = [req for module, req in packages.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise InputError(f"{backend} needs {', '.join(missing)}, which are not installed; "
-                         f"install them or choose another backend")
+        raise InputError(
+            f"{backend} needs {', '.join(missing)}, which are not installed; install them or choose another backend"
+        )
 
 
 def _looks_like_path(text: str) -> bool:

@@ -17,7 +17,9 @@ def threshold_problem(low: float, high: float) -> str | None:
 
 
 class CannyMapper:
-    def __init__(self, low_threshold: int = DEFAULTS["low_threshold"], high_threshold: int = DEFAULTS["high_threshold"]):
+    def __init__(
+        self, low_threshold: int = DEFAULTS["low_threshold"], high_threshold: int = DEFAULTS["high_threshold"]
+    ):
         for name, value in (("low_threshold", low_threshold), ("high_threshold", high_threshold)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1000:
                 raise InputError(f"canny {name}: {value!r} must be a number from 0 to 1000")

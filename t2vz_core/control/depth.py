@@ -11,8 +11,7 @@ DEFAULTS = {"annotator": DEFAULT_ANNOTATOR, "detect_resolution": 384, "device": 
 WEIGHTS = {"midas": "dpt_hybrid-midas-501f0c75.pt", "zoe": "ZoeD_M12_N.pt"}
 
 
-def depth_mapper(backend: str, annotator: str, detect_resolution: int,
-                 device: str) -> AuxDetectorMapper:
+def depth_mapper(backend: str, annotator: str, detect_resolution: int, device: str) -> AuxDetectorMapper:
     folder = resolve_weights(f"depth backend '{backend}'", annotator, [WEIGHTS[backend]])
     detector = _aux_depth(backend, str(folder), device)
     return AuxDetectorMapper(detector, detect_resolution=detect_resolution)

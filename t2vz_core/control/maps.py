@@ -22,21 +22,21 @@ from t2vz_core.media.store import FrameStore
 from t2vz_core.stop import check as check_stop
 
 KINDS = ("canny", "pose", "depth")
-BACKENDS = {"canny": ("opencv",), "pose": ("mediapipe", "openpose", "dwpose"),
-            "depth": ("midas", "zoe")}
+BACKENDS = {"canny": ("opencv",), "pose": ("mediapipe", "openpose", "dwpose"), "depth": ("midas", "zoe")}
 DEFAULT_BACKEND = {"canny": "opencv", "pose": "mediapipe", "depth": "midas"}
-_DEFAULTS = {("canny", "opencv"): canny.DEFAULTS,
-             ("pose", "mediapipe"): pose.MEDIAPIPE_DEFAULTS,
-             ("pose", "openpose"): pose.AUX_DEFAULTS,
-             ("pose", "dwpose"): pose.DWPOSE_DEFAULTS,
-             ("depth", "midas"): depth.DEFAULTS,
-             ("depth", "zoe"): {**depth.DEFAULTS, "detect_resolution": 512}}
+_DEFAULTS = {
+    ("canny", "opencv"): canny.DEFAULTS,
+    ("pose", "mediapipe"): pose.MEDIAPIPE_DEFAULTS,
+    ("pose", "openpose"): pose.AUX_DEFAULTS,
+    ("pose", "dwpose"): pose.DWPOSE_DEFAULTS,
+    ("depth", "midas"): depth.DEFAULTS,
+    ("depth", "zoe"): {**depth.DEFAULTS, "detect_resolution": 512},
+}
 
 Mapper = Callable[[np.ndarray], np.ndarray]
 
 
-def control_params(kind: str, params: dict | None = None,
-                   backend: str | None = None) -> tuple[str, dict]:
+def control_params(kind: str, params: dict | None = None, backend: str | None = None) -> tuple[str, dict]:
     """(backend, params completed with defaults); InputError on unknown kind/backend/keys."""
     if kind not in KINDS:
         raise InputError(f"control kind: {kind!r} must be one of {', '.join(KINDS)}")
@@ -46,8 +46,9 @@ def control_params(kind: str, params: dict | None = None,
     defaults = _DEFAULTS[(kind, backend)]
     unknown = sorted(set(params or {}) - set(defaults))
     if unknown:
-        raise InputError(f"{kind} ({backend}): unknown parameter(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(defaults))}")
+        raise InputError(
+            f"{kind} ({backend}): unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}"
+        )
     return backend, {**defaults, **(params or {})}
 
 
@@ -59,16 +60,21 @@ def make_mapper(kind: str, params: dict | None = None, backend: str | None = Non
     if kind == "pose" and backend == "mediapipe":
         return pose.MediapipePose(p["min_detection_confidence"], p["min_visibility"])
     if kind == "pose" and backend == "openpose":
-        return pose.openpose_mapper(p["annotator"], p["detect_resolution"], p["include_hand"],
-                                    p["include_face"], p["device"])
+        return pose.openpose_mapper(
+            p["annotator"], p["detect_resolution"], p["include_hand"], p["include_face"], p["device"]
+        )
     if kind == "pose":
         return pose.dwpose_mapper(p["annotator"], p["detect_resolution"], p["device"])
     return depth.depth_mapper(backend, p["annotator"], p["detect_resolution"], p["device"])
 
 
-def extract_control_maps(kind: str, frames_iter: Iterable[np.ndarray] | FrameStore | np.ndarray,
-                         params: dict | None = None, backend: str | None = None,
-                         chunk_size: int = 16) -> Iterator[np.ndarray]:
+def extract_control_maps(
+    kind: str,
+    frames_iter: Iterable[np.ndarray] | FrameStore | np.ndarray,
+    params: dict | None = None,
+    backend: str | None = None,
+    chunk_size: int = 16,
+) -> Iterator[np.ndarray]:
     """Maps for every frame, chunk by chunk, same sizes as the frames.
 
     Bad parameters and missing weights raise here, at the call, not at the first chunk."""
@@ -81,10 +87,17 @@ def extract_control_maps(kind: str, frames_iter: Iterable[np.ndarray] | FrameSto
     return maps()
 
 
-def control_maps_to_store(kind: str, frames: FrameStore | Iterable[np.ndarray],
-                          store_path: str | os.PathLike, params: dict | None = None,
-                          backend: str | None = None, *, fps: Fraction | None = None,
-                          source: dict | str | None = None, chunk_size: int = 16) -> FrameStore:
+def control_maps_to_store(
+    kind: str,
+    frames: FrameStore | Iterable[np.ndarray],
+    store_path: str | os.PathLike,
+    params: dict | None = None,
+    backend: str | None = None,
+    *,
+    fps: Fraction | None = None,
+    source: dict | str | None = None,
+    chunk_size: int = 16,
+) -> FrameStore:
     """Extract maps into a FrameStore, or return the one already made with equal parameters.
 
     `source` identifies the frames (default: the FrameStore's own params, which name the
@@ -96,8 +109,7 @@ def control_maps_to_store(kind: str, frames: FrameStore | Iterable[np.ndarray],
         source = source if source is not None else frames.params
     if fps is None:
         raise InputError("fps is needed when the frames are not a FrameStore")
-    record = {"kind": "control", "control": kind, "backend": backend, "params": full,
-              "source": source}
+    record = {"kind": "control", "control": kind, "backend": backend, "params": full, "source": source}
     expected = len(frames) if isinstance(frames, FrameStore) else None
     with FrameStore.writer(store_path, fps, record, expected_count=expected) as writer:
         if writer.reused:

@@ -24,12 +24,34 @@ from t2vz_core.native_stderr import native_stderr_to_log
 log = logging.getLogger(__name__)
 
 # OpenPose-18 joint -> mediapipe landmark ("right" is the person's right in both).
-_MEDIAPIPE_FOR_OPENPOSE = {0: 0, 2: 12, 3: 14, 4: 16, 5: 11, 6: 13, 7: 15, 8: 24, 9: 26,
-                           10: 28, 11: 23, 12: 25, 13: 27, 14: 5, 15: 2, 16: 8, 17: 7}
+_MEDIAPIPE_FOR_OPENPOSE = {
+    0: 0,
+    2: 12,
+    3: 14,
+    4: 16,
+    5: 11,
+    6: 13,
+    7: 15,
+    8: 24,
+    9: 26,
+    10: 28,
+    11: 23,
+    12: 25,
+    13: 27,
+    14: 5,
+    15: 2,
+    16: 8,
+    17: 7,
+}
 
 MEDIAPIPE_DEFAULTS = {"min_detection_confidence": 0.5, "min_visibility": 0.5}
-AUX_DEFAULTS = {"annotator": DEFAULT_ANNOTATOR, "detect_resolution": 512,
-                "include_hand": False, "include_face": False, "device": "cpu"}
+AUX_DEFAULTS = {
+    "annotator": DEFAULT_ANNOTATOR,
+    "detect_resolution": 512,
+    "include_hand": False,
+    "include_face": False,
+    "device": "cpu",
+}
 DWPOSE_DEFAULTS = {"annotator": DEFAULT_ANNOTATOR, "detect_resolution": 512, "device": "cpu"}
 OPENPOSE_FILES = ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
 DWPOSE_FILES = ["yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth", "dw-ll_ucoco_384.pth"]
@@ -50,8 +72,7 @@ def mediapipe_to_openpose(landmarks, min_visibility: float) -> np.ndarray:
 
 class MediapipePose:
     def __init__(self, min_detection_confidence: float = 0.5, min_visibility: float = 0.5):
-        for name, value in (("min_detection_confidence", min_detection_confidence),
-                            ("min_visibility", min_visibility)):
+        for name, value in (("min_detection_confidence", min_detection_confidence), ("min_visibility", min_visibility)):
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise InputError(f"pose {name}: {value!r} must be between 0 and 1")
         self.min_visibility = float(min_visibility)
@@ -78,13 +99,16 @@ def _mediapipe_pose(min_detection_confidence: float):
         # constructor to the end of the first run): log them instead, and run it once here.
         with native_stderr_to_log(log), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "SymbolDatabase.GetPrototype", UserWarning)
-            model = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1,
-                                           min_detection_confidence=min_detection_confidence)
+            model = mp.solutions.pose.Pose(
+                static_image_mode=True, model_complexity=1, min_detection_confidence=min_detection_confidence
+            )
             model.process(np.zeros((64, 64, 3), np.uint8))
     except Exception as exc:
-        raise InputError(f"pose backend 'mediapipe' is unavailable ({type(exc).__name__}: "
-                         f"{exc}); it needs mediapipe==0.10.14, the last release shipping "
-                         f"its pose models") from None
+        raise InputError(
+            f"pose backend 'mediapipe' is unavailable ({type(exc).__name__}: "
+            f"{exc}); it needs mediapipe==0.10.14, the last release shipping "
+            f"its pose models"
+        ) from None
     return model, threading.Lock()
 
 
@@ -98,8 +122,9 @@ class AuxDetectorMapper:
         import cv2
 
         h, w = frame.shape[:2]
-        out = self.detector(np.ascontiguousarray(frame), image_resolution=max(h, w),
-                            output_type="np", **self.call_kwargs)
+        out = self.detector(
+            np.ascontiguousarray(frame), image_resolution=max(h, w), output_type="np", **self.call_kwargs
+        )
         out = np.asarray(out, np.uint8)
         if out.ndim == 2:
             out = np.repeat(out[:, :, None], 3, axis=2)
@@ -108,12 +133,14 @@ class AuxDetectorMapper:
         return out
 
 
-def openpose_mapper(annotator: str, detect_resolution: int, include_hand: bool,
-                    include_face: bool, device: str) -> AuxDetectorMapper:
+def openpose_mapper(
+    annotator: str, detect_resolution: int, include_hand: bool, include_face: bool, device: str
+) -> AuxDetectorMapper:
     folder = resolve_weights("pose backend 'openpose'", annotator, OPENPOSE_FILES)
     detector = _aux_openpose(str(folder), device)
-    return AuxDetectorMapper(detector, detect_resolution=detect_resolution,
-                             include_hand=include_hand, include_face=include_face)
+    return AuxDetectorMapper(
+        detector, detect_resolution=detect_resolution, include_hand=include_hand, include_face=include_face
+    )
 
 
 def dwpose_mapper(annotator: str, detect_resolution: int, device: str) -> AuxDetectorMapper:
@@ -134,5 +161,6 @@ def _aux_openpose(folder: str, device: str):
 def _aux_dwpose(folder: str, device: str):
     from controlnet_aux import DWposeDetector
 
-    return DWposeDetector(det_ckpt=f"{folder}/{DWPOSE_FILES[0]}",
-                          pose_ckpt=f"{folder}/{DWPOSE_FILES[1]}", device=device)
+    return DWposeDetector(
+        det_ckpt=f"{folder}/{DWPOSE_FILES[0]}", pose_ckpt=f"{folder}/{DWPOSE_FILES[1]}", device=device
+    )

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import CrossFrameAttnProcessor, cross_frame_attention
-from .vae_decode import FrameSink
 from .generate import decode_spans, generate
 from .request import CONTROL_MODES, MODES, GenerationRequest
+from .vae_decode import FrameSink
 
 __all__ = [
     "CONTROL_MODES",

@@ -79,9 +79,7 @@ class CrossFrameAttnProcessor:
         batch, seq_len, _ = hidden_states.shape
         groups = self.state.groups
         if batch % groups:
-            raise ValueError(
-                f"{self.name}: batch of {batch} rows is not divisible into {groups} guidance branches"
-            )
+            raise ValueError(f"{self.name}: batch of {batch} rows is not divisible into {groups} guidance branches")
         frames = batch // groups
         key, value = self._anchor_kv(attn, hidden_states, frames)
 

@@ -49,11 +49,7 @@ class Branches:
             return uncond + self.guidance_scale * (text - uncond)
         if self.kind == "pix2pix":
             text, image, uncond = noise.chunk(3)
-            return (
-                uncond
-                + self.guidance_scale * (text - image)
-                + self.image_guidance_scale * (image - uncond)
-            )
+            return uncond + self.guidance_scale * (text - image) + self.image_guidance_scale * (image - uncond)
         return noise
 
 

@@ -132,4 +132,3 @@ class Denoiser:
         parts = [torch.zeros_like(residual)] * self.branches.groups
         parts[self.branches.text_branch] = residual
         return torch.cat(parts)
-

@@ -65,8 +65,12 @@ def apply(pipe, runtime: Any, device: torch.device, *, compile_backend: str = "i
 
     compile_backend: torch.compile's backend ("inductor"; tests use "eager", which traces and
     guards the same way without generating code)."""
-    applied = {"tf32": set_tf32(device, runtime.tf32), "channels_last": [], "attention_backend": runtime.attention_backend,
-               "compile": []}
+    applied = {
+        "tf32": set_tf32(device, runtime.tf32),
+        "channels_last": [],
+        "attention_backend": runtime.attention_backend,
+        "compile": [],
+    }
     models = denoising_models(pipe)
     if runtime.channels_last:
         for name, module in [*models, ("vae", pipe.vae)]:

@@ -101,8 +101,9 @@ def generate(
         shot_list = [(0, count)] if shots is None else check_shots(shots, count)
         units = sum(frames_units(request, stop - start, len(scheduler.timesteps)) for start, stop in shot_list)
     # Decoded spans count from each shot's start, like the shot's own video would.
-    shot_spans = [[(start + a, start + b) for a, b in decode_spans(stop - start, request.chunk_size)]
-                  for start, stop in shot_list]
+    shot_spans = [
+        [(start + a, start + b) for a, b in decode_spans(stop - start, request.chunk_size)] for start, stop in shot_list
+    ]
     if output is not None and all(sink_has(output, a, b) for spans in shot_spans for a, b in spans):
         return None  # a finished earlier run wrote everything
 
@@ -117,8 +118,20 @@ def generate(
                 result = _decode(pipe, info.sdxl, latents, output_rows, shot_spans[0], output, output_dtype, progress)
                 checkpoint.remove()
             else:
-                result = _generate_shots(pipe, info, request, conditioning, shot_list, shot_spans, scheduler,
-                                         checkpoint_path, video_key, output, output_dtype, progress)
+                result = _generate_shots(
+                    pipe,
+                    info,
+                    request,
+                    conditioning,
+                    shot_list,
+                    shot_spans,
+                    scheduler,
+                    checkpoint_path,
+                    video_key,
+                    output,
+                    output_dtype,
+                    progress,
+                )
         return result
     finally:
         pipe.maybe_free_model_hooks()
@@ -133,12 +146,25 @@ def _denoise_text2video(pipe, info, request, scheduler, checkpoint, progress):
     branches = encode_branches(pipe, info, request)
     denoiser = Denoiser(pipe, branches)
     with denoiser.cross_frame():
-        return denoise_text2video(request, denoiser, scheduler, _latent_shape(info, request), info.device,
-                                  info.dtype, checkpoint, progress)
+        return denoise_text2video(
+            request, denoiser, scheduler, _latent_shape(info, request), info.device, info.dtype, checkpoint, progress
+        )
 
 
-def _generate_shots(pipe, info, request, conditioning, shots, shot_spans, scheduler, checkpoint_path, video_key,
-                    output, output_dtype, progress) -> np.ndarray | None:
+def _generate_shots(
+    pipe,
+    info,
+    request,
+    conditioning,
+    shots,
+    shot_spans,
+    scheduler,
+    checkpoint_path,
+    video_key,
+    output,
+    output_dtype,
+    progress,
+) -> np.ndarray | None:
     """Every shot denoised as its own video, then decoded into the sink (or collected)."""
     branches = encode_branches(pipe, info, request)
     control = prepare_control(pipe, request, conditioning, shots[-1][1]) if request.uses_control else None
@@ -154,21 +180,54 @@ def _generate_shots(pipe, info, request, conditioning, shots, shot_spans, schedu
                 continue
             checkpoint = Checkpoint(checkpoint_path, shot_fingerprint(video_key, shots, index))
             if request.mode == "pix2pix":  # encoded per shot: the source frames are never all held
-                source = prepare_source_latents(pipe, conditioning, stop - start, branches.embeds.dtype, info.device,
-                                                start=start)
+                source = prepare_source_latents(
+                    pipe, conditioning, stop - start, branches.embeds.dtype, info.device, start=start
+                )
                 denoiser.use_image_latents(source, start)
-            latents = denoise_frames(request, (start, stop), denoiser, scheduler, _latent_shape(info, request),
-                                     info.device, info.dtype, checkpoint, progress, name=label)
+            latents = denoise_frames(
+                request,
+                (start, stop),
+                denoiser,
+                scheduler,
+                _latent_shape(info, request),
+                info.device,
+                info.dtype,
+                checkpoint,
+                progress,
+                name=label,
+            )
             prefix = "" if len(shots) == 1 else f"{label}, "
-            collected.append(_decode(pipe, info.sdxl, latents, range(stop - start), spans, output, output_dtype,
-                                     progress, first_frame=start, prefix=prefix))
+            collected.append(
+                _decode(
+                    pipe,
+                    info.sdxl,
+                    latents,
+                    range(stop - start),
+                    spans,
+                    output,
+                    output_dtype,
+                    progress,
+                    first_frame=start,
+                    prefix=prefix,
+                )
+            )
     if checkpoint is not None:
         checkpoint.remove()
     return None if output is not None else np.concatenate(collected)
 
 
-def _decode(pipe, sdxl, latents, output_rows: range, spans, output, output_dtype, progress,
-            first_frame: int = 0, prefix: str = "") -> np.ndarray | None:
+def _decode(
+    pipe,
+    sdxl,
+    latents,
+    output_rows: range,
+    spans,
+    output,
+    output_dtype,
+    progress,
+    first_frame: int = 0,
+    prefix: str = "",
+) -> np.ndarray | None:
     """Decode output frames `spans` (frame f is latent row output_rows[f - first_frame])."""
     collected = []
     for start, stop in spans:

@@ -156,8 +156,7 @@ def prepare_control(pipe, request: GenerationRequest, conditioning, count: int) 
     return ControlMaps(conditioning, pipe.controlnet.dtype)
 
 
-def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, device,
-                           start: int = 0) -> torch.Tensor:
+def prepare_source_latents(pipe, conditioning, count: int, dtype: torch.dtype, device, start: int = 0) -> torch.Tensor:
     """Instruct-Pix2Pix image latents (VAE mode, unscaled, as the pipeline) of frames
     [start, start + count), encoded 8 at a time from `start` (a shot encodes as its own video)."""
     parts = []

@@ -104,10 +104,7 @@ def run_steps(
                 kwargs["generator"] = [phase.generators[r] for r in rows]
             stepped = phase.schedulers[index].step(noise, t, latents[part], return_dict=False, **kwargs)[0]
             latents[part] = stepped.to(latents.dtype)
-            progress.advance(
-                f"{phase.name}: step {step + 1}/{len(timesteps)}, chunk {index + 1}/{len(phase.chunks)}"
-            )
+            progress.advance(f"{phase.name}: step {step + 1}/{len(timesteps)}, chunk {index + 1}/{len(phase.chunks)}")
         if after_step is not None:
             after_step(phase, step + 1)
         check_stop(f"{phase.name} step {step + 1}/{len(timesteps)}")
-

@@ -35,9 +35,7 @@ def translation_grid(
     return grid.to(torch.float32)
 
 
-def warp_anchor(
-    anchor: torch.Tensor, frame_ids: Sequence[int], strength_x: float, strength_y: float
-) -> torch.Tensor:
+def warp_anchor(anchor: torch.Tensor, frame_ids: Sequence[int], strength_x: float, strength_y: float) -> torch.Tensor:
     """Copies of `anchor` (1, C, h, w), each translated by its frame's motion: (k, C, h, w).
 
     Sampling is nearest-neighbour, so values are copied exactly; the grid is float32 and
@@ -50,9 +48,7 @@ def warp_anchor(
     return warped.to(anchor.dtype)
 
 
-def forward_noise(
-    x_t0: torch.Tensor, eps: torch.Tensor, alphas: torch.Tensor, t0: int, t1: int
-) -> torch.Tensor:
+def forward_noise(x_t0: torch.Tensor, eps: torch.Tensor, alphas: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
     """DDPM forward process from timestep t0 to t1 > t0 in one jump (alphas: scheduler.alphas).
 
     Computed in float32, returned in x_t0's dtype.

@@ -118,8 +118,6 @@ def _motion_rows(request, anchor: Phase, scheduler, latent_shape, k1: int, k0: i
         generator.manual_seed(seed)
         torch.randn(latent_shape, generator=generator, dtype=torch.float32)  # x_T, as the recipe redraws it
         eps = torch.randn((stop - start, *latent_shape[1:]), generator=generator, dtype=torch.float32)
-        warped = warp_anchor(
-            x_t0, range(start, stop), request.motion_field_strength_x, request.motion_field_strength_y
-        )
+        warped = warp_anchor(x_t0, range(start, stop), request.motion_field_strength_x, request.motion_field_strength_y)
         rows.append(forward_noise(warped, eps, scheduler.alphas, t_from, t_to))
     return torch.cat(rows)

@@ -14,18 +14,55 @@ from t2vz_core.manifest.columns import OUTPUT_FORMATS
 
 # (min, max) per numeric column; sizes must also be multiples of 8.
 BOUNDS: dict[str, tuple[float, float]] = {
-    "seed": (0, 2**63 - 1), "num_inference_steps": (1, 1000), "guidance_scale": (0, 100),
-    "image_guidance_scale": (0, 100), "controlnet_conditioning_scale": (0, 10), "chunk_size": (2, 10_000),
-    "resolution": (64, 2048), "width": (64, 2048), "height": (64, 2048), "fps": (0.1, 240),
-    "start": (0, 864_000), "end": (0, 864_000), "max_frames": (1, 10_000), "video_length": (1, 10_000),
-    "motion_field_strength_x": (-512, 512), "motion_field_strength_y": (-512, 512), "t0": (0, 999), "t1": (0, 999),
-    "low_threshold": (1, 255), "high_threshold": (1, 255),
-    "shot_threshold": (1, 255), "min_shot_frames": (1, 10_000), "qc_max_warp_ratio": (0.1, 1000),
+    "seed": (0, 2**63 - 1),
+    "num_inference_steps": (1, 1000),
+    "guidance_scale": (0, 100),
+    "image_guidance_scale": (0, 100),
+    "controlnet_conditioning_scale": (0, 10),
+    "chunk_size": (2, 10_000),
+    "resolution": (64, 2048),
+    "width": (64, 2048),
+    "height": (64, 2048),
+    "fps": (0.1, 240),
+    "start": (0, 864_000),
+    "end": (0, 864_000),
+    "max_frames": (1, 10_000),
+    "video_length": (1, 10_000),
+    "motion_field_strength_x": (-512, 512),
+    "motion_field_strength_y": (-512, 512),
+    "t0": (0, 999),
+    "t1": (0, 999),
+    "low_threshold": (1, 255),
+    "high_threshold": (1, 255),
+    "shot_threshold": (1, 255),
+    "min_shot_frames": (1, 10_000),
+    "qc_max_warp_ratio": (0.1, 1000),
 }
-INT_FIELDS = ("seed", "num_inference_steps", "chunk_size", "resolution", "width", "height", "max_frames",
-              "video_length", "t0", "t1", "low_threshold", "high_threshold", "min_shot_frames")
-FLOAT_FIELDS = ("guidance_scale", "image_guidance_scale", "controlnet_conditioning_scale", "fps",
-                "motion_field_strength_x", "motion_field_strength_y", "shot_threshold", "qc_max_warp_ratio")
+INT_FIELDS = (
+    "seed",
+    "num_inference_steps",
+    "chunk_size",
+    "resolution",
+    "width",
+    "height",
+    "max_frames",
+    "video_length",
+    "t0",
+    "t1",
+    "low_threshold",
+    "high_threshold",
+    "min_shot_frames",
+)
+FLOAT_FIELDS = (
+    "guidance_scale",
+    "image_guidance_scale",
+    "controlnet_conditioning_scale",
+    "fps",
+    "motion_field_strength_x",
+    "motion_field_strength_y",
+    "shot_threshold",
+    "qc_max_warp_ratio",
+)
 SIZE_FIELDS = frozenset({"resolution", "width", "height"})
 MAX_PROMPT_CHARS = 10_000
 

@@ -29,10 +29,13 @@ def _decode(path: Path, data: bytes) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        bad = data[exc.start:exc.start + 4]
+        bad = data[exc.start : exc.start + 4]
         raise ManifestFileError(
-            path, f"not valid UTF-8 at byte offset {exc.start} (line {line}, character {column}: {bad!r}); "
-            "save the file as CSV UTF-8", line=line) from None
+            path,
+            f"not valid UTF-8 at byte offset {exc.start} (line {line}, character {column}: {bad!r}); "
+            "save the file as CSV UTF-8",
+            line=line,
+        ) from None
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise ManifestFileError(path, "contains a NUL character: is this a binary file?", line=line)
@@ -87,8 +90,12 @@ def check_header(path: Path, names: list[str]) -> dict[int, str]:
             problems.append("the header has a single column: is the file separated by ';' or tabs? t2vz reads commas")
     if problems:
         raise ManifestFileError(
-            path, "bad header row: " + "; ".join(problems)
-            + f". Known columns: {', '.join(COLUMNS)}; prefix a column with '#' to keep notes", line=1)
+            path,
+            "bad header row: "
+            + "; ".join(problems)
+            + f". Known columns: {', '.join(COLUMNS)}; prefix a column with '#' to keep notes",
+            line=1,
+        )
     return mapping
 
 
@@ -121,6 +128,7 @@ def _parse(path: Path, text: str) -> list[list[str]]:
             start = reader.line_num + 1
     except csv.Error as exc:
         hint = " (a quote that is never closed?)" if "end of data" in str(exc) else ""
-        raise ManifestFileError(path, f"not a readable CSV file: {exc}{hint}; the record starts at line {start}",
-                                line=start) from None
+        raise ManifestFileError(
+            path, f"not a readable CSV file: {exc}{hint}; the record starts at line {start}", line=start
+        ) from None
     return records

@@ -11,10 +11,16 @@ from t2vz_core.manifest.columns import CONTROLNET_MODES
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_PIX2PIX_MODEL = "timbrooks/instruct-pix2pix"
 _CONTROLNETS = {
-    "sd": {"pose": "lllyasviel/sd-controlnet-openpose", "canny": "lllyasviel/sd-controlnet-canny",
-           "depth": "lllyasviel/sd-controlnet-depth"},
-    "sdxl": {"pose": "thibaud/controlnet-openpose-sdxl-1.0", "canny": "diffusers/controlnet-canny-sdxl-1.0",
-             "depth": "diffusers/controlnet-depth-sdxl-1.0"},
+    "sd": {
+        "pose": "lllyasviel/sd-controlnet-openpose",
+        "canny": "lllyasviel/sd-controlnet-canny",
+        "depth": "lllyasviel/sd-controlnet-depth",
+    },
+    "sdxl": {
+        "pose": "thibaud/controlnet-openpose-sdxl-1.0",
+        "canny": "diffusers/controlnet-canny-sdxl-1.0",
+        "depth": "diffusers/controlnet-depth-sdxl-1.0",
+    },
 }
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 50

@@ -158,8 +158,9 @@ class Job(BaseModel):
     @field_validator("mode", "control", "fit", "shots", mode="before")
     @classmethod
     def _choice(cls, value: Any, info: ValidationInfo) -> str:
-        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS,
-                   "shots": ("auto", "none")}[info.field_name]
+        choices = {"mode": MODES, "control": ("extract", "given"), "fit": FITS, "shots": ("auto", "none")}[
+            info.field_name
+        ]
         text = str(value).strip().lower()
         if text not in choices:
             raise ValueError(f"unknown {info.field_name} {describe(value)}: use one of {', '.join(choices)}")
@@ -286,9 +287,12 @@ class Job(BaseModel):
             t0, t1 = default_t0_t1(self.num_inference_steps)
             values["t0"] = t0 if self.t0 is None else self.t0
             values["t1"] = t1 if self.t1 is None else self.t1
-            for name, default in (("video_length", DEFAULT_VIDEO_LENGTH), ("fps", DEFAULT_TEXT2VIDEO_FPS),
-                                  ("motion_field_strength_x", DEFAULT_MOTION),
-                                  ("motion_field_strength_y", DEFAULT_MOTION)):
+            for name, default in (
+                ("video_length", DEFAULT_VIDEO_LENGTH),
+                ("fps", DEFAULT_TEXT2VIDEO_FPS),
+                ("motion_field_strength_x", DEFAULT_MOTION),
+                ("motion_field_strength_y", DEFAULT_MOTION),
+            ):
                 if getattr(self, name) is None:
                     values[name] = default
         for name, value in values.items():

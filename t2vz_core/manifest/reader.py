@@ -88,8 +88,9 @@ def _validate_row(cells: dict[str, str], row: int, context: dict[str, Any]) -> t
     return None, problems
 
 
-def read_manifest(path: str | os.PathLike[str],
-                  allowed_roots: Iterable[str | os.PathLike[str]] | None = None) -> Manifest:
+def read_manifest(
+    path: str | os.PathLike[str], allowed_roots: Iterable[str | os.PathLike[str]] | None = None
+) -> Manifest:
     """Read and validate a CSV manifest.
 
     Returns every valid row as a `Job` and every problem as a `ManifestError` (all bad cells of
@@ -115,42 +116,71 @@ def read_manifest(path: str | os.PathLike[str],
         raw_id = cells.get("job_id", "").strip()[:128] or None
         extra = next((cell for cell in record if cell.startswith(EXTRA_CELLS)), None)
         if extra is not None:
-            count = extra[len(EXTRA_CELLS):]
-            manifest.errors.append(ManifestError(row, None, f"the row has {count} more cell(s) than the header: "
-                                                 "an unquoted comma? Quote cells that contain commas", raw_id))
+            count = extra[len(EXTRA_CELLS) :]
+            manifest.errors.append(
+                ManifestError(
+                    row,
+                    None,
+                    f"the row has {count} more cell(s) than the header: "
+                    "an unquoted comma? Quote cells that contain commas",
+                    raw_id,
+                )
+            )
             continue
         nameless = [index + 1 for index, name in mapping.items() if not name and record[index].strip()]
         if nameless:
-            manifest.errors.append(ManifestError(row, None, f"cell(s) in column(s) {nameless} have no column name "
-                                                 "in the header", raw_id))
+            manifest.errors.append(
+                ManifestError(row, None, f"cell(s) in column(s) {nameless} have no column name in the header", raw_id)
+            )
             continue
         mode = cells.get("mode", "").strip().lower()
         for name, modes in APPLIES_TO.items():
             if mode in MODES and mode not in modes and name not in STRUCTURAL and cells.get(name, "").strip():
-                manifest.warnings.append(ManifestError(
-                    row, name, f"{name} is ignored in mode {mode} (value {cells[name].strip()!r})", raw_id))
+                manifest.warnings.append(
+                    ManifestError(
+                        row, name, f"{name} is ignored in mode {mode} (value {cells[name].strip()!r})", raw_id
+                    )
+                )
                 cells[name] = ""
         if mode in CONTROLNET_MODES and cells.get("control", "").strip().lower() == "given":
             for name in EXTRACTION_COLUMNS:
                 if cells.get(name, "").strip():
-                    manifest.warnings.append(ManifestError(
-                        row, name, f"{name} is ignored with control=given (value {cells[name].strip()!r}): "
-                        "the maps are read, not extracted", raw_id))
+                    manifest.warnings.append(
+                        ManifestError(
+                            row,
+                            name,
+                            f"{name} is ignored with control=given (value {cells[name].strip()!r}): "
+                            "the maps are read, not extracted",
+                            raw_id,
+                        )
+                    )
                     cells[name] = ""
         if mode in SOURCE_MODES and cells.get("shots", "").strip().lower() == "none":
             for name in SHOT_DETECTOR_COLUMNS:
                 if cells.get(name, "").strip():
-                    manifest.warnings.append(ManifestError(
-                        row, name, f"{name} is ignored with shots=none (value {cells[name].strip()!r}): "
-                        "the whole video is one shot", raw_id))
+                    manifest.warnings.append(
+                        ManifestError(
+                            row,
+                            name,
+                            f"{name} is ignored with shots=none (value {cells[name].strip()!r}): "
+                            "the whole video is one shot",
+                            raw_id,
+                        )
+                    )
                     cells[name] = ""
         job, problems = _validate_row(cells, row, context)
         if raw_id and "job_id" not in {column for column, _, _ in problems}:
             first = seen_ids.setdefault(raw_id.lower(), (row, raw_id))
             if first[0] != row:
                 same = "" if first[1] == raw_id else f" as {first[1]!r}, ignoring case"
-                problems.append(("job_id", f"duplicate job_id {raw_id!r}: already used in row {first[0]}{same} "
-                                 "(outputs are named after it)", frozenset()))
+                problems.append(
+                    (
+                        "job_id",
+                        f"duplicate job_id {raw_id!r}: already used in row {first[0]}{same} "
+                        "(outputs are named after it)",
+                        frozenset(),
+                    )
+                )
                 job = None
         problems.sort(key=lambda p: COLUMN_ORDER.get(p[0] or "", -1))
         manifest.errors.extend(ManifestError(row, column, message, raw_id) for column, message, _ in problems)
@@ -171,9 +201,15 @@ def _drop_output_collisions(manifest: Manifest, seen_ids: dict[str, tuple[int, s
         stem, dot, ext = job.job_id.lower().rpartition(".")
         if dot and ext in suffixes and stem in seen_ids:
             other_row, other_id = seen_ids[stem]
-            manifest.errors.append(ManifestError(
-                job.row or 0, "job_id", f"job_id {job.job_id!r} collides with the .{ext} output of job "
-                f"{other_id!r} (row {other_row}); rename one of them", job.job_id))
+            manifest.errors.append(
+                ManifestError(
+                    job.row or 0,
+                    "job_id",
+                    f"job_id {job.job_id!r} collides with the .{ext} output of job "
+                    f"{other_id!r} (row {other_row}); rename one of them",
+                    job.job_id,
+                )
+            )
             bad.add(job.job_id)
     if bad:
         manifest.jobs = [job for job in manifest.jobs if job.job_id not in bad]

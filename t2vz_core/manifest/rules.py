@@ -36,11 +36,14 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
         add("source", f"source is required for mode {mode} (the video to edit)")
     for name in sorted(STRUCTURAL & given):
         if mode not in APPLIES_TO[name]:
-            hint = {"source": "text2video generates from the prompt alone; leave source empty or pick a video mode",
-                    "video_length": "use max_frames to limit how many source frames are read",
-                    **dict.fromkeys(("shots", "shot_threshold", "min_shot_frames"),
-                                    "text2video makes one shot; shots split a source video at its cuts")}.get(
-                name, "only pose, canny and depth use a ControlNet")
+            hint = {
+                "source": "text2video generates from the prompt alone; leave source empty or pick a video mode",
+                "video_length": "use max_frames to limit how many source frames are read",
+                **dict.fromkeys(
+                    ("shots", "shot_threshold", "min_shot_frames"),
+                    "text2video makes one shot; shots split a source video at its cuts",
+                ),
+            }.get(name, "only pose, canny and depth use a ControlNet")
             add(name, f"{name} is not used by mode {mode}: {hint}")
     one_side = (job.width is None) != (job.height is None)
     missing = "height" if job.height is None else "width"
@@ -60,9 +63,11 @@ def cross_column_problems(job: Job, given: set[str]) -> list[Problem]:
         steps = job.num_inference_steps
         d0, d1 = default_t0_t1(steps)
         t0, t1 = or_default(job.t0, d0), or_default(job.t1, d1)
-        rule = (f"need 0 <= t0 < t1 <= num_inference_steps-1 (= {steps - 1}): t0 and t1 are indices into the "
-                f"{steps}-step schedule between which the first frame's latent is re-noised to make motion "
-                "(defaults 44/47 of 50 steps)")
+        rule = (
+            f"need 0 <= t0 < t1 <= num_inference_steps-1 (= {steps - 1}): t0 and t1 are indices into the "
+            f"{steps}-step schedule between which the first frame's latent is re-noised to make motion "
+            "(defaults 44/47 of 50 steps)"
+        )
         problem = t0_t1_problem(t0, t1, steps)
         if problem == "steps":
             add("num_inference_steps", f"text2video needs at least 2 steps ({rule})", "t0", "t1")
@@ -83,18 +88,33 @@ def _control_problems(job: Job, given: set[str]) -> list[Problem]:
     problems: list[Problem] = []
     backend = job.control_backend or DEFAULT_BACKEND[mode]
     if job.control_backend is not None and backend not in BACKENDS[mode]:
-        problems.append(("control_backend", f"control_backend {backend} does not make {mode} maps: use one of "
-                         f"{', '.join(BACKENDS[mode])}", frozenset({"control_backend", "mode"})))
+        problems.append(
+            (
+                "control_backend",
+                f"control_backend {backend} does not make {mode} maps: use one of {', '.join(BACKENDS[mode])}",
+                frozenset({"control_backend", "mode"}),
+            )
+        )
     elif "annotator" in given and backend not in ANNOTATOR_BACKENDS:
-        problems.append(("annotator", f"annotator is not used by the {backend} backend (it needs no weights); "
-                         f"it applies to {', '.join(sorted(ANNOTATOR_BACKENDS))}",
-                         frozenset({"annotator", "control_backend", "mode"})))
+        problems.append(
+            (
+                "annotator",
+                f"annotator is not used by the {backend} backend (it needs no weights); "
+                f"it applies to {', '.join(sorted(ANNOTATOR_BACKENDS))}",
+                frozenset({"annotator", "control_backend", "mode"}),
+            )
+        )
     if mode == "canny":
         from t2vz_core.control.canny import DEFAULTS, threshold_problem
 
         low = or_default(job.low_threshold, DEFAULTS["low_threshold"])
         problem = threshold_problem(low, or_default(job.high_threshold, DEFAULTS["high_threshold"]))
         if problem:
-            problems.append(("low_threshold", f"{problem} (defaults {DEFAULTS['low_threshold']} and "
-                             f"{DEFAULTS['high_threshold']})", frozenset({"low_threshold", "high_threshold", "mode"})))
+            problems.append(
+                (
+                    "low_threshold",
+                    f"{problem} (defaults {DEFAULTS['low_threshold']} and {DEFAULTS['high_threshold']})",
+                    frozenset({"low_threshold", "high_threshold", "mode"}),
+                )
+            )
     return problems

@@ -108,8 +108,7 @@ def main() -> int:
 
         def to_output(image: np.ndarray) -> np.ndarray:
             if image.shape != decoded_shape:
-                raise ValueError(f"decord returned frames of shape {image.shape}, "
-                                 f"expected {decoded_shape}")
+                raise ValueError(f"decord returned frames of shape {image.shape}, expected {decoded_shape}")
             if turns:  # decord turned it upright: back to the coded orientation, exactly
                 image = np.rot90(image, k=turns)
             return geometry.apply(image)
@@ -147,8 +146,7 @@ def main() -> int:
                 pending.append(last_frame)
                 lo += 1
                 now_mb = rss_mb()
-                if runahead_mb and None not in (start_mb, now_mb) and \
-                        now_mb - start_mb - held / 2**20 > runahead_mb:
+                if runahead_mb and None not in (start_mb, now_mb) and now_mb - start_mb - held / 2**20 > runahead_mb:
                     break
             del reader
             reader = None
@@ -157,8 +155,11 @@ def main() -> int:
             while len(pending) >= chunk or (pending and lo == len(wanted)):
                 batch = np.stack(pending[:chunk])
                 del pending[:chunk]
-                send(out, {"type": "chunk", "shape": list(batch.shape), "nbytes": batch.nbytes},
-                     memoryview(batch).cast("B"))
+                send(
+                    out,
+                    {"type": "chunk", "shape": list(batch.shape), "nbytes": batch.nbytes},
+                    memoryview(batch).cast("B"),
+                )
                 del batch
             release_freed_memory()
         send(out, {"type": "done", "peak_rss_mb": peak_rss_mb(), "readers": readers})

@@ -80,9 +80,16 @@ _DECORD_AVOID_CODECS = {"vp8", "vp9", "gif"}  # gif: decord cannot measure it
 # measured identical to PyAV's (tests/test_decoders_agree.py), with the chroma subsampling
 # (horizontal, vertical) that needs even coded sides for that to hold. Everything else,
 # 10-bit formats first of all, is decoded by PyAV.
-_DECORD_SAME_RGB = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1),
-                    "yuvj422p": (2, 1), "yuv444p": (1, 1), "yuvj444p": (1, 1),
-                    "gray": (1, 1), "bgr0": (1, 1)}
+_DECORD_SAME_RGB = {
+    "yuv420p": (2, 2),
+    "yuvj420p": (2, 2),
+    "yuv422p": (2, 1),
+    "yuvj422p": (2, 1),
+    "yuv444p": (1, 1),
+    "yuvj444p": (1, 1),
+    "gray": (1, 1),
+    "bgr0": (1, 1),
+}
 # Containers whose display rotation decord (FFmpeg 4.1's "rotate" tag) applies itself.
 _DECORD_ROTATES = ("mov", "mp4")
 
@@ -95,9 +102,14 @@ class _DecordUnusable(Exception):
     """decord failed or disagrees with the container; "auto" falls back to PyAV."""
 
 
-def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
-                backend: str = "auto", timeout: float = DEFAULT_TIMEOUT,
-                stats: dict | None = None) -> Iterator[np.ndarray]:
+def iter_frames(
+    path: str | os.PathLike,
+    plan: DecodePlan,
+    chunk_size: int = 16,
+    backend: str = "auto",
+    timeout: float = DEFAULT_TIMEOUT,
+    stats: dict | None = None,
+) -> Iterator[np.ndarray]:
     """Yield the planned frames as uint8 arrays (k, plan.height, plan.width, 3), k <= chunk_size.
 
     `stats`, when given, is filled with what happened: "backend" (the one that delivered
@@ -106,8 +118,10 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
     if backend not in BACKENDS:
         raise InputError(f"backend: {backend!r} must be one of {', '.join(BACKENDS)}")
     if backend == "decord" and not decord_installed():
-        raise InputError("backend: 'decord' is not installed (it has no wheel for macOS arm64 "
-                         "nor Linux aarch64); use backend='auto' or 'pyav'")
+        raise InputError(
+            "backend: 'decord' is not installed (it has no wheel for macOS arm64 "
+            "nor Linux aarch64); use backend='auto' or 'pyav'"
+        )
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size: {chunk_size!r} must be a whole number >= 1")
     path = Path(path)
@@ -127,8 +141,7 @@ def iter_frames(path: str | os.PathLike, plan: DecodePlan, chunk_size: int = 16,
                 if isinstance(exc, DecodeTimeout):
                     raise
                 raise MediaError(path, f"decord failed: {exc}") from None
-            log.warning("%s: decord failed (%s); continuing with PyAV from frame %d",
-                        path, exc, delivered)
+            log.warning("%s: decord failed (%s); continuing with PyAV from frame %d", path, exc, delivered)
             stats.update(backend="pyav", fallback=str(exc))
     yield from _iter_pyav(path, plan, info, chunk_size, skip=delivered)
 
@@ -158,12 +171,13 @@ def decord_mismatch(info: VideoInfo) -> str | None:
     """Why decord would not give PyAV's pixels for this file, or None when it gives them."""
     subsampling = _DECORD_SAME_RGB.get(info.pix_fmt)
     if subsampling is None:
-        return (f"decord converts {info.pix_fmt or 'this pixel format'} to RGB differently "
-                f"from PyAV")
+        return f"decord converts {info.pix_fmt or 'this pixel format'} to RGB differently from PyAV"
     sx, sy = subsampling
     if info.coded_width % sx or info.coded_height % sy:
-        return (f"decord converts {info.pix_fmt} of odd size "
-                f"({info.coded_width}x{info.coded_height}) to RGB differently from PyAV")
+        return (
+            f"decord converts {info.pix_fmt} of odd size "
+            f"({info.coded_width}x{info.coded_height}) to RGB differently from PyAV"
+        )
     if info.rotation and not any(name in info.container.split(",") for name in _DECORD_ROTATES):
         return f"decord ignores the rotation of {info.container} files"
     return None
@@ -171,8 +185,8 @@ def decord_mismatch(info: VideoInfo) -> str | None:
 
 # --- PyAV -------------------------------------------------------------------------------
 
-def _iter_pyav(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
-               skip: int = 0) -> Iterator[np.ndarray]:
+
+def _iter_pyav(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int, skip: int = 0) -> Iterator[np.ndarray]:
     wanted = plan.indices[skip:]
     if not wanted:
         return
@@ -199,8 +213,11 @@ def _iter_pyav(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
     if pending:
         yield np.stack(pending)
     if j < len(wanted):
-        raise MediaError(path, f"video data ends early: {len(wanted) - j} planned frames "
-                               f"(from source frame {wanted[j]}) could not be decoded")
+        raise MediaError(
+            path,
+            f"video data ends early: {len(wanted) - j} planned frames "
+            f"(from source frame {wanted[j]}) could not be decoded",
+        )
 
 
 def _pyav_frames(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -208,7 +225,7 @@ def _pyav_frames(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int,
     import av
 
     index_of = {p: i for i, p in enumerate(info.pts)}
-    for attempt_seek in ((True, False) if first > 0 else (False,)):
+    for attempt_seek in (True, False) if first > 0 else (False,):
         with av.open(str(path), metadata_errors="ignore") as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -229,12 +246,14 @@ def _pyav_frames(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int,
                 else:
                     return
             except av.error.FFmpegError as exc:
-                raise MediaError(path, f"corrupt video data after frame {counter}: "
-                                       f"{getattr(exc, 'strerror', None) or exc}") from None
+                raise MediaError(
+                    path, f"corrupt video data after frame {counter}: {getattr(exc, 'strerror', None) or exc}"
+                ) from None
         log.info("%s: seek to frame %d failed; decoding from the start", path, first)
 
 
 # --- decord in a child process -------------------------------------------------------
+
 
 def _worker_command() -> list[str]:
     return [sys.executable, "-m", "t2vz_core.media._decord_worker"]
@@ -248,22 +267,36 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
-                 timeout: float, stats: dict) -> Iterator[np.ndarray]:
+def _iter_decord(
+    path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int, timeout: float, stats: dict
+) -> Iterator[np.ndarray]:
     mismatch = decord_mismatch(info)
     if mismatch is not None:
         raise _DecordUnusable(f"{mismatch}; use backend='auto' or 'pyav'")
     # decord decodes at the source size (upright where it applies the rotation itself) and
     # the worker applies the plan's Geometry, as _iter_pyav does: the same pixels.
     decoded = (info.height, info.width) if info.rotation else (info.coded_height, info.coded_width)
-    request = {"path": str(path), "indices": list(plan.indices), "chunk_size": chunk_size,
-               "segment": DECORD_SEGMENT, "threads": DECORD_THREADS, "runahead_mb": DECORD_RUNAHEAD_MB,
-               "geometry": plan.geometry.to_dict(), "decoded_shape": list(decoded),
-               "unrotate": info.rotation}
+    request = {
+        "path": str(path),
+        "indices": list(plan.indices),
+        "chunk_size": chunk_size,
+        "segment": DECORD_SEGMENT,
+        "threads": DECORD_THREADS,
+        "runahead_mb": DECORD_RUNAHEAD_MB,
+        "geometry": plan.geometry.to_dict(),
+        "decoded_shape": list(decoded),
+        "unrotate": info.rotation,
+    }
     expect = (plan.height, plan.width)
     with tempfile.TemporaryFile() as errlog:
-        proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errlog, env=_worker_env(), bufsize=0)
+        proc = subprocess.Popen(
+            _worker_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+            env=_worker_env(),
+            bufsize=0,
+        )
         try:
             _grow_pipe(proc.stdout.fileno())
             proc.stdin.write(json.dumps(request).encode() + b"\n")
@@ -273,8 +306,9 @@ def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
             if header["type"] != "info":
                 raise _DecordUnusable(reader.describe(header))
             if header["frame_count"] != info.frame_count:
-                raise _DecordUnusable(f"decord counts {header['frame_count']} frames, the "
-                                      f"container has {info.frame_count}")
+                raise _DecordUnusable(
+                    f"decord counts {header['frame_count']} frames, the container has {info.frame_count}"
+                )
             while True:
                 header, payload = reader.next()
                 if header["type"] == "done":
@@ -287,8 +321,9 @@ def _iter_decord(path: Path, plan: DecodePlan, info: VideoInfo, chunk_size: int,
                     raise _DecordUnusable(reader.describe(header))
                 chunk = np.frombuffer(payload, np.uint8).reshape(header["shape"])
                 if chunk.shape[1:] != expect + (3,):
-                    raise _DecordUnusable(f"decord returned frames of shape {chunk.shape[1:]}, "
-                                          f"expected {expect + (3,)}")
+                    raise _DecordUnusable(
+                        f"decord returned frames of shape {chunk.shape[1:]}, expected {expect + (3,)}"
+                    )
                 yield chunk
         finally:
             if proc.poll() is None:
@@ -334,13 +369,14 @@ class _MessageReader:
             ready = select.select([self.fd], [], [], max(0.0, left))[0] if left > 0 else []
             if not ready:
                 self.proc.kill()
-                raise DecodeTimeout(f"{self.path}: decord delivered no frames for "
-                                    f"{self.timeout:g} s and was stopped (a known decord hang, "
-                                    f"dmlc/decord#373); retry, or use backend='pyav'")
+                raise DecodeTimeout(
+                    f"{self.path}: decord delivered no frames for "
+                    f"{self.timeout:g} s and was stopped (a known decord hang, "
+                    f"dmlc/decord#373); retry, or use backend='pyav'"
+                )
             k = self.stream.readinto(view[got:])
             if not k:
-                raise _DecordUnusable(f"decord worker exited (code {self.proc.wait()}): "
-                                      f"{self._stderr_tail()}")
+                raise _DecordUnusable(f"decord worker exited (code {self.proc.wait()}): {self._stderr_tail()}")
             got += k
         return buf
 

@@ -43,24 +43,50 @@ from t2vz_core.stop import check as check_stop
 log = logging.getLogger(__name__)
 
 FORMATS = ("mp4", "webm", "gif")
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                "slower", "veryslow", "placebo")
-_VP9_CPU_USED = {"ultrafast": 8, "superfast": 8, "veryfast": 7, "faster": 6, "fast": 5,
-                 "medium": 4, "slow": 2, "slower": 1, "veryslow": 0, "placebo": 0}
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
+_VP9_CPU_USED = {
+    "ultrafast": 8,
+    "superfast": 8,
+    "veryfast": 7,
+    "faster": 6,
+    "fast": 5,
+    "medium": 4,
+    "slow": 2,
+    "slower": 1,
+    "veryslow": 0,
+    "placebo": 0,
+}
 # Vorbis is not copied: cut mid-stream, its first packet decodes to nothing (it only primes
 # the overlap), so the copy would start two packets late.
-_COPY_AUDIO = {"mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
-               "webm": {"opus"}}
+_COPY_AUDIO = {"mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}, "webm": {"opus"}}
 _AUDIO_ENCODER = {"mp4": "aac", "webm": "libopus"}
 _SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".gif": "gif"}
 
 Frames = Iterable[np.ndarray] | np.ndarray | FrameStore
 
 
-def encode_video(frames: Frames, path: str | os.PathLike, fps: Fraction | int | float | str,
-                 fmt: str = "mp4", crf: int = 18, preset: str = "medium",
-                 audio_source: str | os.PathLike | None = None, audio_start: float = 0.0,
-                 metadata: dict | None = None) -> Path:
+def encode_video(
+    frames: Frames,
+    path: str | os.PathLike,
+    fps: Fraction | int | float | str,
+    fmt: str = "mp4",
+    crf: int = 18,
+    preset: str = "medium",
+    audio_source: str | os.PathLike | None = None,
+    audio_start: float = 0.0,
+    metadata: dict | None = None,
+) -> Path:
     """Encode uint8 RGB frames (chunks (k, H, W, 3), one array, or a FrameStore) to `path`."""
     path = Path(path)
     fps = to_fraction(fps)
@@ -70,13 +96,25 @@ def encode_video(frames: Frames, path: str | os.PathLike, fps: Fraction | int | 
     if first is None or not len(first):
         raise InputError(f"{path}: no frames to encode")
     # The output's length, when known up front, decides whether audio can be copied.
-    count = len(frames) if isinstance(frames, FrameStore) else (
-        len(as_chunk(frames)) if isinstance(frames, np.ndarray) else None)
+    count = (
+        len(frames)
+        if isinstance(frames, FrameStore)
+        else (len(as_chunk(frames)) if isinstance(frames, np.ndarray) else None)
+    )
     duration = float(count / fps) if count is not None else None
     with atomic_path(path) as tmp:
-        _encode(tmp, _prepend(first, chunks), fps, fmt, crf, preset,
-                Path(audio_source) if audio_source else None, float(audio_start), metadata or {},
-                duration)
+        _encode(
+            tmp,
+            _prepend(first, chunks),
+            fps,
+            fmt,
+            crf,
+            preset,
+            Path(audio_source) if audio_source else None,
+            float(audio_start),
+            metadata or {},
+            duration,
+        )
     return path
 
 
@@ -103,7 +141,7 @@ def iter_chunks(frames: Frames, chunk_size: int = 16) -> Iterator[np.ndarray]:
         source = frames.iter_chunks(chunk_size)
     elif isinstance(frames, np.ndarray):
         whole = as_chunk(frames)
-        source = (whole[start: start + chunk_size] for start in range(0, len(whole), chunk_size))
+        source = (whole[start : start + chunk_size] for start in range(0, len(whole), chunk_size))
     else:
         source = (as_chunk(chunk) for chunk in frames)
     for chunk in source:
@@ -116,14 +154,22 @@ def _prepend(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarr
     yield from rest
 
 
-def _encode(tmp: Path, chunks: Iterator[np.ndarray], fps: Fraction, fmt: str, crf: int,
-            preset: str, audio_source: Path | None, audio_start: float, metadata: dict,
-            duration: float | None) -> None:
+def _encode(
+    tmp: Path,
+    chunks: Iterator[np.ndarray],
+    fps: Fraction,
+    fmt: str,
+    crf: int,
+    preset: str,
+    audio_source: Path | None,
+    audio_start: float,
+    metadata: dict,
+    duration: float | None,
+) -> None:
     import av
 
     # movie_timescale: edit lists (an audio track starting mid-packet) in 1/90000 s, not ms
-    options = {"movflags": "+faststart+use_metadata_tags", "movie_timescale": "90000"} \
-        if fmt == "mp4" else {}
+    options = {"movflags": "+faststart+use_metadata_tags", "movie_timescale": "90000"} if fmt == "mp4" else {}
     with av.open(str(tmp), "w", format=fmt, options=options) as out:
         if fmt != "gif":
             for key, value in metadata.items():
@@ -139,8 +185,9 @@ def _encode(tmp: Path, chunks: Iterator[np.ndarray], fps: Fraction, fmt: str, cr
                 if audio_source is not None and fmt != "gif":
                     audio = _AudioTrack.open(out, fmt, audio_source, audio_start, duration)
             if (chunk.shape[2], chunk.shape[1]) != size:
-                raise InputError(f"frame {count} is {chunk.shape[2]}x{chunk.shape[1]}, "
-                                 f"the video is {size[0]}x{size[1]}")
+                raise InputError(
+                    f"frame {count} is {chunk.shape[2]}x{chunk.shape[1]}, the video is {size[0]}x{size[1]}"
+                )
             for frame in chunk:
                 vf = av.VideoFrame.from_ndarray(_even(frame, fmt), format="rgb24")
                 vf.pts = _pts(count, fps, fmt)
@@ -153,8 +200,7 @@ def _encode(tmp: Path, chunks: Iterator[np.ndarray], fps: Fraction, fmt: str, cr
             audio.finish(count / fps)
 
 
-def _video_stream(out, fmt: str, fps: Fraction, width: int, height: int, crf: int,
-                  preset: str):
+def _video_stream(out, fmt: str, fps: Fraction, width: int, height: int, crf: int, preset: str):
     if fmt == "mp4":
         stream = out.add_stream("libx264", rate=fps)
         stream.pix_fmt = "yuv420p"
@@ -164,9 +210,13 @@ def _video_stream(out, fmt: str, fps: Fraction, width: int, height: int, crf: in
         stream = out.add_stream("libvpx-vp9", rate=fps)
         stream.pix_fmt = "yuv420p"
         cpu_used = _VP9_CPU_USED[preset]
-        stream.options = {"crf": str(crf), "b": "0", "row-mt": "1",
-                          "deadline": "realtime" if cpu_used >= 7 else "good",
-                          "cpu-used": str(cpu_used)}
+        stream.options = {
+            "crf": str(crf),
+            "b": "0",
+            "row-mt": "1",
+            "deadline": "realtime" if cpu_used >= 7 else "good",
+            "cpu-used": str(cpu_used),
+        }
         _tag_bt601(stream)
     else:
         stream = out.add_stream("gif", rate=fps)
@@ -212,8 +262,7 @@ class _AudioTrack:
     """
 
     @classmethod
-    def open(cls, out, fmt: str, source: Path, start: float,
-             duration: float | None) -> _AudioTrack | None:
+    def open(cls, out, fmt: str, source: Path, start: float, duration: float | None) -> _AudioTrack | None:
         import av
 
         try:
@@ -255,8 +304,7 @@ class _AudioTrack:
             self._open_encoder(fmt)
         if self.t0 > 1.0 and self.tb:  # skip most of what comes before; else read from 0
             try:
-                src.seek(round((self.t0 - 1.0) / self.tb), stream=self.in_stream,
-                         backward=True, any_frame=False)
+                src.seek(round((self.t0 - 1.0) / self.tb), stream=self.in_stream, backward=True, any_frame=False)
             except av.error.FFmpegError:
                 log.info("%s: audio seek failed; reading from the start", src.name)
         self.packets = src.demux(self.in_stream)
@@ -285,8 +333,7 @@ class _AudioTrack:
         # Planar: a cut is a slice along the sample axis, whatever the channel count.
         self.sample_format = self.out_stream.format.planar.name
         self.channels = self.out_stream.layout.nb_channels
-        self.resampler = av.AudioResampler(format=self.sample_format,
-                                           layout=self.out_stream.layout.name, rate=rate)
+        self.resampler = av.AudioResampler(format=self.sample_format, layout=self.out_stream.layout.name, rate=rate)
         self.origin = round(self.t0 * rate)  # source sample (at `rate`) of output sample 0
         self.written = 0  # output samples handed to the encoder so far
         self.next_first = None  # output sample where the next resampled frame should begin
@@ -350,9 +397,9 @@ class _AudioTrack:
 
         if not samples.shape[1]:
             return
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples),
-                                           format=self.sample_format,
-                                           layout=self.out_stream.layout.name)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples), format=self.sample_format, layout=self.out_stream.layout.name
+        )
         frame.sample_rate = self.rate
         frame.pts = self.written
         frame.time_base = Fraction(1, self.rate)
@@ -366,8 +413,7 @@ class _AudioTrack:
             for piece in self.resampler.resample(None):
                 self._write_piece(piece, end)
             if end > self.written:  # the source's audio ends early: silence to the end
-                self._write(np.zeros((self.channels, end - self.written),
-                                     np.dtype(_PLANAR_DTYPES[self.sample_format])))
+                self._write(np.zeros((self.channels, end - self.written), np.dtype(_PLANAR_DTYPES[self.sample_format])))
             self.out.mux(self.out_stream.encode(None))
         self.src.close()
 
@@ -392,8 +438,9 @@ def _stream_end(stream) -> float | None:
     return None
 
 
-def write_png_sequence(frames: Frames, directory: str | os.PathLike,
-                       fps: Fraction | int | float | str | None = None) -> Path:
+def write_png_sequence(
+    frames: Frames, directory: str | os.PathLike, fps: Fraction | int | float | str | None = None
+) -> Path:
     """Lossless PNG frames 00000.png ... (+ meta.json) in `directory`, replaced atomically.
 
     A FrameStore folder (readable with FrameStore(directory)); fps is recorded in

@@ -41,7 +41,7 @@ class Geometry:
             out = np.rot90(out, k=-(self.rotation // 90))
         if self.crop is not None:
             x, y, w, h = self.crop
-            out = out[y: y + h, x: x + w]
+            out = out[y : y + h, x : x + w]
         if self.pad is not None:
             left, top, right, bottom = self.pad
             out = np.pad(out, ((top, bottom), (left, right), (0, 0)))

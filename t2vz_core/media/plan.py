@@ -92,12 +92,19 @@ def plan_decode(info: VideoInfo, spec: DecodeSpec | None = None) -> DecodePlan:
         indices.append(frame_at(t))
         k += 1
     if not indices:
-        raise InputError(f"{info.path}: the time range {float(start):.3f}-{float(end):.3f} s "
-                         f"holds no frame at {float(fps):.3f} fps")
+        raise InputError(
+            f"{info.path}: the time range {float(start):.3f}-{float(end):.3f} s holds no frame at {float(fps):.3f} fps"
+        )
     width, height, geometry = _geometry(info, spec)
     return DecodePlan(
-        indices=tuple(indices), timestamps=tuple(float(time_of(i)) for i in indices), fps=fps,
-        width=width, height=height, start=float(out_start), geometry=geometry, info=info,
+        indices=tuple(indices),
+        timestamps=tuple(float(time_of(i)) for i in indices),
+        fps=fps,
+        width=width,
+        height=height,
+        start=float(out_start),
+        geometry=geometry,
+        info=info,
     )
 
 
@@ -108,8 +115,7 @@ def _time_range(info: VideoInfo, spec: DecodeSpec) -> tuple[Fraction, Fraction]:
     if start < 0:
         raise InputError(f"start: {spec.start} s must be >= 0")
     if start >= duration:
-        raise InputError(f"start: {float(start):g} s is at or past the end of "
-                         f"{info.path} ({info.duration:.3f} s)")
+        raise InputError(f"start: {float(start):g} s is at or past the end of {info.path} ({info.duration:.3f} s)")
     if end <= start:
         raise InputError(f"end: {float(end):g} s must be after start ({float(start):g} s)")
     return start, min(end, duration)
@@ -149,10 +155,12 @@ def _geometry(info: VideoInfo, spec: DecodeSpec) -> tuple[int, int, Geometry]:
         raise InputError(f"fit: {fit!r} must be one of {', '.join(FITS)}")
     for name in ("resolution", "width", "height"):
         value = getattr(spec, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or not MULTIPLE <= value <= MAX_OUTPUT_SIDE):
-            raise InputError(f"{name}: {value!r} must be a whole number of pixels "
-                             f"between {MULTIPLE} and {MAX_OUTPUT_SIDE}")
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not MULTIPLE <= value <= MAX_OUTPUT_SIDE
+        ):
+            raise InputError(
+                f"{name}: {value!r} must be a whole number of pixels between {MULTIPLE} and {MAX_OUTPUT_SIDE}"
+            )
     for name in ("width", "height"):
         value = getattr(spec, name)
         if value is not None and value % MULTIPLE:

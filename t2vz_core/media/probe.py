@@ -86,8 +86,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        hint = " - or a truncated MP4 whose index (moov) is missing" if path.suffix.lower() in (
-            ".mp4", ".mov", ".m4v") else ""
+        hint = (
+            " - or a truncated MP4 whose index (moov) is missing"
+            if path.suffix.lower() in (".mp4", ".mov", ".m4v")
+            else ""
+        )
         raise MediaError(path, f"not a readable media file ({_reason(exc)}{hint})") from None
     with container:
         kinds = [s.type for s in container.streams]
@@ -98,8 +101,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not ctx.width or not ctx.height:
             raise MediaError(path, "video stream has no frame size (unsupported or corrupt)")
         if max(ctx.width, ctx.height) > MAX_SIDE or ctx.width * ctx.height > MAX_PIXELS:
-            raise MediaError(path, f"frame size {ctx.width}x{ctx.height} is too large "
-                                   f"(limits: {MAX_SIDE} px a side, {MAX_PIXELS} pixels)")
+            raise MediaError(
+                path,
+                f"frame size {ctx.width}x{ctx.height} is too large (limits: {MAX_SIDE} px a side, {MAX_PIXELS} pixels)",
+            )
         pts, corrupt, last_duration = _demux_video(container, stream, path)
         if not pts:
             raise MediaError(path, "has no video frames")
@@ -113,8 +118,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         duration = float(len(pts) / fps if not is_vfr else span + tail)
         announced = _announced_duration(stream)
         if announced and announced - duration > max(2 / fps, announced * 0.01):
-            raise MediaError(path, f"truncated: header announces {announced:.2f} s of video, "
-                                   f"{duration:.2f} s readable")
+            raise MediaError(path, f"truncated: header announces {announced:.2f} s of video, {duration:.2f} s readable")
         rotation, pix_fmt = _first_frame(path)
         audio = container.streams.audio[0] if container.streams.audio else None
         sar = _sample_aspect_ratio(stream)
@@ -124,12 +128,24 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if rotation in (90, 270):
             width, height = height, width
         return VideoInfo(
-            path=path, fps=fps, frame_count=len(pts), duration=duration,
-            width=width, height=height, rotation=rotation, has_audio=audio is not None,
-            codec=ctx.name, container=container.format.name, is_vfr=is_vfr,
-            coded_width=ctx.width, coded_height=ctx.height,
+            path=path,
+            fps=fps,
+            frame_count=len(pts),
+            duration=duration,
+            width=width,
+            height=height,
+            rotation=rotation,
+            has_audio=audio is not None,
+            codec=ctx.name,
+            container=container.format.name,
+            is_vfr=is_vfr,
+            coded_width=ctx.width,
+            coded_height=ctx.height,
             audio_codec=audio.codec_context.name if audio is not None else None,
-            time_base=Fraction(tb), pix_fmt=pix_fmt, metadata=dict(container.metadata), pts=tuple(pts),
+            time_base=Fraction(tb),
+            pix_fmt=pix_fmt,
+            metadata=dict(container.metadata),
+            pts=tuple(pts),
             sample_aspect_ratio=sar,
         )
 
@@ -180,8 +196,9 @@ def _demux_video(container, stream, path) -> tuple[list[int], bool, int]:
             pts.append(packet.pts)
             last_duration = packet.duration or last_duration
     except av.error.FFmpegError as exc:
-        raise MediaError(path, f"truncated or corrupt: demuxing failed after "
-                               f"{len(pts) + count_only} frames ({_reason(exc)})") from None
+        raise MediaError(
+            path, f"truncated or corrupt: demuxing failed after {len(pts) + count_only} frames ({_reason(exc)})"
+        ) from None
     if count_only:  # raw streams without timestamps: synthesise a constant rate
         step = 1
         rate = stream.guessed_rate or stream.average_rate or Fraction(25)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from t2vz_core.errors import InputError, MediaError, TransientError
 from t2vz_core.atomic import atomic_path, atomic_write_bytes, fsync_dir, replace_dir
+from t2vz_core.errors import InputError, MediaError, TransientError
 from t2vz_core.media.geometry import as_chunk
 from t2vz_core.rates import fraction_text, to_fraction
 
@@ -75,8 +75,9 @@ class FrameStore:
         self.params: dict = meta.get("params", {})
 
     @classmethod
-    def open_if_matches(cls, path: str | os.PathLike, params: dict | None = None,
-                        fps: Fraction | None = None) -> FrameStore | None:
+    def open_if_matches(
+        cls, path: str | os.PathLike, params: dict | None = None, fps: Fraction | None = None
+    ) -> FrameStore | None:
         """The finished store at `path` when it was made with these params (and fps), else None."""
         try:
             store = cls(path)
@@ -91,15 +92,20 @@ class FrameStore:
         return store
 
     @staticmethod
-    def writer(path: str | os.PathLike, fps: Fraction | int | float | str,
-               meta: dict | None = None, *, expected_count: int | None = None,
-               lock_timeout: float | None = None, fresh: bool = False) -> FrameStoreWriter:
+    def writer(
+        path: str | os.PathLike,
+        fps: Fraction | int | float | str,
+        meta: dict | None = None,
+        *,
+        expected_count: int | None = None,
+        lock_timeout: float | None = None,
+        fresh: bool = False,
+    ) -> FrameStoreWriter:
         """A writer for the store at `path`; `meta` is saved as meta.json's "params".
 
         A finished store with the same params (and fps) is reused (`writer.reused`; writes
         become no-ops) and a partial one resumed, unless `fresh`."""
-        return FrameStoreWriter(path, fps, meta, expected_count=expected_count,
-                                lock_timeout=lock_timeout, fresh=fresh)
+        return FrameStoreWriter(path, fps, meta, expected_count=expected_count, lock_timeout=lock_timeout, fresh=fresh)
 
     def __len__(self) -> int:
         return self.count
@@ -122,7 +128,7 @@ class FrameStore:
 
     def iter_chunks(self, chunk_size: int = 16) -> Iterator[np.ndarray]:
         for start in range(0, self.count, chunk_size):
-            yield self[start: start + chunk_size]
+            yield self[start : start + chunk_size]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.iter_chunks()
@@ -131,8 +137,10 @@ class FrameStore:
         return read_png(self.frame_path(index))
 
     def __repr__(self) -> str:
-        return (f"FrameStore({str(self.path)!r}, {self.count} frames, {self.width}x{self.height}, "
-                f"{fraction_text(self.fps)} fps)")
+        return (
+            f"FrameStore({str(self.path)!r}, {self.count} frames, {self.width}x{self.height}, "
+            f"{fraction_text(self.fps)} fps)"
+        )
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -147,8 +155,7 @@ def read_png(path: Path) -> np.ndarray:
 def encode_png(frame: np.ndarray) -> bytes:
     import cv2
 
-    ok, data = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, data = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise MediaError("<memory>", f"PNG encoding failed for a {frame.shape} frame")
     return data.tobytes()
@@ -159,9 +166,16 @@ class FrameStoreWriter:
     manager: leaving the block normally finalizes, leaving it by an exception keeps the
     partial frames for a resume and releases the lock."""
 
-    def __init__(self, path: str | os.PathLike, fps, meta: dict | None = None, *,
-                 expected_count: int | None = None, lock_timeout: float | None = None,
-                 fresh: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps,
+        meta: dict | None = None,
+        *,
+        expected_count: int | None = None,
+        lock_timeout: float | None = None,
+        fresh: bool = False,
+    ):
         self.path = Path(path)
         self.fps = to_fraction(fps)
         self.params = normalize_params(meta)
@@ -176,8 +190,7 @@ class FrameStoreWriter:
         self.closed = False
         self.width: int | None = None
         self.height: int | None = None
-        self.existing = None if fresh else FrameStore.open_if_matches(
-            self.path, self.params, self.fps)
+        self.existing = None if fresh else FrameStore.open_if_matches(self.path, self.params, self.fps)
         if self.existing is not None and expected_count not in (None, self.existing.count):
             self.existing = None
         if self.existing is None:
@@ -189,8 +202,7 @@ class FrameStoreWriter:
         return self.existing is not None
 
     def _header(self) -> dict:
-        return {"fps": fraction_text(self.fps), "params": self.params,
-                "width": self.width, "height": self.height}
+        return {"fps": fraction_text(self.fps), "params": self.params, "width": self.width, "height": self.height}
 
     def _prepare_partial(self, resume: bool) -> None:
         header_path = self.partial / _PARTIAL_META
@@ -215,8 +227,7 @@ class FrameStoreWriter:
             self.width, self.height = w, h
             atomic_write_bytes(self.partial / _PARTIAL_META, json.dumps(self._header()).encode())
         elif (w, h) != (self.width, self.height):
-            raise InputError(f"{self.path}: frame size {w}x{h} differs from the store's "
-                             f"{self.width}x{self.height}")
+            raise InputError(f"{self.path}: frame size {w}x{h} differs from the store's {self.width}x{self.height}")
         for offset, frame in enumerate(chunk):
             _write_durably(self.partial / frame_name(start + offset), encode_png(frame))
 
@@ -252,13 +263,15 @@ class FrameStoreWriter:
             if self.existing is not None:
                 return self.existing
             present = self._present()
-            count = self.expected_count if self.expected_count is not None else (
-                max(present) + 1 if present else 0)
+            count = self.expected_count if self.expected_count is not None else (max(present) + 1 if present else 0)
             missing = [i for i in range(count) if i not in present]
             if missing or count == 0:
-                raise MediaError(self.path, f"frame store incomplete: {len(missing)} of {count} "
-                                            f"frames missing (first: {missing[:5]})" if count
-                                 else "frame store has no frames")
+                raise MediaError(
+                    self.path,
+                    f"frame store incomplete: {len(missing)} of {count} frames missing (first: {missing[:5]})"
+                    if count
+                    else "frame store has no frames",
+                )
             for extra in sorted(i for i in present if i >= count):
                 (self.partial / frame_name(extra)).unlink()
             meta = {"format": FORMAT, **self._header(), "count": count}
@@ -350,6 +363,7 @@ def _lock(lock_path: Path, timeout: float | None) -> int:
         except BlockingIOError:
             if deadline is not None and time.monotonic() >= deadline:
                 os.close(fd)
-                raise TransientError(f"{lock_path.name[1:-5]}: another writer has held this "
-                                     f"frame store for over {timeout:g} s") from None
+                raise TransientError(
+                    f"{lock_path.name[1:-5]}: another writer has held this frame store for over {timeout:g} s"
+                ) from None
             time.sleep(0.05)
