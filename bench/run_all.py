@@ -592,8 +592,10 @@ def summarize(info, direct, flow, serial, cached, cached_flow, rss, anchor, repe
         "(step-major denoising needs every row of a shot at each step; the rows run with shots=none, "
         f"one shot of every frame, the most held at once): {latent_bytes / 1024:.0f} kB "
         f"per frame with the tiny VAE (it scales by 2; SD's scales by 8: 64 kB at 512x512). Holding the "
-        f"maps as before would add {map_kb:.0f} kB per frame here (768 kB at 512x512). The rest of "
-        "the growth is not attributed (allocator slack, checkpoint serialization) and varies between runs."
+        f"maps as before would add {map_kb:.0f} kB per frame here (768 kB at 512x512). Growth below the "
+        "latent size means the peak is set by a phase whose size does not depend on the frame count "
+        "(model loading, one chunk's UNet or VAE activations) and the denoising stays under it; growth "
+        "above it is not attributed (allocator slack, checkpoint serialization) and varies between runs."
     )
     if anchor:
         notes.append(
