@@ -56,9 +56,9 @@ def canny(tiny_models):
     return load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=CPU)
 
 
-def maps(count: int, seed: int = 0) -> np.ndarray:
+def maps(count: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return ((rng.random((count, SIZE, SIZE, 3)) > 0.8) * 255).astype(np.uint8)
+    return ((rng.random((count, size, size, 3)) > 0.8) * 255).astype(np.uint8)
 
 
 def canny_request(**fields) -> GenerationRequest:
@@ -320,13 +320,14 @@ def test_pipeline_scheduler_left_untouched(canny):
 def test_bf16_pipelines_keep_latents_in_unet_dtype_and_resume(tiny_models, canny, sd, tmp_path):
     """Latents follow the UNet's dtype, noise is drawn in float32 on the CPU: bf16 stays close to fp32."""
     bf16 = Runtime(device="cpu", dtype="bf16")
+    size = dict(width=16, height=16)  # 8x8 latents: CPU convolutions in bf16 are ~10x slower than in fp32
     cases = [
-        (sd, load_pipeline("sd", tiny_models / "sd", runtime=bf16), t2v_request(chunk_size=3), None),
+        (sd, load_pipeline("sd", tiny_models / "sd", runtime=bf16), t2v_request(chunk_size=3, **size), None),
         (
             canny,
             load_pipeline("sd", tiny_models / "sd", tiny_models / "controlnet-canny", runtime=bf16),
-            canny_request(chunk_size=3),
-            maps(4),
+            canny_request(chunk_size=3, **size),
+            maps(4, size=16),
         ),
     ]
     for fp32_pipe, pipe, request, frames_in in cases:
