@@ -71,8 +71,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 CONFIGS = BENCH / "configs"
 RESULTS = BENCH / "GPU_RESULTS.md"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
 
 SECTIONS = (
     "env",

@@ -19,12 +19,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from media_fixtures import make_video  # noqa: E402
-
-from t2vz_core.media import DecodeSpec, encode_video, iter_frames, plan_decode, probe  # noqa: E402
+from t2vz_core.media import DecodeSpec, encode_video, iter_frames, plan_decode, probe
+from t2vz_core.media.synthetic import make_video
 
 
 def best_of(runs: int, fn) -> float:

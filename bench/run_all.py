@@ -226,8 +226,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 def prepare(tmp: Path, env: dict, rss_resolution: int) -> dict:
     """Tiny models (in a child: this process stays free of torch), media, manifests."""
     subprocess.run([T2VZ, "models", "tiny", str(tmp / "models")], env=env, check=True, capture_output=True)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from media_fixtures import make_video
+    from t2vz_core.media.synthetic import make_video
 
     models, lib = tmp / "models", tmp / "lib"
     make_video(lib / "clip.mp4", frames=8, size=(64, 48), pattern="texture")

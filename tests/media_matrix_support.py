@@ -1,7 +1,7 @@
 """The media matrix: source files of every common kind, made with PyAV, and the checks
 every output must pass (tests/test_media_matrix.py).
 
-Sources are small (64-96 px, ~1.5 s). Video frames carry media_fixtures' barcode, so an
+Sources are small (64-96 px, ~1.5 s). Video frames carry t2vz_core.media.synthetic's barcode, so an
 output frame says which source frame it shows; audio is band-limited noise, the same on
 every channel, so a cross-correlation against the source finds one sharp peak, at lag 0
 when the output's audio is the source's trimmed window.
@@ -15,7 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from media_fixtures import frame_image, read_frame_index
+
+from t2vz_core.media.synthetic import frame_image, read_frame_index
 
 ANALYSIS_RATE = 16000  # both sides are resampled to this before comparing
 SECONDS = 1.6

@@ -280,7 +280,7 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     label for rows without a valid job_id) to what the row must end as."""
     from fractions import Fraction
 
-    from media_fixtures import (
+    from t2vz_core.media.synthetic import (
         make_audio_only,
         make_corrupt,
         make_text_file,

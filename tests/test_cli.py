@@ -91,9 +91,8 @@ def test_bad_usage_exits_2_before_any_run(tmp_path, tiny_models, capsys):
 
 
 def test_scan_prints_a_valid_manifest(tmp_path, capsys, monkeypatch):
-    from media_fixtures import make_video
-
     from t2vz_core.manifest import read_manifest
+    from t2vz_core.media.synthetic import make_video
 
     library = tmp_path / "library"
     make_video(library / "a clip.mp4", frames=4)

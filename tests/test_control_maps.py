@@ -5,7 +5,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-from media_fixtures import make_video
 from skimage import data
 
 from t2vz_core.control import (
@@ -15,6 +14,7 @@ from t2vz_core.control import (
 )
 from t2vz_core.errors import InputError
 from t2vz_core.media import DecodeSpec, decode_to_store, plan_decode, probe
+from t2vz_core.media.synthetic import make_video
 
 
 def test_canny_thresholds():

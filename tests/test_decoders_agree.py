@@ -20,11 +20,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from media_fixtures import frame_image, make_video, read_frame_index
 
 from t2vz_core.errors import InputError, MediaError
 from t2vz_core.media import DecodeSpec, choose_backend, iter_frames, plan_decode, probe
 from t2vz_core.media import decode as decode_module
+from t2vz_core.media.synthetic import frame_image, make_video, read_frame_index
 
 ROOT = Path(__file__).resolve().parents[1]
 

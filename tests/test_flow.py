@@ -358,7 +358,7 @@ def test_new_bytes_at_the_same_path_rerun_from_decode_and_lost_entries_are_rebui
     _, _, sidecars = run(manifest, root / "out", project["work"])
     assert all(statuses(sidecars["canny"])[s] == "cached" for s in GENERATING)  # keyed by bytes, not path
 
-    from media_fixtures import make_video
+    from t2vz_core.media.synthetic import make_video
 
     make_video(root / "media" / "rocket.mp4", frames=6, size=(80, 64))  # new bytes, same path
     _, _, sidecars = run(manifest, root / "out", project["work"])

@@ -139,7 +139,7 @@ def test_each_change_makes_its_row_stale_with_a_reason(finished, tmp_path, monke
     elif change == "png_frame_edited":
         shutil.copy(out / "t2v" / "00000.png", out / "t2v" / "00001.png")
     elif change == "source_bytes":
-        from media_fixtures import make_video
+        from t2vz_core.media.synthetic import make_video
 
         make_video(source, frames=6, size=(80, 64))
     elif change == "source_touched":

@@ -6,11 +6,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from media_fixtures import make_video, read_frame_index, vfr_timestamps
 
 from t2vz_core.errors import MediaError, TransientError, is_transient
 from t2vz_core.media import DecodeSpec, choose_backend, iter_frames, plan_decode, probe
 from t2vz_core.media import decode as decode_module
+from t2vz_core.media.synthetic import make_video, read_frame_index, vfr_timestamps
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from media_fixtures import dominant_frequency, make_video, read_frame_index, tone_frequency
 
 from t2vz_core.errors import InputError
 from t2vz_core.media import (
@@ -17,6 +16,7 @@ from t2vz_core.media import (
     probe,
     write_png_sequence,
 )
+from t2vz_core.media.synthetic import dominant_frequency, make_video, read_frame_index, tone_frequency
 
 NTSC = Fraction(30000, 1001)
 

@@ -234,7 +234,7 @@ def test_video_matrix(sources, tmp_path, video, fmt):
 
 def test_display_aspect_output_looks_like_the_intended_picture(sources, tmp_path):
     """Non-square pixels: the decoded frame equals the picture a player shows (96x48)."""
-    from media_fixtures import frame_image
+    from t2vz_core.media.synthetic import frame_image
 
     video = VideoCase("sar-3:2", size=(96, 48), sar=Fraction(3, 2))
     src = sources(video, None)

@@ -4,10 +4,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from media_fixtures import vfr_timestamps
 
 from t2vz_core.errors import InputError
 from t2vz_core.media import DecodeSpec, VideoInfo, plan_decode
+from t2vz_core.media.synthetic import vfr_timestamps
 
 
 def info_for(pts, time_base, fps, width=1920, height=1080, rotation=0, is_vfr=False, duration=None):

@@ -5,7 +5,10 @@ from fractions import Fraction
 import cv2
 import numpy as np
 import pytest
-from media_fixtures import (
+
+from t2vz_core.errors import MediaError, is_transient
+from t2vz_core.media import probe
+from t2vz_core.media.synthetic import (
     make_audio_only,
     make_corrupt,
     make_text_file,
@@ -14,9 +17,6 @@ from media_fixtures import (
     make_zero_frame,
     vfr_timestamps,
 )
-
-from t2vz_core.errors import MediaError, is_transient
-from t2vz_core.media import probe
 
 
 def test_ntsc_rate_stays_exact_with_audio(tmp_path):

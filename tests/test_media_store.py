@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_fixtures import make_video, read_frame_index
 
 from t2vz_core.errors import MediaError, TransientError
 from t2vz_core.media import DecodeSpec, FrameStore, decode_to_store, plan_decode, probe
+from t2vz_core.media.synthetic import make_video, read_frame_index
 
 REPO = Path(__file__).resolve().parents[1]
 

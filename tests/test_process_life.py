@@ -81,11 +81,10 @@ def test_engine_stops_at_the_step_boundary_and_resumes(tiny_models, tmp_path):
 
 
 def test_decode_stops_between_chunks_ends_its_worker_and_resumes(tmp_path):
-    from media_fixtures import make_video
-
     from t2vz_core.media import FrameStore, decode_to_store, plan_decode, probe
     from t2vz_core.media.decode import choose_backend
     from t2vz_core.media.plan import DecodeSpec
+    from t2vz_core.media.synthetic import make_video
 
     video = make_video(tmp_path / "clip.mp4", frames=24, size=(64, 48))
     info = probe(video)
@@ -204,7 +203,7 @@ def _checkpoints(out: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def two_rows(tmp_path_factory, tiny_models) -> Path:
     """A canny row long enough to be stopped mid-generation, and a second row after it."""
-    from media_fixtures import make_video
+    from t2vz_core.media.synthetic import make_video
 
     folder = tmp_path_factory.mktemp("stop")
     make_video(folder / "clip.mp4", frames=8, size=(64, 64))
@@ -306,7 +305,7 @@ def test_a_server_that_cannot_start_is_one_line_and_exit_2(two_rows, tmp_path):
 @pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
     """Prefect's own default failed at three runs at once on 2 cores (20 s start timeout)."""
-    from media_fixtures import make_text_file
+    from t2vz_core.media.synthetic import make_text_file
 
     manifest = tmp_path / "tiny.csv"
     manifest.write_text(

@@ -14,7 +14,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from media_fixtures import make_video
 from reliability_support import (
     T2VZ,
     check_output_folder,
@@ -26,6 +25,8 @@ from reliability_support import (
     sidecar,
     write_manifest,
 )
+
+from t2vz_core.media.synthetic import make_video
 
 pytestmark = pytest.mark.timeout(400)
 

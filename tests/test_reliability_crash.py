@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_fixtures import make_video
 from reliability_support import (
     check_output_folder,
     cli_command,
@@ -35,6 +34,8 @@ from reliability_support import (
     sidecar,
     write_manifest,
 )
+
+from t2vz_core.media.synthetic import make_video
 
 pytestmark = pytest.mark.timeout(400)
 

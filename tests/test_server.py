@@ -566,7 +566,7 @@ def test_serve_runs_a_manifest_on_its_schedule_deployment(stack, manifest, tmp_p
 @pytest.fixture(scope="module")
 def long_manifest(tmp_path_factory, tiny_models) -> Path:
     """One canny row long enough to be cancelled mid-generation."""
-    from media_fixtures import make_video
+    from t2vz_core.media.synthetic import make_video
 
     folder = tmp_path_factory.mktemp("cancel")
     make_video(folder / "clip.mp4", frames=8, size=(64, 64))

@@ -1,9 +1,10 @@
-"""Real media files for tests, made with PyAV: moving shapes with the frame index drawn in.
+"""Synthetic media files, made with PyAV: moving shapes with the frame index drawn in.
 
-Other test modules import this (`from media_fixtures import make_video`; pytest puts tests/
-on sys.path). Every frame carries a barcode in its top quarter (a red and a blue marker
-and 10 bits of the frame index), so a test can tell exactly which source frame it got
-back, and whether it is upright, after resampling and resizing: `read_frame_index`.
+What t2vz_core.tiny is for models, this is for media: the tests and the benchmarks make their
+clips here (and the broken files a library also holds). Every frame carries a barcode in its top
+quarter (a red and a blue marker and 10 bits of the frame index), so a caller can tell exactly
+which source frame it got back, and whether it is upright, after resampling and resizing:
+`read_frame_index`.
 
     make_video(path, frames=24, size=(64, 48), fps=Fraction(24), audio=False,
                rotation=0, codec="h264", timestamps=None) -> Path
