@@ -13,7 +13,7 @@ from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.engine.guided import ControlMaps, prepare_control
 from t2vz_core.models import Runtime, load_pipeline
 
-SIZE = 64
+SIZE = 32  # px: 16x16 latents keep the tiny models fast
 ENGINE_GENERATE = importlib.import_module("t2vz_core.engine.generate")  # the package re-exports a function of that name
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -19,6 +19,7 @@ from t2vz_core.shots import detect_shots
 
 CPU = Runtime(device="cpu", dtype="fp32")
 STEPS, CHUNK = 3, 3
+SIZE = 32  # px (16x16 latents: the tiny models cost in proportion to their area)
 SHOTS = [(0, 6), (6, 11)]
 
 
@@ -45,10 +46,10 @@ class RowCounter:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    """(decoded frames, canny maps) of a 6 + 5 frame two-shot clip, as FrameStores at 64 px."""
+    """(decoded frames, canny maps) of a 6 + 5 frame two-shot clip, as FrameStores at SIZE px."""
     folder = tmp_path_factory.mktemp("two-shot")
     path = write_clip(folder / "clip.mp4", two_shot_frames(6, 5, size=96), fps=24)
-    frames = decode_to_store(path, plan_decode(probe(path), DecodeSpec(resolution=64)), folder / "frames")
+    frames = decode_to_store(path, plan_decode(probe(path), DecodeSpec(resolution=SIZE)), folder / "frames")
     maps = control_maps_to_store("canny", frames, folder / "canny")
     return frames, maps
 
@@ -65,7 +66,7 @@ def pix2pix(tiny_models):
 
 def request(mode: str, **fields) -> GenerationRequest:
     prompt = "make it winter" if mode == "pix2pix" else "an oil painting"
-    base = dict(mode=mode, prompt=prompt, num_inference_steps=STEPS, seed=7, width=64, height=64, chunk_size=CHUNK)
+    base = dict(mode=mode, prompt=prompt, num_inference_steps=STEPS, seed=7, width=SIZE, height=SIZE, chunk_size=CHUNK)
     return GenerationRequest(**{**base, **fields})
 
 
@@ -96,7 +97,7 @@ def test_each_shot_equals_the_row_run_on_that_shot_alone(mode, canny, pix2pix, c
         if mode == "canny"
         else generate(pipe, request(mode), conditioning, output_dtype=np.float32, shots=SHOTS)
     )
-    assert split.shape == (11, 64, 64, 3)
+    assert split.shape == (11, SIZE, SIZE, 3)
     for start, stop in SHOTS:
         alone = generate(pipe, request(mode), conditioning[start:stop], output_dtype=np.float32)
         assert np.abs(split[start:stop] - alone).max() <= 1e-5, (mode, start, stop)
@@ -151,7 +152,7 @@ def test_a_job_killed_in_shot_2_resumes_in_shot_2(canny, clip, canny_split, tmp_
 
 
 def test_bad_shots_are_refused_before_model_work(canny):
-    maps = np.zeros((4, 64, 64, 3), np.uint8)
+    maps = np.zeros((4, SIZE, SIZE, 3), np.uint8)
     with pytest.raises(InputError, match="cover frames 0 to 2 but there are 4"):
         generate(canny, request("canny"), maps, shots=[(0, 3)])
     with pytest.raises(InputError, match="text2video makes one shot"):
