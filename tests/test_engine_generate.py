@@ -141,7 +141,8 @@ def test_without_guidance_one_branch_group(canny):
             CrossFrameAttnProcessor2_0,
         )
     n, frames_in = 4, maps(4, seed=5)
-    latents = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=torch.Generator("cpu").manual_seed(1)).repeat(n, 1, 1, 1)
+    latents = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=torch.Generator("cpu").manual_seed(1))
+    latents = latents.repeat(n, 1, 1, 1)
     saved = canny.unet.attn_processors, canny.controlnet.attn_processors
     try:
         canny.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=1))
@@ -181,7 +182,8 @@ def test_guess_mode_controlnet_groups_its_single_branch(canny):
     pipe = type(canny)(**{**canny.components, "controlnet": controlnet})
     pipe.set_progress_bar_config(disable=True)
     n, frames_in = 4, maps(4, seed=6)
-    latents = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=torch.Generator("cpu").manual_seed(1)).repeat(n, 1, 1, 1)
+    latents = torch.randn((1, 4, SIZE // 2, SIZE // 2), generator=torch.Generator("cpu").manual_seed(1))
+    latents = latents.repeat(n, 1, 1, 1)
     saved = pipe.unet.attn_processors, controlnet.attn_processors
     try:
         pipe.unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
