@@ -1,6 +1,7 @@
 """`t2vz run --allow-pickle`: pickle-only weights fail their row without it and run with it; runs are quiet.
 
-Budget: ~45 s (two `t2vz run` subprocesses of one 4-frame 64 px text2video row on tiny models).
+Budget: ~25 s (the flow once in this process, then one `t2vz run --allow-pickle` subprocess, of one
+4-frame 64 px text2video row on tiny models).
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ import json
 from test_cli import t2v_row, t2vz, write_csv
 
 
-def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_model, prefect_harness):
+def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_model, prefect_harness, monkeypatch):
+    from flows.batch import process_manifest
+    from t2vz_core.options import RunOptions
+
     folder = pickled_sd_model
     env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
     manifest = write_csv(tmp_path / "jobs.csv", [t2v_row(tiny_models, model=str(folder))])
     out = tmp_path / "out"
-    result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
-    assert result.returncode == 1, result.stdout + result.stderr
+    # Without the option (the flow in this process; RunOptions' default is what `t2vz run` sends).
+    monkeypatch.setenv("T2VZ_RETRY_DELAY_S", "0")
+    state = process_manifest(manifest_path=str(manifest), output_dir=str(out), options=RunOptions(), return_state=True)
+    assert state.is_failed(), state
     report = json.loads((out / "report.json").read_text())
     assert report["rows"][0]["status"] == "failed"
     assert "no safetensors weights in unet" in report["rows"][0]["error"]

@@ -1,8 +1,9 @@
 """End to end: a manifest row names a LoRA with a scale and a single-file base model, and `t2vz run`
 (the installed console script, in a subprocess) runs it; the sidecar records what it ran with, an
-unchanged row is up to date, and retrained LoRA bytes at the same path make it run again.
+unchanged row is up to date (`t2vz run` in this process: that path starts no flow run), and
+retrained LoRA bytes at the same path make it run again (the flow in this process).
 
-Budget: ~60 s (two flow runs of a 4-frame 64 px canny row plus a text2video row, on tiny models).
+Budget: ~30 s (two flow runs of a 4-frame 64 px canny row plus a text2video row, on tiny models).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from test_flow import DEMO_MEDIA
 pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
 
-def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(tmp_path, tiny_models, prefect_harness):
+def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(
+    tmp_path, tiny_models, prefect_harness, capsys, monkeypatch
+):
+    from flows.batch import process_manifest
+    from flows.cli import main
+    from t2vz_core.options import RunOptions
+
     shutil.copytree(DEMO_MEDIA, tmp_path / "media")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -77,15 +84,21 @@ def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(tmp_path, 
     assert json.loads((out / "t2v.json").read_text())["status"] == "ok"
 
     # Unchanged: up to date, no flow run.
-    result = t2vz(*args, env=env)
-    assert result.returncode == 0 and "all 2 row(s) up to date" in result.stdout, result.stdout + result.stderr
+    assert main(list(args)) == 0
+    assert "all 2 row(s) up to date" in capsys.readouterr().out
 
     # Retrained LoRA at the same path: both rows using it run generation again; decoding and maps are reused.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         make_lora(tiny_models / "sd", tmp_path / "loras" / "ink", seed=1)
-    result = t2vz(*args, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    monkeypatch.setenv("T2VZ_RETRY_DELAY_S", "0")
+    state = process_manifest(
+        manifest_path=str(manifest),
+        output_dir=str(out),
+        options=RunOptions(device="cpu", work_dir=str(work)),
+        return_state=True,
+    )
+    assert state.is_completed(), state
     again = json.loads((out / "styled.json").read_text())
     steps = {name: step["status"] for name, step in again["steps"].items()}
     assert steps["decode"] == "cached" and steps["control"] == "cached" and steps["generate"] == "computed"
