@@ -356,18 +356,48 @@ def tokenizer():
     return _tokenizer()
 
 
-class SD15:
-    """SD1.5 components on the device and the pipelines assembled from them (shared modules)."""
+class ModelSet:
+    """Components built on the device (MODULES: attribute -> (config, kind, seed)) and the
+    pipelines assembled from them, which share those modules."""
+
+    MODULES: dict[str, tuple[str, str, int]] = {}
 
     def __init__(self, settings: Settings, dtype):
         self.settings, self.dtype = settings, dtype
-        self.unet = build(settings, "sd15_unet", "unet", dtype, 0)
-        self.controlnet = build(settings, "sd15_controlnet", "controlnet", dtype, 1)
-        self.pix2pix_unet = build(settings, "pix2pix_unet", "unet", dtype, 2)
-        self.vae = build(settings, "sd15_vae", "vae", dtype, 3)
-        self.text_encoder = build(settings, "sd15_text_encoder", "text", dtype, 4)
+        for name, (config, kind, seed) in self.MODULES.items():
+            setattr(self, name, build(settings, config, kind, dtype, seed))
         self.tokenizer = tokenizer()
-        self.pipes = self._pipes()
+        self.pipes = self._quiet_pipes()
+
+    def _pipes(self) -> dict:
+        raise NotImplementedError
+
+    def _quiet_pipes(self) -> dict:
+        pipes = self._pipes()
+        for pipe in pipes.values():
+            pipe.set_progress_bar_config(disable=True)
+        return pipes
+
+    def cast(self, dtype):
+        """A deep copy in another dtype (the originals stay as they are)."""
+        other = copy.copy(self)
+        other.dtype = dtype
+        for name in self.MODULES:
+            setattr(other, name, copy.deepcopy(getattr(self, name)).to(dtype=dtype))
+        other.pipes = other._quiet_pipes()
+        return other
+
+
+class SD15(ModelSet):
+    """SD1.5: UNet, ControlNet, Instruct-Pix2Pix UNet, VAE, CLIP ViT-L."""
+
+    MODULES = {
+        "unet": ("sd15_unet", "unet", 0),
+        "controlnet": ("sd15_controlnet", "controlnet", 1),
+        "pix2pix_unet": ("pix2pix_unet", "unet", 2),
+        "vae": ("sd15_vae", "vae", 3),
+        "text_encoder": ("sd15_text_encoder", "text", 4),
+    }
 
     def _pipes(self) -> dict:
         from diffusers import (
@@ -387,7 +417,7 @@ class SD15:
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipes = {
+        return {
             "canny": StableDiffusionControlNetPipeline(
                 unet=self.unet, controlnet=self.controlnet, scheduler=scheduler(self.settings), **common
             ),
@@ -397,18 +427,6 @@ class SD15:
             "text2video": StableDiffusionPipeline(unet=self.unet, scheduler=scheduler(self.settings), **common),
             "recipe_text2video": TextToVideoZeroPipeline(unet=self.unet, scheduler=scheduler(self.settings), **common),
         }
-        for pipe in pipes.values():
-            pipe.set_progress_bar_config(disable=True)
-        return pipes
-
-    def cast(self, dtype) -> SD15:
-        """A deep copy in another dtype (the originals stay as they are)."""
-        other = copy.copy(self)
-        other.dtype = dtype
-        for name in ("unet", "controlnet", "pix2pix_unet", "vae", "text_encoder"):
-            setattr(other, name, copy.deepcopy(getattr(self, name)).to(dtype=dtype))
-        other.pipes = other._pipes()
-        return other
 
     def save(self, folder: Path) -> dict[str, Path]:
         """diffusers folders (sd, controlnet-canny, pix2pix) for the runs through t2vz_core.models and the CLI."""
@@ -420,18 +438,20 @@ class SD15:
         return paths
 
 
-class SDXL:
-    """SDXL base components on the device (two text encoders) and their pipelines."""
+class SDXL(ModelSet):
+    """SDXL base: UNet, ControlNet, VAE and two text encoders."""
+
+    MODULES = {
+        "unet": ("sdxl_unet", "unet", 10),
+        "controlnet": ("sdxl_controlnet", "controlnet", 11),
+        "vae": ("sdxl_vae", "vae", 12),
+        "text_encoder": ("sdxl_text_encoder", "text", 13),
+        "text_encoder_2": ("sdxl_text_encoder_2", "text_projection", 14),
+    }
 
     def __init__(self, settings: Settings, dtype):
-        self.settings, self.dtype = settings, dtype
-        self.unet = build(settings, "sdxl_unet", "unet", dtype, 10)
-        self.controlnet = build(settings, "sdxl_controlnet", "controlnet", dtype, 11)
-        self.vae = build(settings, "sdxl_vae", "vae", dtype, 12)
-        self.text_encoder = build(settings, "sdxl_text_encoder", "text", dtype, 13)
-        self.text_encoder_2 = build(settings, "sdxl_text_encoder_2", "text_projection", dtype, 14)
-        self.tokenizer, self.tokenizer_2 = tokenizer(), tokenizer()
-        self.pipes = self._pipes()
+        self.tokenizer_2 = tokenizer()
+        super().__init__(settings, dtype)
 
     def _pipes(self) -> dict:
         from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
@@ -447,7 +467,7 @@ class SDXL:
             tokenizer_2=self.tokenizer_2,
             unet=self.unet,
         )
-        pipes = {
+        return {
             "canny": StableDiffusionXLControlNetPipeline(
                 controlnet=self.controlnet, scheduler=scheduler(self.settings), add_watermarker=False, **common
             ),
@@ -456,17 +476,6 @@ class SDXL:
             ),
             "recipe_text2video": TextToVideoZeroSDXLPipeline(scheduler=scheduler(self.settings), **common),
         }
-        for pipe in pipes.values():
-            pipe.set_progress_bar_config(disable=True)
-        return pipes
-
-    def cast(self, dtype) -> SDXL:
-        other = copy.copy(self)
-        other.dtype = dtype
-        for name in ("unet", "controlnet", "vae", "text_encoder", "text_encoder_2"):
-            setattr(other, name, copy.deepcopy(getattr(self, name)).to(dtype=dtype))
-        other.pipes = other._pipes()
-        return other
 
 
 # ================================================================ inputs (the same frames for both sides)
@@ -2225,7 +2234,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense fp16 peak when its name is not known")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (models, logs, outputs)")
+    parser.add_argument("--list-sections", action="store_true", help="print the sections, one a line, and exit")
     args = parser.parse_args(argv)
+    if args.list_sections:
+        print("\n".join(SECTIONS))
+        return 0
 
     names = list(SECTIONS)
     if args.only:
