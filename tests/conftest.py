@@ -82,6 +82,7 @@ _SHARED_GROUPS = {"test_reliability_faults": "corpus", "test_reliability_inputs"
 _SPREAD = {"test_media_matrix"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into "@group" node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
