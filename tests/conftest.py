@@ -74,17 +74,22 @@ def no_env_allowed_roots(monkeypatch):
     monkeypatch.delenv("T2VZ_ALLOWED_ROOTS", raising=False)
 
 
-# --- pytest-xdist (`make test` runs two workers): tests of one module stay on one worker, so its
-# module fixtures are built once; the three modules that share the session's reliability corpus
-# run (tests/reliability_support.corpus_run) share a worker; the media matrix's independent cases
-# spread over both.
+# --- pytest-xdist (`make test` runs two workers with --dist loadgroup --no-loadscope-reorder): tests
+# of one module stay on one worker, so its module fixtures are built once; the three modules that
+# share the session's reliability corpus run (tests/reliability_support.corpus_run) share a worker;
+# the media matrix's independent cases spread over both. Groups holding slow tests (end-to-end
+# processes, real servers) are queued first, so the short ones fill in around them at the end.
 _SHARED_GROUPS = {"test_reliability_faults": "corpus", "test_reliability_inputs": "corpus", "test_security": "corpus"}
 _SPREAD = {"test_media_matrix"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into "@group" node ids
 def pytest_collection_modifyitems(config, items):
+    group_of = {}
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
         if module not in _SPREAD:
-            item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))
+            group_of[item] = _SHARED_GROUPS.get(module, module)
+            item.add_marker(pytest.mark.xdist_group(group_of[item]))
+    slow = {group_of.get(item) for item in items if any(item.iter_markers("slow")) or any(item.iter_markers("server"))}
+    items.sort(key=lambda item: group_of.get(item) not in slow)  # stable: order within a group is kept

@@ -28,7 +28,7 @@ from reliability_support import (
 
 from t2vz_core.media.synthetic import make_video
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def test_two_runs_at_once_then_an_up_to_date_third(tiny_models, tmp_path):

@@ -37,7 +37,7 @@ from reliability_support import (
 
 from t2vz_core.media.synthetic import make_video
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 STEPS, CHUNKS = 8, 4  # 13 frames, chunk_size 4: chunks of 4, 3, 3, 3 rows (anchor K/V reused)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from reliability_support import corpus_run, sidecar, task_runs
 
-pytestmark = pytest.mark.timeout(500)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(500)]  # the corpus run: ~45 s
 
 
 @pytest.fixture(scope="module")
