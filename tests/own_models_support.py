@@ -157,11 +157,8 @@ def _vae_to_original(weights: dict[str, torch.Tensor], config: dict) -> dict:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def write_original_checkpoint(folder: Path, path: Path) -> Path:
-    """An SD1.x / InstructPix2Pix diffusers folder as one original-layout .safetensors file."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
+def _original_unet_and_vae(folder: Path) -> dict[str, torch.Tensor]:
+    """The UNet and VAE of a diffusers folder under their original-layout keys (SD1.x and SDXL alike)."""
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     state = {}
@@ -169,12 +166,32 @@ def write_original_checkpoint(folder: Path, path: Path) -> Path:
         state[f"model.diffusion_model.{key}"] = tensor
     for key, tensor in _vae_to_original(_load_folder_weights(folder / "vae"), vae_config).items():
         state[f"first_stage_model.{key}"] = tensor
-    for key, tensor in _load_folder_weights(folder / "text_encoder").items():
-        key = key if key.startswith("text_model.") else f"text_model.{key}"  # transformers 5 drops the prefix
-        state[f"cond_stage_model.transformer.{key}"] = tensor
+    return state
+
+
+def _clip_text_model(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIPTextModel's weights under `prefix` + "text_model." (transformers 5 drops that part)."""
+    state = {}
+    for key, tensor in _load_folder_weights(folder).items():
+        key = key if key.startswith("text_model.") else f"text_model.{key}"
+        state[f"{prefix}{key}"] = tensor
+    return state
+
+
+def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> Path:
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+def write_original_checkpoint(folder: Path, path: Path) -> Path:
+    """An SD1.x / InstructPix2Pix diffusers folder as one original-layout .safetensors file."""
+    folder = Path(folder)
+    state = _original_unet_and_vae(folder)
+    state.update(_clip_text_model(folder / "text_encoder", "cond_stage_model.transformer."))
+    return _save_checkpoint(state, path)
 
 
 _OPEN_CLIP_LAYER_PARTS = (
@@ -217,30 +234,16 @@ def _open_clip_to_original(weights: dict[str, torch.Tensor]) -> dict:
 
 def write_original_sdxl_checkpoint(folder: Path, path: Path) -> Path:
     """An SDXL base diffusers folder as one original-layout (SGM) .safetensors file."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    vae_config = json.loads((folder / "vae" / "config.json").read_text())
-    state = {}
-    for key, tensor in _unet_to_original(_load_folder_weights(folder / "unet"), unet_config).items():
-        state[f"model.diffusion_model.{key}"] = tensor
-    for key, tensor in _vae_to_original(_load_folder_weights(folder / "vae"), vae_config).items():
-        state[f"first_stage_model.{key}"] = tensor
-    for key, tensor in _load_folder_weights(folder / "text_encoder").items():
-        key = key if key.startswith("text_model.") else f"text_model.{key}"
-        state[f"conditioner.embedders.0.transformer.{key}"] = tensor
+    state = _original_unet_and_vae(folder)
+    state.update(_clip_text_model(folder / "text_encoder", "conditioner.embedders.0.transformer."))
     for key, tensor in _open_clip_to_original(_load_folder_weights(folder / "text_encoder_2")).items():
         state[f"conditioner.embedders.1.model.{key}"] = tensor
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+    return _save_checkpoint(state, path)
 
 
 def write_original_controlnet(folder: Path, path: Path) -> Path:
     """A ControlNetModel folder as one original-layout .safetensors file (ControlNet v1.1 naming)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     weights = _load_folder_weights(folder)
@@ -252,9 +255,7 @@ def write_original_controlnet(folder: Path, path: Path) -> Path:
         elif key.startswith("controlnet_cond_embedding."):
             key = _hint_block(key[len("controlnet_cond_embedding.") :])
         state[f"control_model.{key}"] = tensor
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+    return _save_checkpoint(state, path)
 
 
 def _hint_block(key: str) -> str:
