@@ -374,13 +374,26 @@ def _family_from_header(path: Path) -> str:
     xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
     if any(k.startswith("conditioner.") for k in keys) and not xl:
         raise InputError(f"model {path}: an SDXL refiner checkpoint; t2vz runs SDXL base models")
-    in_channels = shape[1]
+    family = unet_family(shape[1], xl)
+    if family is None:
+        raise InputError(f"model {path}: unsupported {unet_kind(shape[1], xl)} checkpoint")
+    return family
+
+
+def unet_family(in_channels: int, xl: bool) -> str | None:
+    """The family a UNet makes, for folders and single files alike: 4 input channels is SD or SDXL,
+    8 (noisy + source latents) InstructPix2Pix; None for what t2vz does not run."""
     if in_channels == 4:
         return "sdxl" if xl else "sd"
     if in_channels == 8 and not xl:
         return "pix2pix"
+    return None
+
+
+def unet_kind(in_channels: int, xl: bool) -> str:
+    """How an error names a UNet that unet_family() refuses ("SDXL inpainting", "in_channels=6")."""
     kind = "inpainting" if in_channels == 9 else f"in_channels={in_channels}"
-    raise InputError(f"model {path}: unsupported {'SDXL ' if xl else ''}{kind} checkpoint")
+    return f"{'SDXL ' if xl else ''}{kind}"
 
 
 # ----------------------------------------------------------------------------- load side

@@ -44,6 +44,8 @@ from t2vz_core.model_sources import (
     load_vae,
     single_file_family,
     sync_loras,
+    unet_family,
+    unet_kind,
 )
 from t2vz_core.runtime import OFFLOADS, Runtime, mps_available  # noqa: F401 - Runtime is re-exported
 
@@ -408,12 +410,10 @@ def detect_family(model_id, revision: str | None = None) -> Family:
         raise _model_error(model_id, exc) from exc
     xl = _has_component(index, "text_encoder_2")
     in_channels = unet.get("in_channels", 4)
-    if in_channels == 4:
-        return "sdxl" if xl else "sd"
-    if in_channels == 8 and not xl:
-        return "pix2pix"
-    kind = "inpainting" if in_channels == 9 else f"in_channels={in_channels}"
-    raise InputError(f"model {model_id}: unsupported {pipeline} ({'SDXL ' if xl else ''}{kind} UNet)")
+    family = unet_family(in_channels, xl)
+    if family is None:
+        raise InputError(f"model {model_id}: unsupported {pipeline} ({unet_kind(in_channels, xl)} UNet)")
+    return family
 
 
 def _revision_kwargs(revision: str | None) -> dict[str, str]:
