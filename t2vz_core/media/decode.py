@@ -275,7 +275,7 @@ def _iter_decord(
         raise _DecordUnusable(f"{mismatch}; use backend='auto' or 'pyav'")
     # decord decodes at the source size (upright where it applies the rotation itself) and
     # the worker applies the plan's Geometry, as _iter_pyav does: the same pixels.
-    decoded = (info.height, info.width) if info.rotation else (info.coded_height, info.coded_width)
+    decoded = info.stored_size[::-1]  # (height, width): the coded size, turned; never the SAR-stretched size
     request = {
         "path": str(path),
         "indices": list(plan.indices),
