@@ -26,23 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from t2vz_core.atomic import atomic_write_text
-from t2vz_core.previews import PREVIEW_DIR, PREVIEW_KINDS
+from t2vz_core.previews import PREVIEW_DIR, PREVIEW_KINDS, preview_name
+from t2vz_core.step_results import QC_KEYS as QC_COLUMNS
 
 GALLERY_NAME = "report.html"
-STEP_NAMES = ("decode", "control", "generate", "encode", "qc", "publish")  # t2vz_core.pipeline's order
-QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
 # Filter order; statuses not listed here (future ones) follow in alphabetical order.
 STATUS_ORDER = ("ok", "up to date", "flagged", "failed", "invalid", "missing")
 # A row's previews are shown when its qc step (which makes them) belongs to the recorded run: not for
 # failed rows, which would show an older run's, nor rows not run yet.
 PREVIEWED = frozenset({"computed", "cached", "up to date"})
-_QC_LABELS = {
-    "warp_error": "warp error",
-    "source_warp_error": "source warp error",
-    "warp_error_ratio": "warp error ratio",
-    "flicker": "flicker",
-    "source_flicker": "source flicker",
-}
 
 _CSS = """
 *{box-sizing:border-box}
@@ -179,7 +171,7 @@ class _Folder:
         return os.path.exists(target)
 
     def preview(self, job_id: str, kind: str) -> str | None:
-        name = f"{job_id}.{kind}.webp"
+        name = preview_name(job_id, kind)
         return f"{PREVIEW_DIR}/{name}" if name in self.previews else None
 
 
@@ -269,7 +261,7 @@ def _card(index: int, line: dict, sidecar: dict, folder: _Folder) -> str:
     if any(value not in (None, "") for value in qc.values()):
         parts.append(
             '<table class="qc"><tr>'
-            + "".join(f"<th>{_QC_LABELS[k]}</th>" for k in QC_COLUMNS)
+            + "".join(f"<th>{k.replace('_', ' ')}</th>" for k in QC_COLUMNS)
             + "</tr><tr>"
             + "".join(f'<td class="{k}">{_number(qc[k])}</td>' for k in QC_COLUMNS)
             + "</tr></table>"
@@ -315,7 +307,10 @@ def _timings(line: dict, sidecar: dict) -> str:
     steps = sidecar.get("steps") or {}
     total = line.get("seconds") if line.get("seconds") is not None else sidecar.get("seconds")
     pieces = [] if total is None else [f"{_number(total, 1)} s in all"]
-    for step in list(STEP_NAMES) + sorted(set(steps) - set(STEP_NAMES)):
+    from t2vz_core.pipeline import step_names  # imported already by the report that writes this page
+
+    order = step_names()
+    for step in list(order) + sorted(set(steps) - set(order)):
         info = steps.get(step) or {}
         if info.get("seconds") is not None:
             status = f" ({_e(info['status'])})" if info.get("status") not in (None, "computed") else ""

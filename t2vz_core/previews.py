@@ -32,20 +32,14 @@ PREVIEW_SIDE = 160
 PREVIEW_FRAMES = 48
 
 
-def preview_path(output_dir: str | os.PathLike, job_id: str, kind: str) -> Path:
+def preview_name(job_id: str, kind: str) -> str:
     if kind not in PREVIEW_KINDS:
         raise ValueError(f"preview kind {kind!r} must be one of {', '.join(PREVIEW_KINDS)}")
-    return Path(output_dir) / PREVIEW_DIR / f"{job_id}.{kind}.webp"
+    return f"{job_id}.{kind}.webp"
 
 
-def existing_previews(output_dir: str | os.PathLike, job_id: str) -> dict[str, Path]:
-    """The previews of a job that exist on disk, by kind."""
-    found = {}
-    for kind in PREVIEW_KINDS:
-        path = preview_path(output_dir, job_id, kind)
-        if path.is_file():
-            found[kind] = path
-    return found
+def preview_path(output_dir: str | os.PathLike, job_id: str, kind: str) -> Path:
+    return Path(output_dir) / PREVIEW_DIR / preview_name(job_id, kind)
 
 
 def _small_size(width: int, height: int, side: int) -> tuple[int, int]:

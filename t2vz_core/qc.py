@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from t2vz_core.errors import InputError
+from t2vz_core.step_results import QC_KEYS
 
-QC_KEYS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
 # Forward-backward consistency thresholds (Sundaram et al. 2010): relative and absolute (px^2).
 _FB_RELATIVE, _FB_ABSOLUTE = 0.01, 0.5
 _DIGITS = 4

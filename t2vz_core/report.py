@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from t2vz_core.atomic import atomic_write_json, atomic_write_text
 from t2vz_core.sidecar import Sidecar, StaleSidecar, read_sidecar, sidecar_path
+from t2vz_core.step_results import QC_KEYS
 
 if TYPE_CHECKING:
     from t2vz_core.manifest import Job, Manifest
@@ -31,7 +32,7 @@ def _step_names() -> tuple[str, ...]:
 
 
 # Temporal-consistency scores (t2vz_core.qc), as the sidecar's "qc" object names them.
-QC_COLUMNS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")
+QC_COLUMNS = QC_KEYS  # report.csv names them as the sidecar's qc object does
 
 
 def report_columns() -> tuple[str, ...]:

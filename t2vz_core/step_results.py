@@ -96,6 +96,9 @@ class EncodeResult(StepResult):
     fps: Rate
 
 
+QC_KEYS = ("warp_error", "source_warp_error", "warp_error_ratio", "flicker", "source_flicker")  # the "qc" object
+
+
 class QCResult(StepResult):
     """Temporal-consistency scores (t2vz_core.qc) and the gallery's previews (t2vz_core.previews)."""
 
