@@ -152,8 +152,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             _print_report(done)
             print(f"all {len(manifest.jobs)} row(s) up to date: nothing to run (--force runs them again)")
             return EXIT_OK
-    # A temporary server's telemetry races its own SQLite database ("database is locked").
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
         # Keep the console for progress bars; run logs still reach the Prefect API/UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")

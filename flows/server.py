@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from t2vz_core import stop
+from t2vz_core.atomic import atomic_write_json
 
 START_TIMEOUT_ENV = "T2VZ_SERVER_START_TIMEOUT_S"
 DEFAULT_START_TIMEOUT_S = 180.0
@@ -123,12 +124,6 @@ def locked(folder: Path, timeout_s: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ starting and stopping
@@ -286,7 +281,7 @@ def acquire(home: str | os.PathLike, timeout_s: float | None = None) -> Lease:
             except BaseException:
                 (users / str(os.getpid())).unlink(missing_ok=True)
                 raise
-            _write_json(folder / "server.json", state)
+            atomic_write_json(folder / "server.json", state)
             lease = Lease(folder, state["url"], started_here=True, start_s=state["started_s"])
     _leases.append(lease)
     return lease
