@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from t2vz_core.errors import InputError
+from t2vz_core.media.geometry import Geometry, as_chunk
 from t2vz_core.step_results import QC_KEYS
 
 # Forward-backward consistency thresholds (Sundaram et al. 2010): relative and absolute (px^2).
@@ -120,25 +121,13 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
-def _to_size(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The frame at (width, height): INTER_AREA when shrinking, bicubic when growing."""
-    import cv2
-
-    h, w = frame.shape[:2]
-    if (w, h) == size:
-        return frame
-    shrink = size[0] * size[1] < w * h
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
 def _frames(chunks: Iterable[np.ndarray], what: str) -> Iterator[np.ndarray]:
     """One frame at a time from chunks of (k, H, W, 3) uint8 (or single (H, W, 3) frames)."""
     for chunk in chunks:
-        arr = np.asarray(chunk)
-        if arr.ndim == 3:
-            arr = arr[None]
-        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-            raise InputError(f"qc: {what} frames must be uint8 (k, H, W, 3), got {arr.dtype} {arr.shape}")
+        try:
+            arr = as_chunk(chunk)
+        except InputError as exc:
+            raise InputError(f"qc: {what} {exc}") from None
         yield from arr
 
 
@@ -174,7 +163,7 @@ def score_frames(output_chunks: Iterable[np.ndarray], source_chunks: Iterable[np
             src_frame = next(sources, None)
             if src_frame is None:
                 raise InputError(f"qc: the source ends after {n} frames; the output has more")
-            src = _to_size(src_frame, size)
+            src = Geometry(resize=size).apply(src_frame)  # the decoders' resize
         else:
             src = out
         src_gray = _gray(src)

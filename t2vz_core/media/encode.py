@@ -36,6 +36,7 @@ import numpy as np
 from t2vz_core.atomic import atomic_path
 from t2vz_core.errors import InputError, MediaError
 from t2vz_core.media.geometry import as_chunk
+from t2vz_core.media.probe import announced_duration
 from t2vz_core.media.store import FrameStore
 from t2vz_core.rates import to_fraction
 from t2vz_core.stop import check as check_stop
@@ -425,17 +426,8 @@ def _stream_end(stream) -> float | None:
     """Container time (s) where a stream ends, from its header; None when not recorded."""
     if stream.start_time is None or not stream.time_base:
         return None
-    start = float(stream.start_time * stream.time_base)
-    if stream.duration:
-        return start + float(stream.duration * stream.time_base)
-    text = stream.metadata.get("DURATION")  # Matroska/WebM write it per stream
-    if text:
-        try:
-            h, m, sec = text.split(":")
-            return start + int(h) * 3600 + int(m) * 60 + float(sec)
-        except ValueError:
-            return None
-    return None
+    duration = announced_duration(stream)
+    return None if duration is None else float(stream.start_time * stream.time_base) + duration
 
 
 def write_png_sequence(

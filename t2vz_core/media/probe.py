@@ -116,7 +116,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         span = (pts[-1] - pts[0]) * tb
         tail = last_duration * tb if last_duration else 1 / fps
         duration = float(len(pts) / fps if not is_vfr else span + tail)
-        announced = _announced_duration(stream)
+        announced = announced_duration(stream)
         if announced and announced - duration > max(2 / fps, announced * 0.01):
             raise MediaError(path, f"truncated: header announces {announced:.2f} s of video, {duration:.2f} s readable")
         rotation, pix_fmt = _first_frame(path)
@@ -158,8 +158,8 @@ def _sample_aspect_ratio(stream) -> Fraction:
     return Fraction(1)
 
 
-def _announced_duration(stream) -> float | None:
-    """Video duration the header promises (MP4 track duration, Matroska DURATION tag)."""
+def announced_duration(stream) -> float | None:
+    """A stream's duration as its header promises it (MP4 track duration, Matroska DURATION tag)."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     text = stream.metadata.get("DURATION")
