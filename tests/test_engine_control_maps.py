@@ -94,7 +94,7 @@ def test_maps_are_read_per_chunk_not_held(canny):
     maps = every_value_maps(7)
     source = RecordingSliceable(maps)
     steps, chunk = 2, 3
-    control = prepare_control(canny, request(), source, len(maps))
+    control = prepare_control(canny, source)
     assert not hasattr(control, "maps") and control.conditioning is source  # nothing copied up front
     assert source.reads == []
     got = generate(canny, request(num_inference_steps=steps, chunk_size=chunk), source, output_dtype=np.float32)
@@ -124,6 +124,6 @@ def test_generate_output_unchanged_from_float_path(canny, monkeypatch):
     for conditioning in (maps, Sliceable(maps)):
         got = generate(canny, request(chunk_size=2), conditioning, output_dtype=np.float32)
         with monkeypatch.context() as patch:
-            patch.setattr(ENGINE_GENERATE, "prepare_control", lambda pipe, _r, _c, _n: FloatControl(pipe, maps))
+            patch.setattr(ENGINE_GENERATE, "prepare_control", lambda pipe, _c: FloatControl(pipe, maps))
             before = generate(canny, request(chunk_size=2), conditioning, output_dtype=np.float32)
         assert np.array_equal(got, before)

@@ -33,13 +33,12 @@ class Denoiser:
         branches: Branches,
         control: ControlMaps | None = None,
         conditioning_scale: float = 1.0,
-        image_latents: torch.Tensor | None = None,
     ):
         self.pipe = pipe
         self.branches = branches
         self.control = control
         self.conditioning_scale = conditioning_scale
-        self.image_latents = image_latents
+        self.image_latents: torch.Tensor | None = None  # pix2pix: set per shot by use_image_latents
         self.image_start = 0
         controlnet = getattr(pipe, "controlnet", None) if control is not None else None
         self.controlnet = controlnet

@@ -167,7 +167,7 @@ def _generate_shots(
 ) -> np.ndarray | None:
     """Every shot denoised as its own video, then decoded into the sink (or collected)."""
     branches = encode_branches(pipe, info, request)
-    control = prepare_control(pipe, request, conditioning, shots[-1][1]) if request.uses_control else None
+    control = prepare_control(pipe, conditioning) if request.uses_control else None
     denoiser = Denoiser(pipe, branches, control, request.controlnet_conditioning_scale)
     timesteps = len(scheduler.timesteps)
     collected, checkpoint = [], None

@@ -150,7 +150,7 @@ class _Read:
         return self._value
 
 
-def prepare_control(pipe, request: GenerationRequest, conditioning, count: int) -> ControlMaps:
+def prepare_control(pipe, conditioning) -> ControlMaps:
     """The control maps, read per chunk as the denoising needs them (see ControlMaps);
     check_conditioning already checked their count, size and dtype."""
     return ControlMaps(conditioning, pipe.controlnet.dtype)
