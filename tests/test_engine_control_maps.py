@@ -109,6 +109,18 @@ def test_maps_are_read_per_chunk_not_held(canny):
     assert np.array_equal(got, expected)
 
 
+def test_a_video_of_one_chunk_reads_its_maps_once(canny):
+    """One chunk per step (a short shot, or no chunk_size): the maps read at the first step serve
+    every later step, not a read-ahead of the same frames at each step."""
+    maps = every_value_maps(3)
+    source = RecordingSliceable(maps)
+    got = generate(canny, request(num_inference_steps=3, chunk_size=4), source, output_dtype=np.float32)
+    assert source.reads == [(0, 3), (0, 3)]  # check_conditioning's pass, then the first step's read
+    assert np.array_equal(
+        got, generate(canny, request(num_inference_steps=3, chunk_size=4), maps, output_dtype=np.float32)
+    )
+
+
 class FloatControl:
     """The former path: every frame preprocessed up front into one float tensor."""
 

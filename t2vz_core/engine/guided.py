@@ -83,6 +83,7 @@ class ControlMaps:
         self._successor: dict[tuple[int, ...], tuple[int, ...]] = {}  # chunk -> the chunk read after it
         self._previous: tuple[int, ...] | None = None
         self._ahead: _Read | None = None
+        self._last: tuple[tuple[int, ...], np.ndarray] | None = None  # the chunk read last, and its maps
 
     def __len__(self) -> int:
         return len(self.conditioning)
@@ -100,12 +101,18 @@ class ControlMaps:
         if self._in_memory:
             return self.conditioning[list(key)]
         ahead, self._ahead = self._ahead, None
-        picked = ahead.result() if ahead is not None and ahead.frames == key else read_frames(self.conditioning, key)
+        if self._last is not None and self._last[0] == key:  # one chunk per step (a short shot)
+            picked = self._last[1]
+        elif ahead is not None and ahead.frames == key:
+            picked = ahead.result()
+        else:
+            picked = read_frames(self.conditioning, key)
+        self._last = (key, picked)  # never written to: rows() and _convert_on copy
         if self._previous is not None:
             self._successor[self._previous] = key
         self._previous = key
         following = self._successor.get(key)
-        if following is not None:
+        if following is not None and following != key:
             self._ahead = _Read(self.conditioning, following)
         return picked
 
