@@ -35,6 +35,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
+def is_network_error(exc: BaseException) -> bool:
+    """A timeout or failed connection anywhere in the exception's chain (hub downloads wrap them)."""
+    seen = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, TimeoutError) or "Timeout" in name or name in {"ConnectError", "ConnectionError"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: timeouts, flaky I/O and out-of-memory; never bad input or bad media."""
     if isinstance(exc, (InputError, MediaError)):

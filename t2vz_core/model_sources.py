@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from t2vz_core.errors import InputError
+from t2vz_core.errors import InputError, TransientError, is_network_error
 from t2vz_core.paths import check_model_ref, is_hub_id
 
 if TYPE_CHECKING:
@@ -451,34 +451,33 @@ def _quiet_single_file_loading():
         yield
 
 
+def _from_single_file(model_class, path: str, config: str | None, what: str, column: str, **kwargs):
+    """model_class.from_single_file with t2vz's errors: a network failure is worth a retry; else
+    the error says which config cell is missing, or that the file and its config do not load."""
+    try:
+        with _quiet_single_file_loading():
+            return model_class.from_single_file(path, config=config, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - diffusers raises many types for a missing config
+        if is_network_error(exc):
+            raise TransientError(f"{what} {path}: network error while loading ({exc})") from exc
+        if config is None:
+            raise _missing_config_error(what, path, column, exc) from exc
+        raise InputError(
+            f"{what} {path} with {column} {config}: cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def load_single_file_pipeline(pipeline_class, path: str, dtype, runtime: Runtime, model_config: str | None, **extra):
     """pipeline_class.from_single_file with the architecture from model_config (or the hub)."""
     _check_pickle(path, runtime, "model")
-    try:
-        with _quiet_single_file_loading():
-            return pipeline_class.from_single_file(path, config=model_config, dtype=dtype, **extra)
-    except Exception as exc:  # noqa: BLE001 - diffusers raises many types for a missing config
-        if model_config is None:
-            raise _missing_config_error("model", path, "model_config", exc) from exc
-        raise InputError(
-            f"model {path} with model_config {model_config}: cannot be loaded ({type(exc).__name__}: {exc})"
-        ) from exc
+    return _from_single_file(pipeline_class, path, model_config, "model", "model_config", dtype=dtype, **extra)
 
 
 def load_single_file_controlnet(path: str, dtype, runtime: Runtime, controlnet_config: str | None):
     from diffusers import ControlNetModel
 
     _check_pickle(path, runtime, "ControlNet")
-    try:
-        with _quiet_single_file_loading():
-            return ControlNetModel.from_single_file(path, config=controlnet_config, dtype=dtype)
-    except Exception as exc:  # noqa: BLE001
-        if controlnet_config is None:
-            raise _missing_config_error("ControlNet", path, "controlnet_config", exc) from exc
-        raise InputError(
-            f"ControlNet {path} with controlnet_config {controlnet_config}: cannot be loaded "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    return _from_single_file(ControlNetModel, path, controlnet_config, "ControlNet", "controlnet_config", dtype=dtype)
 
 
 def load_vae(ref: str, dtype, runtime: Runtime, base_model: str, model_config: str | None, from_pretrained) -> Any:
@@ -495,6 +494,8 @@ def load_vae(ref: str, dtype, runtime: Runtime, base_model: str, model_config: s
                     ref, config=config, subfolder="vae" if config else None, dtype=dtype
                 )
         except Exception as exc:  # noqa: BLE001
+            if is_network_error(exc):
+                raise TransientError(f"vae {ref}: network error while loading ({exc})") from exc
             raise _missing_config_error("vae", ref, "model_config", exc) from exc
     folder = Path(ref)
     subfolder = {"subfolder": "vae"} if (folder / "vae" / "config.json").is_file() else {}
@@ -548,6 +549,8 @@ def _load_lora(pipe, ref: str, name: str) -> None:
         else:
             pipe.load_lora_weights(ref, adapter_name=name, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if is_network_error(exc):
+            raise TransientError(f"lora {ref}: network error while loading ({exc})") from exc
         raise InputError(
             f"lora {ref}: cannot be applied to this model ({type(exc).__name__}: {exc}); "
             "LoRAs must match the base model's architecture (SD1.x or SDXL)"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from t2vz_core.errors import InputError, TransientError
+from t2vz_core.errors import InputError, TransientError, is_network_error
 from t2vz_core.fingerprints import (  # noqa: F401 - model_fingerprint and digest_memo_dir are re-exported
     check_revision_target,
     digest_memo_dir,
@@ -293,12 +293,8 @@ def _pickle_only_parts(model_id) -> list[str]:
 
 def _model_error(model_id, exc: BaseException) -> Exception:
     # Network trouble is worth a retry; a missing or malformed model is not.
-    seen = exc
-    while seen is not None:
-        name = type(seen).__name__
-        if isinstance(seen, TimeoutError) or "Timeout" in name or name in {"ConnectError", "ConnectionError"}:
-            return TransientError(f"model {model_id}: network error while loading ({exc})")
-        seen = seen.__cause__ or seen.__context__
+    if is_network_error(exc):
+        return TransientError(f"model {model_id}: network error while loading ({exc})")
     return InputError(f"model {model_id}: cannot be loaded ({exc})")
 
 

@@ -207,3 +207,26 @@ def test_single_file_fingerprint_is_its_bytes(files, tiny_models, tmp_path):
     assert weights_fingerprint(str(copy)).startswith("file:sha256:")
     models = row_steps.resolve_models(job(model=str(copy), model_config=str(tiny_models / "sd")))
     assert models["family"] == "sd" and models["model_fingerprint"] == weights_fingerprint(str(copy))
+
+
+@pytest.mark.parametrize(
+    "raised, expected, message",
+    [
+        (ConnectionError("reset by peer"), "TransientError", "network error while loading"),
+        (ValueError("no config.json"), "InputError", "controlnet_config column"),
+    ],
+)
+def test_a_network_failure_while_loading_a_single_file_is_transient(tmp_path, monkeypatch, raised, expected, message):
+    """Fetching a single file's configs from the hub can time out: that is retried like any hub
+    download, while a config that cannot be found is the user's to fix."""
+    from diffusers import ControlNetModel
+
+    from t2vz_core.model_sources import load_single_file_controlnet
+
+    def fail(*_args, **_kwargs):
+        raise raised
+
+    monkeypatch.setattr(ControlNetModel, "from_single_file", fail)
+    with pytest.raises(Exception, match=message) as caught:
+        load_single_file_controlnet(str(tmp_path / "cn.safetensors"), None, Runtime(device="cpu"), None)
+    assert type(caught.value).__name__ == expected
