@@ -182,11 +182,7 @@ class ModelCache:
         import diffusers
 
         single_file = is_single_file(model_id)
-        detected = (
-            single_file_family(str(model_id), sources.model_config)
-            if single_file
-            else detect_family(model_id, revision)
-        )
+        detected = detect_family(model_id, revision, sources.model_config)
         if detected != family:
             raise InputError(f"model {model_id}: it is a {detected} model, but the job asks for {family}")
         pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[(family, False)])
@@ -383,12 +379,15 @@ def reset_cache(max_loaded: int | None = None) -> None:
 # ---------------------------------------------------------------------------- family detection
 
 
-def detect_family(model_id, revision: str | None = None) -> Family:
+def detect_family(model_id, revision: str | None = None, model_config: str | None = None) -> Family:
     """ "sd", "sdxl" or "pix2pix" from model_index.json and unet/config.json (no weights loaded).
 
     Two text encoders make SDXL; a UNet with 8 input channels (noisy + source latents) makes
-    InstructPix2Pix. Works for hub ids (from the local HF cache when offline) and folders alike.
+    InstructPix2Pix. Works for hub ids (from the local HF cache when offline) and folders alike;
+    a single checkpoint file is read by single_file_family (its model_config names a .ckpt's).
     """
+    if is_single_file(model_id):
+        return single_file_family(str(model_id), model_config)
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
     try:

@@ -343,18 +343,19 @@ def model_family(
     model_config: str | None = None,
 ) -> str:
     """The model's family ("sd", "sdxl", "pix2pix"), remembered in the work folder per fingerprint
-    (the family is a function of the model's files), so cached runs need not import diffusers."""
-    memo = work.root / ".models" / f"{hashlib.sha256(fingerprint.encode()).hexdigest()}.json" if work else None
+    (the family is a function of the model's files, and for a .ckpt of its model_config), so cached
+    runs need not import diffusers."""
+    key = f"{fingerprint}|model_config={model_config}" if model_config else fingerprint
+    memo = work.root / ".models" / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if work else None
     if memo is not None:
         try:
             return json.loads(memo.read_text())["family"]
         except (FileNotFoundError, ValueError, KeyError):
             pass
     warm_imports()
-    from t2vz_core.model_sources import is_single_file, single_file_family
     from t2vz_core.models import detect_family
 
-    family = single_file_family(model, model_config) if is_single_file(model) else detect_family(model, revision)
+    family = detect_family(model, revision, model_config)
     if memo is not None and not fingerprint.endswith("@unresolved"):
         atomic_write_json(memo, {"family": family, "model": model, "fingerprint": fingerprint})
     return family
@@ -370,7 +371,8 @@ def resolve_models(job: Job, work: WorkDir | None = None, recorded: dict[str, An
     # The row's revision is the base model's (the ControlNet loads its default revision).
     # model / controlnet may also be single checkpoint files (fingerprinted by their bytes).
     fingerprint = model_sources.weights_fingerprint(job.model, job.revision)
-    if recorded and recorded.get("model_fingerprint") == fingerprint and recorded.get("family"):
+    same_model = recorded and recorded.get("model_fingerprint") == fingerprint
+    if same_model and recorded.get("model_config") == job.base_model_config and recorded.get("family"):
         family = recorded["family"]
     else:
         family = model_family(job.model, fingerprint, work, job.revision, job.base_model_config)

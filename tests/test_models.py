@@ -433,7 +433,7 @@ def test_revision_moves_the_hub_fingerprint_and_reaches_from_pretrained(tiny_mod
     calls: list[dict] = []
     real_detect, real_from_pretrained = models.detect_family, StableDiffusionPipeline.from_pretrained
 
-    def detect_family(name, revision=None):
+    def detect_family(name, revision=None, model_config=None):
         calls.append({"detect_family": name, "revision": revision})
         return real_detect(tiny_models / "sd")
 
