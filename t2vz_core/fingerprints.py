@@ -36,10 +36,10 @@ def model_fingerprint(model_id, revision: str | None = None) -> str:
     folder = Path(text).expanduser()
     revision = check_revision_target(model_id, revision)
     if folder.is_dir():
-        return f"local:sha256:{_folder_digest(folder)}"
+        return f"local:sha256:{folder_digest(folder)}"
     if not is_hub_id(text):  # the manifest's rule (t2vz_core.paths), not a second one
         raise InputError(f"model {text}: no such folder, and not a hub id (org/name)")
-    return f"hub:{text}@{_cached_commit(text, revision) or revision or 'unresolved'}"
+    return f"hub:{text}@{cached_commit(text, revision) or revision or 'unresolved'}"
 
 
 def digest_memo_dir() -> Path:
@@ -50,34 +50,41 @@ def digest_memo_dir() -> Path:
     return Path(root).expanduser() / "file-digests"
 
 
-def _folder_digest(folder: Path) -> str:
+def folder_digest(folder: Path, suffixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over the relative names and bytes of a folder's files (hidden ones skipped; only
+    those ending in `suffixes` when given)."""
     digest = hashlib.sha256()
     files = []
     for directory, subdirs, names in os.walk(folder):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         files += [Path(directory, n) for n in names if not n.startswith(".")]
-    memo_dir = digest_memo_dir()
+    if suffixes is not None:
+        files = [path for path in files if path.suffix.lower() in suffixes]
     for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_file_digest(path, memo_dir).encode() + b"\n")
+        digest.update(file_sha256(path).encode() + b"\n")
     return digest.hexdigest()
 
 
-def _file_digest(path: Path, memo_dir: Path) -> str:
-    # workdir.file_digest memoizes per (real path, device, inode, size, mtime, ctime), in memory and on disk.
+def file_sha256(path: Path) -> str:
+    """A file's sha256, memoized (workdir.file_digest: per real path, device, inode, size, mtime,
+    ctime) in memory and in digest_memo_dir()."""
     from t2vz_core.workdir import file_digest
 
     try:
-        return file_digest(path, memo_dir)
+        return file_digest(path, digest_memo_dir())
     except OSError:  # an unwritable cache folder must not stop a run: hash without the disk memo
         return file_digest(path)
 
 
-def _cached_commit(repo_id: str, revision: str | None = None) -> str | None:
+def cached_commit(
+    repo_id: str, revision: str | None = None, filenames: tuple[str, ...] = ("model_index.json", "config.json")
+) -> str | None:
+    """The commit of a hub repo's snapshot in the local HF cache that holds one of `filenames`."""
     from huggingface_hub import try_to_load_from_cache
 
     # Pipelines have model_index.json at the top, single models (ControlNets) config.json.
-    for filename in ("model_index.json", "config.json"):
+    for filename in filenames:
         found = try_to_load_from_cache(repo_id, filename, revision=revision)
         if isinstance(found, str):  # .../snapshots/<commit>/<filename>
             return Path(found).parent.name

@@ -26,7 +26,6 @@ each other one is refused.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -257,53 +256,36 @@ def source_problems(job: Job, given: set[str]) -> list[tuple[str, str, frozenset
 
 def weights_fingerprint(ref: str, revision: str | None = None) -> str:
     """model_fingerprint for folders and hub ids; 'file:sha256:<hex>' of a single file's bytes."""
-    from t2vz_core.fingerprints import model_fingerprint
+    from t2vz_core.fingerprints import file_sha256, model_fingerprint
 
     if is_single_file(ref):
-        return f"file:sha256:{_file_digest(Path(ref))}"
+        return f"file:sha256:{file_sha256(Path(ref))}"
     return model_fingerprint(ref, revision)
 
 
 def config_fingerprint(ref: str) -> str:
     """A model_config / controlnet_config: only its config and tokenizer files matter (no weights are read)."""
+    from t2vz_core.fingerprints import folder_digest
+
     folder = Path(ref)
     if not folder.is_dir():
         return weights_fingerprint(ref)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(folder).parts):
-            continue
-        if path.suffix.lower() in (".json", ".txt", ".model", ".yaml"):
-            digest.update(relative.encode() + b"\0" + _file_digest(path).encode() + b"\n")
-    return f"config:sha256:{digest.hexdigest()}"
+    return f"config:sha256:{folder_digest(folder, suffixes=('.json', '.txt', '.model', '.yaml'))}"
 
 
 def lora_fingerprint(ref: str) -> str:
     """sha256 of the LoRA file's bytes (a changed file re-runs the row); hub LoRAs by cached commit."""
+    from t2vz_core.fingerprints import cached_commit, file_sha256
+
     path = Path(ref)
     if path.is_file():
-        return f"file:sha256:{_file_digest(path)}"
+        return f"file:sha256:{file_sha256(path)}"
     if path.is_dir():
         try:
-            return f"file:sha256:{_file_digest(lora_weights_file(path))}"
+            return f"file:sha256:{file_sha256(lora_weights_file(path))}"
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(ref, DIFFUSERS_LORA_FILE)
-    commit = Path(found).parent.name if isinstance(found, str) else "unresolved"
-    return f"hub:{ref}@{commit}"
-
-
-def _file_digest(path: Path) -> str:
-    from t2vz_core.fingerprints import digest_memo_dir
-    from t2vz_core.workdir import file_digest
-
-    try:
-        return file_digest(path, digest_memo_dir())
-    except OSError:  # an unwritable memo folder must not stop a run
-        return file_digest(path)
+    return f"hub:{ref}@{cached_commit(ref, filenames=(DIFFUSERS_LORA_FILE,)) or 'unresolved'}"
 
 
 def resolve_sources(job: Job) -> dict[str, Any]:
