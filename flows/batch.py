@@ -150,7 +150,7 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
 
     failed = [s.job_id for s in ran.values() if s.status == "failed"]
     if stop_requested():
-        return signals.cancelled_state(rep, [s.job_id for s in ran.values() if s.status == "cancelled"])
+        return signals.cancelled_state(rep)
     invalid = len(manifest.errors_by_row()) if job_ids is None else 0
     logger.info(
         "%d ok (%d up to date), %d failed, %d invalid; report: %s",

@@ -163,7 +163,7 @@ def fan_out(
     )
     logger.info("%s; report: %s", summary, Path(output_dir) / "report.csv")
     if stop_requested():
-        return signals.cancelled_state(rep, [line["job_id"] for line in rep["rows"] if line["status"] == "cancelled"])
+        return signals.cancelled_state(rep)
     if counts["ok"] != counts["total"]:
         return Failed(message=summary, data=rep)
     return Completed(message=summary, data=rep)

@@ -120,12 +120,13 @@ def flow_stops(flow_run_id: Any) -> Iterator[None]:
         yield
 
 
-def cancelled_state(rep: dict, job_ids_cancelled: list[str]) -> Any:
+def cancelled_state(rep: dict) -> Any:
     """The flow run's final state when it was stopped: Cancelled, carrying the report."""
     from prefect.states import Cancelled as CancelledState
 
     counts = rep["counts"]
-    named = ", ".join(job_ids_cancelled[:10]) or "none"
+    cancelled = [line["job_id"] for line in rep["rows"] if line["status"] == "cancelled"]
+    named = ", ".join(cancelled[:10]) or "none"
     return CancelledState(
         message=f"stopped ({stop.stop_reason()}): {counts.get('cancelled', 0)} row(s) "
         f"cancelled ({named}), {counts.get('missing', 0)} not run, "
