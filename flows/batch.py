@@ -136,7 +136,7 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
             ran = _run_rows(to_run, cfg, options.rows_at_once(resolved_device.type), manifest_path)
 
     lines = report.manifest_lines(manifest, out, ran, current)
-    rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id))
+    rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id), sidecars={**current, **ran})
     create_table_artifact(
         report_table(rep["rows"]),
         key=artifact_key("t2vz-report", manifest_path),
