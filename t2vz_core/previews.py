@@ -62,12 +62,13 @@ def write_preview(
     import numpy as np
     from PIL import Image
 
+    from t2vz_core.media.geometry import as_chunk
+
     step = max(1, math.ceil(total / max_frames)) if total else 1
     small: list[Image.Image] = []
     index = 0
     for chunk in chunks:
-        frames = np.asarray(chunk)
-        for frame in frames[None] if frames.ndim == 3 else frames:
+        for frame in as_chunk(chunk):
             if index % step == 0 and len(small) < max_frames:
                 size = _small_size(frame.shape[1], frame.shape[0], side)
                 resized = cv2.resize(frame, size, interpolation=cv2.INTER_AREA) if size != frame.shape[1::-1] else frame
