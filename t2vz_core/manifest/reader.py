@@ -134,40 +134,15 @@ def read_manifest(
             )
             continue
         mode = cells.get("mode", "").strip().lower()
-        for name, modes in APPLIES_TO.items():
-            if mode in MODES and mode not in modes and name not in STRUCTURAL and cells.get(name, "").strip():
-                manifest.warnings.append(
-                    ManifestError(
-                        row, name, f"{name} is ignored in mode {mode} (value {cells[name].strip()!r})", raw_id
-                    )
-                )
-                cells[name] = ""
+        if mode in MODES:
+            not_for_mode = [n for n, modes in APPLIES_TO.items() if mode not in modes and n not in STRUCTURAL]
+            _ignore_cells(manifest, cells, row, raw_id, not_for_mode, f"in mode {mode}")
         if mode in CONTROLNET_MODES and cells.get("control", "").strip().lower() == "given":
-            for name in EXTRACTION_COLUMNS:
-                if cells.get(name, "").strip():
-                    manifest.warnings.append(
-                        ManifestError(
-                            row,
-                            name,
-                            f"{name} is ignored with control=given (value {cells[name].strip()!r}): "
-                            "the maps are read, not extracted",
-                            raw_id,
-                        )
-                    )
-                    cells[name] = ""
+            why = "with control=given", ": the maps are read, not extracted"
+            _ignore_cells(manifest, cells, row, raw_id, EXTRACTION_COLUMNS, *why)
         if mode in SOURCE_MODES and cells.get("shots", "").strip().lower() == "none":
-            for name in SHOT_DETECTOR_COLUMNS:
-                if cells.get(name, "").strip():
-                    manifest.warnings.append(
-                        ManifestError(
-                            row,
-                            name,
-                            f"{name} is ignored with shots=none (value {cells[name].strip()!r}): "
-                            "the whole video is one shot",
-                            raw_id,
-                        )
-                    )
-                    cells[name] = ""
+            why = "with shots=none", ": the whole video is one shot"
+            _ignore_cells(manifest, cells, row, raw_id, SHOT_DETECTOR_COLUMNS, *why)
         job, problems = _validate_row(cells, row, context)
         if raw_id and "job_id" not in {column for column, _, _ in problems}:
             first = seen_ids.setdefault(raw_id.lower(), (row, raw_id))
@@ -213,3 +188,12 @@ def _drop_output_collisions(manifest: Manifest, seen_ids: dict[str, tuple[int, s
             bad.add(job.job_id)
     if bad:
         manifest.jobs = [job for job in manifest.jobs if job.job_id not in bad]
+
+
+def _ignore_cells(manifest, cells: dict, row: int, raw_id: str, names, condition: str, reason: str = "") -> None:
+    """Blank the cells of `names` that do not apply to this row, each with a warning that says so."""
+    for name in names:
+        if cells.get(name, "").strip():
+            message = f"{name} is ignored {condition} (value {cells[name].strip()!r}){reason}"
+            manifest.warnings.append(ManifestError(row, name, message, raw_id))
+            cells[name] = ""
