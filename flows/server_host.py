@@ -7,6 +7,8 @@ The watchdog checks the leases under the state folder's lock every second, so a 
 SIGKILL (which cannot give its lease back) still leaves no server behind: within ~2 s of the last
 holder's death the server removes server.json (under the lock, so no run picks it up again) and
 shuts down. SIGTERM (the last run's normal stop) shuts it down the same way.
+
+A home without a database gets a copy of a migrated empty one first (flows/server_db.py).
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     import uvicorn
+    from prefect import __version__ as prefect_version
+    from prefect.settings import get_current_settings
+
+    from flows import server_db
+
+    url = get_current_settings().server.database.connection_url
+    if url is not None and server_db.seed(url.get_secret_value(), prefect_version):
+        print(f"new database: a copy of {server_db.template(prefect_version)}", flush=True)
 
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
