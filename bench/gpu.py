@@ -30,8 +30,8 @@ Sections (in this order, which is also their priority under --budget-s):
               and whether rows' CPU work overlapped another row's generation.
   oom_retry   a real out-of-memory (the child's allocator capped between the peaks of chunk 16 and
               chunk 8) makes the generate retry halve the chunk (tasks/policy.py).
-  gpu_limit   two `t2vz run` processes (two workers) with the `t2vz-gpu` Prefect concurrency limit:
-              their generations never overlap.
+  gpu_limit   two `t2vz run` processes (two workers) under a Prefect concurrency limit of one slot
+              (T2VZ_GPU_LIMIT, as `t2vz-gpu` in production): their generations never overlap.
   offload     offload=model and offload=sequential through t2vz_core.models (ModelCache).
   max_chunk   the largest chunk size that fits per mode at 512 and 768 px (binary search on OOM).
   sdxl        SDXL canny and text2video at 1024 px against the recipe (TextToVideoZeroSDXLPipeline).
@@ -42,7 +42,8 @@ Results: bench/GPU_RESULTS.md (+ .json) with the numbers and how each was measur
 rewritten after every section, so a run stopped by a time limit keeps what it measured.
 --smoke runs every section at tiny sizes on the CPU (fp32, a few frames and steps, OOM simulated,
 compile with the "eager" backend) and writes to a temporary folder unless --out is given; it never
-writes bench/GPU_RESULTS.md.
+writes bench/GPU_RESULTS.md. The `t2vz run` children use the Prefect server of PREFECT_API_URL when
+one is set, else a `prefect server start` of their own (not measured either way).
 """
 
 from __future__ import annotations
@@ -1307,12 +1308,15 @@ class Bench:
         return self.saved
 
     def cli_env(self) -> dict:
-        """Child-process environment with a Prefect server of this run (started once, not measured)."""
+        """Child-process environment: the Prefect server of PREFECT_API_URL when one is configured,
+        else a server of this run (started once, not measured)."""
         if self.env is None:
-            from run_all import start_server
+            api = os.environ.get("PREFECT_API_URL")
+            if not api:
+                from run_all import start_server
 
-            self.server, api = start_server(self.tmp)
-            env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "T2VZ_FAULTS", "T2VZ_GPU_LIMIT")}
+                self.server, api = start_server(self.tmp)
+            env = {k: v for k, v in os.environ.items() if k not in ("T2VZ_FAULTS", "T2VZ_GPU_LIMIT")}
             env.update(
                 HF_HUB_OFFLINE="1",
                 TRANSFORMERS_OFFLINE="1",
@@ -1519,17 +1523,19 @@ class Bench:
         }
 
     def start_gpu_limit_workers(self) -> None:
-        """Two `t2vz run` processes (one canny row each) under the `t2vz-gpu` limit, started together."""
+        """Two `t2vz run` processes (one canny row each) under a limit of one slot, started together.
+        The limit is this run's own (on a configured server, `t2vz-gpu` may be in real use)."""
         s = self.s
         env = self.cli_env()
+        self.gpu_limit = f"t2vz-gpu-bench-{os.getpid()}"
         subprocess.run(
-            [sys.executable, "-m", "prefect", "gcl", "create", "t2vz-gpu", "--limit", "1"],
+            [sys.executable, "-m", "prefect", "gcl", "create", self.gpu_limit, "--limit", "1"],
             env=env,
             check=True,
             capture_output=True,
             cwd=ROOT,
         )
-        limited = {**env, "T2VZ_GPU_LIMIT": "t2vz-gpu"}
+        limited = {**env, "T2VZ_GPU_LIMIT": self.gpu_limit}
         self.gpu_limit_workers = []
         for seed, name in enumerate(("worker-a", "worker-b"), start=10):
             manifest = self.manifest(
@@ -1541,8 +1547,16 @@ class Bench:
     def section_gpu_limit(self) -> dict:
         if not getattr(self, "gpu_limit_workers", None):
             self.start_gpu_limit_workers()
-        results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
-        self.gpu_limit_workers = []
+        try:
+            results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
+        finally:
+            self.gpu_limit_workers = []
+            subprocess.run(
+                [sys.executable, "-m", "prefect", "--no-prompt", "gcl", "delete", self.gpu_limit],
+                env=self.cli_env(),
+                capture_output=True,
+                cwd=ROOT,
+            )
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
         return {
@@ -1556,7 +1570,8 @@ class Bench:
             ],
             "notes": [
                 "Two `t2vz run` processes started together (each one canny row, --max-workers 1), "
-                "T2VZ_GPU_LIMIT=t2vz-gpu, the limit created with `prefect gcl create t2vz-gpu --limit 1`; "
+                f"T2VZ_GPU_LIMIT={self.gpu_limit}, the limit created with `prefect gcl create {self.gpu_limit} "
+                "--limit 1` (this run's own: t2vz-gpu may be in use on a configured server); "
                 "each child records when its generation held the device (inside "
                 "tasks.policy.hold_device). Separate processes, so only the Prefect limit can serialise "
                 "them (the in-process lock does not span processes)."

@@ -6,6 +6,13 @@ from pathlib import Path
 
 # Set before anything imports huggingface_hub, diffusers or prefect.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="t2vz-tests-"))
+# Shared by the xdist workers of one run (tests/session_server.py's Prefect server, the migrated
+# database template of flows/server_db.py); this process's own folder otherwise.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_SHARED_DIR = Path(tempfile.gettempdir()) / f"t2vz-tests-run-{_RUN}" if _RUN else _SESSION_DIR
+_SHARED_DIR.mkdir(exist_ok=True)
+os.environ["T2VZ_TESTS_SHARED_DIR"] = str(_SHARED_DIR)
+os.environ["XDG_CACHE_HOME"] = str(_SHARED_DIR / "cache")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf-home")
@@ -39,16 +46,14 @@ def tiny_models(session_dir) -> Path:
     return root
 
 
-# --- flows helper: one Prefect test harness for the whole session (tests/test_flow*.py, test_cli*.py)
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """Enter prefect_test_harness once (~7 s); yields the API URL of its temporary server, which
-    subprocesses can be pointed at (PREFECT_API_URL) to skip starting a server of their own."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api():
+    """In-process flows run against the session's Prefect server (tests/session_server.py); yields
+    its API URL, which subprocesses get as PREFECT_API_URL to skip starting a server of their own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from session_server import api_url
 
-    # Its 30 s default is too short on a 2-core machine running two test workers and their subprocesses.
-    with prefect_test_harness(server_startup_timeout=180):
+    with temporary_settings(updates={PREFECT_API_URL: api_url()}):
         yield PREFECT_API_URL.value()
 
 

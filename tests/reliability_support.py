@@ -1,22 +1,19 @@
 """Shared by the reliability and security tests: one Prefect server, the `t2vz` CLI in real
 subprocesses, manifests, output checks.
 
-One `prefect server start` on 127.0.0.1 serves every subprocess of the test session (started on
-first use, stopped at exit): each `t2vz run` then skips the temporary server a bare process
-starts (~5-12 s each). Subprocesses run the real CLI (`flows.cli.main`, the `t2vz` entry point);
-`cli_command(..., progress_log=FILE)` adds a progress listener that appends every progress
-report (job_id, step, done, total, message) to FILE as JSON lines, so a test can see from disk
-how far a run got, and whether a resumed generation started from its checkpoint.
+The session's Prefect server (tests/session_server.py) serves every subprocess: each `t2vz run`
+then skips starting a local server of its own (~5-12 s each). Subprocesses run the real CLI
+(`flows.cli.main`, the `t2vz` entry point); `cli_command(..., progress_log=FILE)` adds a progress
+listener that appends every progress report (job_id, step, done, total, message) to FILE as JSON
+lines, so a test can see from disk how far a run got, and whether a resumed generation started
+from its checkpoint.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +28,6 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 T2VZ = str(Path(sys.executable).with_name("t2vz"))
-START_TIMEOUT_S = 90
 
 # The CLI with a progress listener that writes JSON lines (used for `python -c`).
 _WRAPPER = """
@@ -51,82 +47,11 @@ sys.exit(main(sys.argv[2:]))
 """.replace("TESTS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
-# ---------------------------------------------------------------- one Prefect server per session
-
-
-class _Server:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.proc: subprocess.Popen | None = None
-        self.api: str | None = None
-        self.home: Path | None = None
-
-    def start(self) -> str:
-        with self.lock:
-            if self.api is not None and self.proc is not None and self.proc.poll() is None:
-                return self.api
-            self.home = Path(tempfile.mkdtemp(prefix="t2vz-rel-server-"))
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            env.update(
-                PREFECT_HOME=str(self.home / "home"),
-                PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                PREFECT_UI_ENABLED="false",
-            )
-            log = open(self.home / "server.log", "w")  # noqa: SIM115 - handed to the process
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.home,
-            )
-            log.close()
-            api = f"http://127.0.0.1:{port}/api"
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"prefect server exited:\n{self.log_tail()}")
-                try:
-                    if httpx.get(f"{api}/health", timeout=2).json() is True:
-                        break
-                except (httpx.HTTPError, ValueError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"prefect server not healthy in {START_TIMEOUT_S} s:\n{self.log_tail()}")
-                time.sleep(0.25)
-            self.api = api
-            return api
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return (self.home / "server.log").read_text(errors="replace")[-chars:]
-        except (OSError, TypeError):
-            return "(no log)"
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-SERVER = _Server()
-atexit.register(SERVER.stop)
-
-
 def prefect_api() -> str:
-    return SERVER.start()
+    """The session's Prefect server (tests/session_server.py), shared with the in-process flows."""
+    from session_server import api_url
+
+    return api_url()
 
 
 def run_env(root: Path, **extra: str) -> dict[str, str]:

@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def _run(*args: str, timeout: float = 1700) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "T2VZ_GPU_LIMIT", "T2VZ_MAX_WORKERS")}
+    from session_server import api_url
+
+    env = {k: v for k, v in os.environ.items() if k not in ("T2VZ_GPU_LIMIT", "T2VZ_MAX_WORKERS")}
+    env["PREFECT_API_URL"] = api_url()  # the session's server: the bench starts none of its own
     return subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu.py"), *args],
         cwd=REPO,

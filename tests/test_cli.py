@@ -115,8 +115,8 @@ def test_models_tiny_is_idempotent(tiny_models, capsys):
     assert f"sd: {tiny_models / 'sd'}" in printed and "controlnet-canny" in printed
 
 
-def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_models, prefect_harness):
-    env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
+def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_models, prefect_api):
+    env = {"PREFECT_API_URL": prefect_api, "T2VZ_RETRY_DELAY_S": "0"}
     out = tmp_path / "out"
     rows = [t2v_row(tiny_models, output="mp4;gif"), {"job_id": "nope", "mode": "text2video", "prompt": ""}]
     manifest = write_csv(tmp_path / "jobs.csv", rows)

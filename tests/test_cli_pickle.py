@@ -11,12 +11,12 @@ import json
 from test_cli import t2v_row, t2vz, write_csv
 
 
-def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_model, prefect_harness, monkeypatch):
+def test_pickle_only_model_needs_allow_pickle(tmp_path, tiny_models, pickled_sd_model, prefect_api, monkeypatch):
     from flows.batch import process_manifest
     from t2vz_core.options import RunOptions
 
     folder = pickled_sd_model
-    env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
+    env = {"PREFECT_API_URL": prefect_api, "T2VZ_RETRY_DELAY_S": "0"}
     manifest = write_csv(tmp_path / "jobs.csv", [t2v_row(tiny_models, model=str(folder))])
     out = tmp_path / "out"
     # Without the option (the flow in this process; RunOptions' default is what `t2vz run` sends).

@@ -1,4 +1,4 @@
-"""The manifest flow end to end under prefect_test_harness, with the tiny models and real media.
+"""The manifest flow end to end on the session's Prefect server, with the tiny models and real media.
 
 One project (media copied from manifests/media, a manifest covering every mode plus a row that
 fails at run time and an invalid row) is run once at module scope; later tests re-run variants
@@ -141,7 +141,7 @@ def load_counts() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def project(prefect_harness, tiny_models, tmp_path_factory, monkey_env):
+def project(prefect_api, tiny_models, tmp_path_factory, monkey_env):
     root = tmp_path_factory.mktemp("flow-project")
     shutil.copytree(DEMO_MEDIA, root / "media")
     (root / "media" / "not-a-video.mp4").write_text("this is a text file, not a video\n")
@@ -211,7 +211,7 @@ def test_run_publishes_table_progress_and_markdown_artifacts(project):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     run_id = project["state"].state_details.flow_run_id
-    with get_client(sync_client=True) as client:  # the harness's API (PREFECT_API_URL)
+    with get_client(sync_client=True) as client:  # the session server's API (PREFECT_API_URL)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50
         )

@@ -53,7 +53,7 @@ def monkey_env(monkeypatch):
     monkeypatch.delenv("T2VZ_FAULTS", raising=False)
 
 
-def test_canny_thresholds_and_annotator_reach_the_control_step(prefect_harness, tiny_models, tmp_path, monkey_env):
+def test_canny_thresholds_and_annotator_reach_the_control_step(prefect_api, tiny_models, tmp_path, monkey_env):
     shutil.copytree(DEMO_MEDIA, tmp_path / "media")
     (tmp_path / "empty-annotators").mkdir()
     common = dict(model=tiny_models / "sd", seed=3, num_inference_steps=2, chunk_size=4, resolution=64, max_frames=4)

@@ -19,7 +19,7 @@ from PIL import Image, ImageSequence
 START, END, FPS = 0.23, 1.31, 8
 
 
-def test_mono_aac_clip_into_mp4_webm_and_gif(prefect_harness, tiny_models, tmp_path, monkeypatch):
+def test_mono_aac_clip_into_mp4_webm_and_gif(prefect_api, tiny_models, tmp_path, monkeypatch):
     from flows.batch import process_manifest
     from t2vz_core.media import DecodeSpec, iter_frames, plan_decode, probe
     from t2vz_core.options import RunOptions

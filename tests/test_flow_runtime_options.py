@@ -97,7 +97,7 @@ def test_tiling_keys_the_generate_step_and_slicing_does_not():
     assert runtime_signature(Runtime("cpu", vae_tiling=True)) != base
 
 
-def test_every_option_reaches_the_sidecar_of_a_direct_flow_run(tmp_path, tiny_models, prefect_harness):
+def test_every_option_reaches_the_sidecar_of_a_direct_flow_run(tmp_path, tiny_models, prefect_api):
     from flows.batch import process_manifest
 
     manifest = tmp_path / "m.csv"

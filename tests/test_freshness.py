@@ -36,7 +36,7 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(prefect_harness, tiny_models, tmp_path_factory):
+def finished(prefect_api, tiny_models, tmp_path_factory):
     from flows.batch import process_manifest
 
     root = tmp_path_factory.mktemp("freshness")

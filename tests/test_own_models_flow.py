@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("no_env_allowed_roots")
 
 
 def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(
-    tmp_path, tiny_models, prefect_harness, capsys, monkeypatch
+    tmp_path, tiny_models, prefect_api, capsys, monkeypatch
 ):
     from flows.batch import process_manifest
     from flows.cli import main
@@ -65,7 +65,7 @@ def test_lora_with_scale_on_a_single_file_model_runs_through_t2vz_run(
     ]
     manifest = write_csv(tmp_path / "jobs.csv", rows)
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {"PREFECT_API_URL": prefect_harness, "T2VZ_RETRY_DELAY_S": "0"}
+    env = {"PREFECT_API_URL": prefect_api, "T2VZ_RETRY_DELAY_S": "0"}
     args = ("run", str(manifest), "--output-dir", str(out), "--work-dir", str(work), "--no-progress", "--device", "cpu")
 
     result = t2vz(*args, env=env)

@@ -320,7 +320,17 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
         f"broken,pix2pix,broken.mp4,snow,{tiny_models / 'pix2pix'},1,1,64,mp4\n",
         encoding="utf-8",
     )
-    work = tmp_path / "work"  # one generation for all eight runs: the rest is process and server
+    # The work folder is filled first, in this process: the eight runs find every step done, and what
+    # is left to them is what this test is about, process and server (a generation would add ~5 s
+    # of CPU to each, for nothing this test checks).
+    from t2vz_core import pipeline
+    from t2vz_core.manifest import read_manifest
+    from t2vz_core.runtime import Runtime
+    from t2vz_core.workdir import WorkDir
+
+    work = tmp_path / "work"
+    (job,) = read_manifest(manifest).jobs
+    pipeline.run_direct(job, WorkDir(work), Runtime("cpu"), tmp_path / "direct")
     runs = []
     started = time.monotonic()
     for index in range(4):
@@ -343,6 +353,8 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
         assert proc.returncode == expected, _log(out)[-3000:]
         report = json.loads((out / "report.json").read_text())
         assert report["counts"]["ok" if expected == 0 else "failed"] == 1
+        if expected == 0:
+            assert json.loads((out / "tiny.json").read_text())["steps"]["generate"]["status"] == "cached"
         assert "Traceback" not in _log(out)
         assert tree.alive() == [], (out.name, tree.alive())
 

@@ -210,7 +210,7 @@ def stack(tmp_path_factory) -> Stack:
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
     s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), env=server_env)
     # The client gets this server's URL directly, not through PREFECT_API_URL: the same test
-    # process may also hold a prefect_test_harness (other modules), whose settings stay as they are.
+    # process may also hold the prefect_api fixture (other modules), whose settings stay as they are.
     with SyncPrefectClient(s.api) as client:
         s.client = client
         try:

@@ -111,7 +111,7 @@ def test_serve_refuses_to_run_without_a_prefect_server(tmp_path, monkeypatch):
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     (tmp_path / "m.csv").write_text("job_id,mode,prompt\n")
-    # Other modules may have entered prefect_test_harness, which sets an API URL for the process.
+    # Other modules may have entered the prefect_api fixture, which sets an API URL for the process.
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with pytest.raises(InputError, match="PREFECT_API_URL"):
             deploy.serve(tmp_path / "m.csv")

@@ -1,0 +1,48 @@
+"""One Prefect server for the whole test session, shared by both xdist workers.
+
+It is t2vz's own local server (flows/server.py) for a PREFECT_HOME named by the test run
+(PYTEST_XDIST_TESTRUNUID): the first worker to ask starts it, the other joins it, and it stops
+when the last one lets go (or dies). In-process flows (the `prefect_api` fixture) and the `t2vz
+run` subprocesses of the reliability, CLI and benchmark tests point PREFECT_API_URL at it; the
+tests about the local server itself (test_process_life, test_console) start their own on their
+own homes, and test_server starts a real `prefect server start`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_lease = None
+
+
+def api_url() -> str:
+    """The session server's API URL (http://127.0.0.1:PORT/api), started or joined on first use."""
+    global _lease
+    with _lock:
+        if _lease is None:
+            from prefect.settings import PREFECT_HOME, temporary_settings
+
+            from flows import server
+
+            home = Path(os.environ["T2VZ_TESTS_SHARED_DIR"]) / "server-home"  # set by conftest
+            with temporary_settings(updates={PREFECT_HOME: home}):  # the server's settings come from ours
+                _lease = server.acquire(home)
+            atexit.register(_release)
+        return _lease.api_url
+
+
+def _release() -> None:
+    """Send this process's last Prefect logs and events, then give the lease back."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001 - nothing left to send to
+            pass
+    _lease.release()
