@@ -138,6 +138,22 @@ def _healthy(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def _answers(state: dict, timeout_s: float) -> bool:
+    """The running server of `state` answers within `timeout_s`. It did once (server.json is written
+    only then), and other runs may be using it: on a loaded machine a health check can take longer
+    than one try allows, and replacing a busy server would cut those runs off (seen with eight runs
+    started at once on 2 cores). A server process that is gone fails at once."""
+    started = time.monotonic()
+    while host_alive(state):
+        if _healthy(state["url"]):
+            return True
+        if time.monotonic() - started > timeout_s:
+            return False
+        stop.check("waiting for the local Prefect server")
+        time.sleep(0.2)
+    return False
+
+
 def _server_env() -> dict[str, str]:
     """What Prefect's own temporary server gets: this process's Prefect settings (home, database),
     no UI, ephemeral-mode services; plus this checkout on the path for flows.server_host."""
@@ -270,10 +286,10 @@ def acquire(home: str | os.PathLike, timeout_s: float | None = None) -> Lease:
         live_users(folder)  # prunes leases of dead runs
         (users / str(os.getpid())).write_text(repr(_identity(os.getpid())))
         state = read_state(folder)
-        if state is not None and host_alive(state) and _healthy(state["url"]):
+        if state is not None and _answers(state, timeout_s):
             lease = Lease(folder, state["url"], started_here=False, start_s=None)
         else:
-            if state is not None and host_alive(state):  # alive but not answering: replace it
+            if state is not None and host_alive(state):  # alive but not answering for the whole timeout
                 _terminate(int(state["pid"]))
             (folder / "server.json").unlink(missing_ok=True)
             try:
