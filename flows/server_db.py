@@ -60,8 +60,10 @@ def _migrate(path: Path) -> None:
 def template(version: str) -> Path:
     """The migrated empty database of this Prefect version, made on first use (one maker at a time)."""
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"prefect-{version}.db"
+    if path.exists():  # only ever put in place whole (os.replace): a read-only cache will do
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another server may be making it: wait and use theirs

@@ -1,11 +1,12 @@
 """One Prefect server for the whole test session, shared by both xdist workers.
 
-It is t2vz's own local server (flows/server.py) for a PREFECT_HOME named by the test run
-(PYTEST_XDIST_TESTRUNUID): the first worker to ask starts it, the other joins it, and it stops
-when the last one lets go (or dies). In-process flows (the `prefect_api` fixture) and the `t2vz
-run` subprocesses of the reliability, CLI and benchmark tests point PREFECT_API_URL at it; the
-tests about the local server itself (test_process_life, test_console) start their own on their
-own homes, and test_server starts a real `prefect server start`.
+It is t2vz's own local server (flows/server.py) on a PREFECT_HOME in the run's shared folder
+(T2VZ_TESTS_SHARED_DIR, which the workers inherit from the xdist controller): the controller starts
+it at the start of the run, the workers join it, and it stops when the last of them lets go (or
+dies). In-process flows (the `prefect_api` fixture) and the `t2vz run` subprocesses of the
+reliability, CLI and benchmark tests point PREFECT_API_URL at it; the tests about the local server
+itself (test_process_life, test_local_server, test_console) start their own on homes of their own,
+and test_server starts a real `prefect server start`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def api_url() -> str:
                 _lease = server.acquire(home)
             atexit.register(_release)
         return _lease.api_url
+
+
+def start_in_background() -> None:
+    """Start (or join) the server on a thread; api_url() waits for it if it is still starting."""
+    threading.Thread(target=api_url, name="session-prefect-server", daemon=True).start()
 
 
 def _release() -> None:

@@ -207,6 +207,13 @@ def stack(tmp_path_factory) -> Stack:
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
+    # Its database starts as the migrated template t2vz's local server uses (flows/server_db.py):
+    # migrating a new SQLite file is most of a server's start.
+    from prefect import __version__ as prefect_version
+
+    from flows import server_db
+
+    assert server_db.seed(f"sqlite+aiosqlite:///{root / 'server-home' / 'prefect.db'}", prefect_version)
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
     s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), env=server_env)
     # The client gets this server's URL directly, not through PREFECT_API_URL: the same test
