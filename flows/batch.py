@@ -130,10 +130,12 @@ def _run(manifest_path: str, output_dir: str, job_ids: list[str] | None, options
     current, to_run = _partition(jobs, cfg, logger)
     ran: dict[str, Sidecar] = {}
     if to_run:
-        resolved_device, _ = runtime.resolve()  # a missing GPU fails here, before any row starts
+        device_type, _ = runtime.signature()  # torch is imported only where a step needs it
+        if device_type != "cpu":
+            runtime.resolve()  # a missing GPU fails here, before any row starts
         logger.info("%d row(s) to run from %s into %s (work folder %s)", len(to_run), manifest_path, out, cfg.work_dir)
         with signals.flow_stops(run_id):  # SIGTERM/SIGINT/a cancel in Prefect stop the rows cooperatively
-            ran = _run_rows(to_run, cfg, options.rows_at_once(resolved_device.type), manifest_path)
+            ran = _run_rows(to_run, cfg, options.rows_at_once(device_type), manifest_path)
 
     lines = report.manifest_lines(manifest, out, ran, current)
     rep = report.write_report(out, lines, report.manifest_extra(manifest, run_id), sidecars={**current, **ran})
