@@ -15,6 +15,7 @@ Budget: ~70-80 s on an idle 2-core machine (server ~10 s, two fan-out runs, one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -277,6 +278,9 @@ def stack(tmp_path_factory) -> Stack:
                 time.sleep(0.25)
             yield s
         finally:
+            for proc in s.procs.values():  # all asked to stop at once, then each waited for
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
             for name in reversed(list(s.procs)):
                 _stop(s.procs[name])
 
