@@ -325,13 +325,13 @@ def api_for_run(timeout_s: float | None = None) -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: lease.api_url}):
             yield lease.api_url
     finally:
-        _drain_prefect_senders()
+        drain_prefect_senders()
         lease.release()
         if lease in _leases:
             _leases.remove(lease)
 
 
-def _drain_prefect_senders(timeout_s: float = 10.0) -> None:
+def drain_prefect_senders(timeout_s: float = 10.0) -> None:
     """Send the run's last logs and events now, while the server is still there (Prefect would
     otherwise send them at interpreter exit, to a server already stopped)."""
     from prefect.events.worker import EventsWorker

@@ -77,14 +77,15 @@ def template(version: str) -> Path:
     return path
 
 
-def seed(connection_url: str, version: str) -> bool:
-    """Give a database file that does not exist yet the migrated template's content. True if seeded.
+def seed(connection_url: str, version: str) -> Path | None:
+    """Give a database file that does not exist yet the migrated template's content; the template
+    copied, or None when nothing was (another database, an existing file, a failure).
 
     Never replaces a file: the copy is linked into place, which fails if the database appeared
     meanwhile (another Prefect process on the same home)."""
     target = sqlite_path(connection_url)
     if target is None or target.exists():
-        return False
+        return None
     try:
         source = template(version)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,6 @@ def seed(connection_url: str, version: str) -> bool:
             copy = Path(scratch) / target.name
             shutil.copyfile(source, copy)
             os.link(copy, target)
-        return True
+        return source
     except (OSError, sqlite3.Error, subprocess.SubprocessError, RuntimeError):
-        return False  # Prefect migrates the database itself, as without this module
+        return None  # Prefect migrates the database itself, as without this module

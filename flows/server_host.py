@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     from flows import server_db
 
     url = get_current_settings().server.database.connection_url
-    if url is not None and server_db.seed(url.get_secret_value(), prefect_version):
-        print(f"new database: a copy of {server_db.template(prefect_version)}", flush=True)
+    template = server_db.seed(url.get_secret_value(), prefect_version) if url is not None else None
+    if template is not None:
+        print(f"new database: a copy of {template}", flush=True)
 
     sock = socket.socket(fileno=args.fd)
     config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")

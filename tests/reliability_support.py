@@ -47,19 +47,15 @@ sys.exit(main(sys.argv[2:]))
 """.replace("TESTS_DIR", repr(str(Path(__file__).resolve().parent)))
 
 
-def prefect_api() -> str:
-    """The session's Prefect server (tests/session_server.py), shared with the in-process flows."""
+def run_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment of a `t2vz run` subprocess: the session's server (tests/session_server.py), its own
+    PREFECT_HOME and results folder under `root` (runs sharing `root` share Prefect's cache records),
+    fast retries."""
     from session_server import api_url
 
-    return api_url()
-
-
-def run_env(root: Path, **extra: str) -> dict[str, str]:
-    """Environment of a `t2vz run` subprocess: the shared server, its own PREFECT_HOME and results
-    folder under `root` (runs sharing `root` share Prefect's cache records), fast retries."""
     env = dict(os.environ)
     env.update(
-        PREFECT_API_URL=prefect_api(),
+        PREFECT_API_URL=api_url(),
         PREFECT_HOME=str(root / "prefect-home"),
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(root / "prefect-results"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -43,12 +43,7 @@ def start_in_background() -> None:
 
 def _release() -> None:
     """Send this process's last Prefect logs and events, then give the lease back."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+    from flows import server
 
-    for service in (APILogWorker, EventsWorker):
-        try:
-            service.drain_all(timeout=10)
-        except Exception:  # noqa: BLE001 - nothing left to send to
-            pass
+    server.drain_prefect_senders()
     _lease.release()

@@ -34,6 +34,23 @@ def t2vz(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: 
     )
 
 
+def t2vz_imports(*args: str, env: dict | None = None, watch=("prefect", "torch", "diffusers")):
+    """The CLI's main() in a fresh interpreter, which then prints which of `watch` it imported
+    ("imported: [...]" on stdout)."""
+    code = (
+        "import sys; from flows.cli import main; code = main(sys.argv[2:]); "
+        "print('imported:', [m for m in sys.argv[1].split(',') if m in sys.modules]); sys.exit(code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, ",".join(watch), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+
+
 def write_csv(path: Path, rows: list[dict]) -> Path:
     header = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="") as f:
@@ -146,13 +163,8 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     # An edited output makes the row run again, as a flow run whose steps all come from the cache:
     # neither torch nor diffusers is imported for it (~2.5 and ~6 s of CPU).
     (out / "clip.gif").write_bytes(b"GIF89a edited")
-    code = (
-        "import sys; from flows.cli import main; code = main(sys.argv[1:]); "
-        "print('imported:', [m for m in ('torch', 'diffusers') if m in sys.modules]); sys.exit(code)"
-    )
-    args = ["run", str(manifest), "--output-dir", str(out), "--no-progress"]
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    result = t2vz_imports(
+        "run", str(manifest), "--output-dir", str(out), "--no-progress", env=env, watch=("torch", "diffusers")
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Prefect UI: http://" in result.stdout and "imported: []" in result.stdout, result.stdout
@@ -163,12 +175,7 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
 
     # The report can be rebuilt from the sidecars (e.g. after shards ran), without Prefect; a row
     # without a sidecar is missing.
-    code = (
-        "import sys; from flows.cli import main; code = main(['report', sys.argv[1]]); "
-        "heavy = [m for m in ('prefect', 'torch', 'diffusers') if m in sys.modules]; "
-        "print('imported:', heavy); sys.exit(code)"
-    )
-    rebuilt = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+    rebuilt = t2vz_imports("report", str(out))
     assert rebuilt.returncode == 0 and "imported: []" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     (out / "clip.json").unlink()
     assert main(["report", str(out)]) == 1

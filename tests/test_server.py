@@ -214,7 +214,7 @@ def stack(tmp_path_factory) -> Stack:
 
     from flows import server_db
 
-    assert server_db.seed(f"sqlite+aiosqlite:///{root / 'server-home' / 'prefect.db'}", prefect_version)
+    assert server_db.seed(f"sqlite+aiosqlite:///{root / 'server-home' / 'prefect.db'}", prefect_version) is not None
     s = Stack(url=f"http://127.0.0.1:{port}", env=client_env, logs=root)
     s.start("server", "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), env=server_env)
     # The client gets this server's URL directly, not through PREFECT_API_URL: the same test

@@ -38,8 +38,8 @@ def test_only_sqlite_files_are_seeded(url, expected):
 
 def test_a_new_database_is_a_copy_of_the_migrated_template(tmp_path):
     target = tmp_path / "home" / "prefect.db"
-    assert server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version)
-    template = server_db.template(prefect_version)
+    template = server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version)
+    assert template == server_db.template(prefect_version)
     assert template.name == f"prefect-{prefect_version}.db" and template.parent == server_db.cache_dir()
     assert target.read_bytes() == template.read_bytes()
     assert len(_head(target)) == 1  # migrated to a head
@@ -53,7 +53,7 @@ def test_a_new_database_is_a_copy_of_the_migrated_template(tmp_path):
 def test_an_existing_database_is_never_replaced(tmp_path):
     target = tmp_path / "prefect.db"
     target.write_bytes(b"someone's database")
-    assert not server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version)
+    assert server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version) is None
     assert target.read_bytes() == b"someone's database"
 
 
@@ -62,7 +62,7 @@ def test_a_failure_leaves_the_database_to_prefect(tmp_path, monkeypatch):
     blocked.write_text("a file where the cache folder would go")
     monkeypatch.setenv(server_db.CACHE_ENV, str(blocked))
     target = tmp_path / "home" / "prefect.db"
-    assert not server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version)
+    assert server_db.seed(f"sqlite+aiosqlite:///{target}", prefect_version) is None
     assert not target.exists()
 
 
