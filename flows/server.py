@@ -129,11 +129,19 @@ def locked(folder: Path, timeout_s: float) -> Iterator[None]:
 # ------------------------------------------------------------------ starting and stopping
 
 
-def _healthy(url: str, timeout_s: float = 2.0) -> bool:
+def _health_client():
+    """One HTTP client per wait: `httpx.get` builds a new client, and with it an SSL context, for
+    every call (~30 ms of CPU each, on a machine that is busy starting the server)."""
+    import httpx
+
+    return httpx.Client()
+
+
+def _healthy(client, url: str, timeout_s: float = 2.0) -> bool:
     import httpx
 
     try:
-        return httpx.get(f"{url}/api/health", timeout=timeout_s).status_code == 200
+        return client.get(f"{url}/api/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -144,13 +152,14 @@ def _answers(state: dict, timeout_s: float) -> bool:
     than one try allows, and replacing a busy server would cut those runs off (seen with eight runs
     started at once on 2 cores). A server process that is gone fails at once."""
     started = time.monotonic()
-    while host_alive(state):
-        if _healthy(state["url"]):
-            return True
-        if time.monotonic() - started > timeout_s:
-            return False
-        stop.check("waiting for the local Prefect server")
-        time.sleep(0.2)
+    with _health_client() as client:
+        while host_alive(state):
+            if _healthy(client, state["url"]):
+                return True
+            if time.monotonic() - started > timeout_s:
+                return False
+            stop.check("waiting for the local Prefect server")
+            time.sleep(0.2)
     return False
 
 
@@ -203,19 +212,20 @@ def _start_host(folder: Path, timeout_s: float) -> dict:
     sock.close()  # the server holds it now
     started = time.monotonic()
     try:
-        while not _healthy(url, timeout_s=1.0):
-            if proc.poll() is not None:
-                raise ServerStartError(
-                    f"the server process exited with code {proc.returncode} "
-                    f"({_log_tail(log_path) or 'no output'}; log: {log_path})"
-                )
-            if time.monotonic() - started > timeout_s:
-                raise ServerStartError(
-                    f"not answering after {timeout_s:.0f} s (raise {START_TIMEOUT_ENV} "
-                    f"on a busy machine; log: {log_path})"
-                )
-            stop.check("starting the local Prefect server")
-            time.sleep(0.2)
+        with _health_client() as client:
+            while not _healthy(client, url, timeout_s=1.0):
+                if proc.poll() is not None:
+                    raise ServerStartError(
+                        f"the server process exited with code {proc.returncode} "
+                        f"({_log_tail(log_path) or 'no output'}; log: {log_path})"
+                    )
+                if time.monotonic() - started > timeout_s:
+                    raise ServerStartError(
+                        f"not answering after {timeout_s:.0f} s (raise {START_TIMEOUT_ENV} "
+                        f"on a busy machine; log: {log_path})"
+                    )
+                stop.check("starting the local Prefect server")
+                time.sleep(0.2)
     except BaseException:
         _terminate(proc.pid)
         raise
