@@ -475,12 +475,10 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
 
     `ctx.chunk_size` overrides the job's (after an out-of-memory error; recorded in the entry). Only
     for pose/canny/depth/pix2pix, whose frames do not depend on it (it is not in their key).
-    `ctx.hold_device` is entered only when there is work to do (cached results never wait for it).
+    `ctx.hold_device` is entered only when there is work to do (cached results never wait for it),
+    and the engine (torch, diffusers: ~5 s of CPU) is imported only then too.
     """
-    from t2vz_core.engine import GenerationRequest, generate
     from t2vz_core.media import FrameStore
-    from t2vz_core.model_sources import ModelSources, build_scheduler
-    from t2vz_core.models import load_pipeline
 
     job, conditioning, runtime, models = ctx.job, ctx.conditioning, ctx.runtime, ctx.models
     width, height = frame_size(job, conditioning)
@@ -490,10 +488,14 @@ def generate_build(ctx: RowContext, key: str) -> GenerateResult:
             raise InputError("text2video frames depend on chunk_size: it cannot be overridden")
         kwargs["chunk_size"] = ctx.chunk_size
     fps = conditioning.fps if conditioning else to_fraction(job.fps)
-    request = GenerationRequest(**kwargs)
     shots = generation_shots(ctx)
 
     def build(folder: Path) -> dict:
+        from t2vz_core.engine import GenerationRequest, generate
+        from t2vz_core.model_sources import ModelSources, build_scheduler
+        from t2vz_core.models import load_pipeline
+
+        request = GenerationRequest(**kwargs)
         request.validate()
         warm_imports()
         with ctx.hold_device():

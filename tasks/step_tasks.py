@@ -49,8 +49,14 @@ def _adapted_to_memory(ctx: RowContext, cfg: RunConfig, key: str | None) -> RowC
     """The context for a device step: it holds the device while it works, and after an
     out-of-memory error it runs with a halved chunk size, or (text2video, whose frames depend on
     the chunk size) with its weights offloaded."""
-    device = policy.device_name(ctx.runtime.resolve()[0])
-    ctx = dataclasses.replace(ctx, hold_device=lambda: policy.hold_device(device, cfg.gpu_limit))
+    runtime = ctx.runtime
+
+    def hold_device():
+        # Resolved when a generation starts: a step found in the work folder never holds the
+        # device, and a CPU run whose steps are all there never imports torch (~2.5 s of CPU).
+        return policy.hold_device(policy.device_name(runtime.resolve()[0]), cfg.gpu_limit)
+
+    ctx = dataclasses.replace(ctx, hold_device=hold_device)
     ooms = policy.out_of_memory_count(key) if key else 0
     job, logger = ctx.job, get_run_logger()
     if ooms and job.mode == "text2video":

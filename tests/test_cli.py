@@ -160,11 +160,19 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
         True,
     )
 
-    # An edited output makes the row run again, as a flow run whose steps all come from the cache:
-    # neither torch nor diffusers is imported for it (~2.5 and ~6 s of CPU).
+    # An edited output makes the row run again, as a flow run whose steps are all found in the work
+    # folder: neither torch nor diffusers is imported for it (~2.5 and ~6 s of CPU). Its Prefect result
+    # storage is new, as on another machine sharing the work folder: no step comes from Prefect's
+    # cache, so every step's task body runs (and finds its entry).
     (out / "clip.gif").write_bytes(b"GIF89a edited")
     result = t2vz_imports(
-        "run", str(manifest), "--output-dir", str(out), "--no-progress", env=env, watch=("torch", "diffusers")
+        "run",
+        str(manifest),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        env={**env, "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp_path / "other-results")},
+        watch=("torch", "diffusers"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Prefect UI: http://" in result.stdout and "imported: []" in result.stdout, result.stdout
