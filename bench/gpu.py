@@ -1329,6 +1329,13 @@ class Bench:
             self.env = env
         return self.env
 
+    def api_client(self):
+        """Prefect's client on the children's server (in this process: the `prefect` CLI would
+        cost a child process ~1.5 s of CPU per call)."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.cli_env()["PREFECT_API_URL"])
+
     def manifest(self, name: str, rows: list[dict]) -> Path:
         from run_all import write_csv
 
@@ -1528,13 +1535,10 @@ class Bench:
         s = self.s
         env = self.cli_env()
         self.gpu_limit = f"t2vz-gpu-bench-{os.getpid()}"
-        subprocess.run(
-            [sys.executable, "-m", "prefect", "gcl", "create", self.gpu_limit, "--limit", "1"],
-            env=env,
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+        with self.api_client() as client:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.gpu_limit, limit=1))
         limited = {**env, "T2VZ_GPU_LIMIT": self.gpu_limit}
         self.gpu_limit_workers = []
         for seed, name in enumerate(("worker-a", "worker-b"), start=10):
@@ -1551,12 +1555,8 @@ class Bench:
             results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
         finally:
             self.gpu_limit_workers = []
-            subprocess.run(
-                [sys.executable, "-m", "prefect", "--no-prompt", "gcl", "delete", self.gpu_limit],
-                env=self.cli_env(),
-                capture_output=True,
-                cwd=ROOT,
-            )
+            with contextlib.suppress(Exception), self.api_client() as client:  # best effort
+                client.delete_global_concurrency_limit_by_name(self.gpu_limit)
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
         return {
@@ -1570,8 +1570,8 @@ class Bench:
             ],
             "notes": [
                 "Two `t2vz run` processes started together (each one canny row, --max-workers 1), "
-                f"T2VZ_GPU_LIMIT={self.gpu_limit}, the limit created with `prefect gcl create {self.gpu_limit} "
-                "--limit 1` (this run's own: t2vz-gpu may be in use on a configured server); "
+                f"T2VZ_GPU_LIMIT={self.gpu_limit}, a global concurrency limit of 1 slot created through "
+                "Prefect's client (this run's own: t2vz-gpu may be in use on a configured server); "
                 "each child records when its generation held the device (inside "
                 "tasks.policy.hold_device). Separate processes, so only the Prefect limit can serialise "
                 "them (the in-process lock does not span processes)."
