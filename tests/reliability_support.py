@@ -179,8 +179,8 @@ CORPUS_FAULTS = ",".join(
 )
 
 
-def _bin_only_model(src: Path, dst: Path) -> Path:
-    """A copy of a tiny diffusers model whose weights are pickle .bin files only."""
+def bin_only_model(src: Path, dst: Path) -> Path:
+    """A copy of a tiny diffusers model whose weights are pickle .bin files only (every component)."""
     import shutil
 
     import torch
@@ -238,7 +238,7 @@ def build_corpus(root: Path, models: Path) -> dict[str, Any]:
     make_video(lib / "eio.mp4", frames=5, size=(64, 48))  # bytes of its own: its decode is never a cache hit
     (lib / "link_out.mp4").symlink_to(outside / "secret.mp4")
     (lib / "link_in.mp4").symlink_to(lib / "clip.mp4")
-    bin_model = _bin_only_model(sd, root / "bin-model")
+    bin_model = bin_only_model(sd, root / "bin-model")
 
     # Outputs planted as symlinks to files outside OUTPUT_DIR: writes must never follow them.
     (outside / "victim.mp4").write_bytes(b"do not overwrite")

@@ -16,8 +16,11 @@ import torch
 from t2vz_core.engine import GenerationRequest, generate
 from t2vz_core.models import Runtime, load_pipeline
 
-# The deprecated reference's own grid_sample call warns about align_corners.
-pytestmark = pytest.mark.filterwarnings("ignore:Default grid_sample:UserWarning")
+# The deprecated reference calls grid_sample without align_corners and meshgrid without indexing.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Default grid_sample:UserWarning"),
+    pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning"),
+]
 
 CPU = Runtime(device="cpu", dtype="fp32")
 SIZE = 32  # px; tiny VAE factor 2 -> 16x16 latents (the cost of a UNet call grows with their area)

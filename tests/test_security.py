@@ -2,9 +2,10 @@
 roots, weights load from safetensors only, no remote code, no manifest string reaches a shell.
 
 Behavioural checks use the shared corpus run (tests/reliability_support.corpus_run: a real
-`t2vz run` subprocess) plus an in-process load, two `t2vz validate` subprocesses and one `t2vz run --allow-pickle`;
-the static checks parse every module of t2vz_core, tasks and flows.
-Budget: ~12 s beyond the shared corpus run (the --allow-pickle run is ~10 s).
+`t2vz run` subprocess) plus an in-process load and two `t2vz validate` subprocesses; the opt-in to
+pickle weights (`t2vz run --allow-pickle`, a real subprocess) is tests/test_cli_pickle.py's run.
+The static checks parse every module of t2vz_core, tasks and flows.
+Budget: ~3 s beyond the shared corpus run.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from reliability_support import (
     cli_command,
     corpus_run,
     explain,
-    run_cli,
-    run_env,
     sidecar,
     write_manifest,
 )
@@ -127,33 +126,6 @@ def test_pickle_only_weights_fail_their_row_with_a_clear_error(corpus):
     assert line["status"] == "failed"
     assert "no safetensors weights" in line["error"] and "allow_pickle" in line["error"], line["error"]
     assert str(corpus["root"] / "bin-model") in line["error"]
-
-
-def test_pickle_weights_load_when_the_user_opts_in(corpus, tmp_path):
-    """The same pickle-only model runs with `t2vz run --allow-pickle` (a real subprocess)."""
-    manifest = write_manifest(
-        tmp_path / "m.csv",
-        [
-            {
-                "job_id": "opted_in",
-                "mode": "text2video",
-                "prompt": "a kite",
-                "model": str(corpus["root"] / "bin-model"),
-                "seed": 1,
-                "num_inference_steps": 2,
-                "chunk_size": 4,
-                "resolution": 64,
-                "video_length": 4,
-            }
-        ],
-    )
-    out = tmp_path / "out"
-    proc = run_cli(
-        ["run", str(manifest), "--output-dir", str(out), "--allow-pickle", "--no-progress"], run_env(tmp_path), tmp_path
-    )
-    assert proc.returncode == 0, explain(proc)
-    data = sidecar(out, "opted_in")
-    assert data["status"] == "ok" and (out / "opted_in.mp4").is_file()
 
 
 def test_custom_code_in_a_model_folder_is_never_executed(tiny_models, tmp_path):
