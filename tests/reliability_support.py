@@ -382,17 +382,17 @@ def task_runs(api: str, flow_run_id: str, settle_s: float = 1.0, timeout_s: floa
     The server records them from events, a moment after the run ends: read until nothing changed
     for `settle_s`."""
     deadline, seen, stable_since = time.monotonic() + timeout_s, None, time.monotonic()
-    while True:
-        response = httpx.post(
-            f"{api}/task_runs/filter",
-            json={"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
-            timeout=30,
-        )
-        response.raise_for_status()
-        runs = {run["name"]: run for run in response.json()}
-        snapshot = {name: (run["run_count"], (run.get("state") or {}).get("type")) for name, run in runs.items()}
-        if snapshot != seen:
-            seen, stable_since = snapshot, time.monotonic()
-        if time.monotonic() - stable_since >= settle_s or time.monotonic() > deadline:
-            return runs
-        time.sleep(0.2)
+    with httpx.Client(timeout=30) as client:  # one client: each httpx.post would build an SSL context
+        while True:
+            response = client.post(
+                f"{api}/task_runs/filter",
+                json={"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+            )
+            response.raise_for_status()
+            runs = {run["name"]: run for run in response.json()}
+            snapshot = {name: (run["run_count"], (run.get("state") or {}).get("type")) for name, run in runs.items()}
+            if snapshot != seen:
+                seen, stable_since = snapshot, time.monotonic()
+            if time.monotonic() - stable_since >= settle_s or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
