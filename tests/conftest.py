@@ -1,5 +1,6 @@
 """Test configuration: offline, isolated Prefect state, tiny models built once per session."""
 
+import atexit
 import gc
 import os
 import tempfile
@@ -42,12 +43,10 @@ def pytest_configure(config):
 def pytest_collection_finish(session):
     """Everything imported so far (torch, diffusers, Prefect: ~600,000 objects) lives for the whole
     session: frozen, a full gc.collect() (the model cache runs one when it drops models) costs ~0 s
-    instead of ~0.4 s, and so do the interpreter's own collections."""
+    instead of ~0.4 s, and so do the interpreter's own collections (pytest's last two included)."""
     gc.freeze()
-
-
-def pytest_unconfigure(config):
-    gc.unfreeze()  # frozen objects are never freed at exit, and nanobind (triton) reports them as leaks
+    # Frozen objects are never freed at exit, and nanobind (triton) reports them as leaks.
+    atexit.register(gc.unfreeze)
 
 
 @pytest.fixture(scope="session")

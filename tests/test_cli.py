@@ -137,11 +137,22 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     out = tmp_path / "out"
     rows = [t2v_row(tiny_models, output="mp4;gif"), {"job_id": "nope", "mode": "text2video", "prompt": ""}]
     manifest = write_csv(tmp_path / "jobs.csv", rows)
+    # The row's steps are computed first, in this process, into the run's work folder: these runs
+    # are about the command (exit codes, summary, report, the up-to-date check), and the rows other
+    # tests run through `t2vz run` generate (test_console, test_cli_pickle, test_process_life...).
+    from t2vz_core import pipeline
+    from t2vz_core.manifest import read_manifest
+    from t2vz_core.options import RunOptions
+    from t2vz_core.workdir import WorkDir
+
+    (job,) = read_manifest(manifest).jobs
+    pipeline.run_direct(job, WorkDir(RunOptions().resolved_work_dir(out)), RunOptions().runtime(), tmp_path / "direct")
     result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
     assert result.returncode == 1, result.stdout + result.stderr  # one invalid row
     assert "row 3, column prompt" in result.stderr
     assert (out / "clip.mp4").stat().st_size > 0 and (out / "clip.gif").exists()
     assert "1 ok, 0 failed, 1 invalid" in result.stdout
+    assert json.loads((out / "clip.json").read_text())["steps"]["generate"]["status"] == "cached"  # found
     report = json.loads((out / "report.json").read_text())
     assert [(r["job_id"], r["status"]) for r in report["rows"]] == [("clip", "ok"), ("nope", "invalid")]
 
