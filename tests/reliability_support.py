@@ -117,6 +117,26 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def run_rows_in_process(
+    manifest: Path, work: Path, output_dir: Path, runtime: Any = None, job_ids: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Every valid row of `manifest` (or those of `job_ids`) straight through t2vz_core, without
+    Prefect, into the work folder `work`: a reference run, or a work folder filled ahead of a
+    `t2vz run` that should find its steps done. The rows' contexts by job id."""
+    from t2vz_core import pipeline
+    from t2vz_core.manifest import read_manifest
+    from t2vz_core.runtime import Runtime
+    from t2vz_core.workdir import WorkDir
+
+    runtime = runtime or Runtime("cpu")
+    wanted = set(job_ids) if job_ids is not None else None
+    return {
+        job.job_id: pipeline.run_direct(job, WorkDir(work), runtime, output_dir)
+        for job in read_manifest(manifest).jobs
+        if wanted is None or job.job_id in wanted
+    }
+
+
 def load_report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from reliability_support import run_rows_in_process
 
 from flows.cli import main
 
@@ -140,13 +141,10 @@ def test_run_in_a_subprocess_exit_codes_report_and_cached_rerun(tmp_path, tiny_m
     # The row's steps are computed first, in this process, into the run's work folder: these runs
     # are about the command (exit codes, summary, report, the up-to-date check), and the rows other
     # tests run through `t2vz run` generate (test_console, test_cli_pickle, test_process_life...).
-    from t2vz_core import pipeline
-    from t2vz_core.manifest import read_manifest
     from t2vz_core.options import RunOptions
-    from t2vz_core.workdir import WorkDir
 
-    (job,) = read_manifest(manifest).jobs
-    pipeline.run_direct(job, WorkDir(RunOptions().resolved_work_dir(out)), RunOptions().runtime(), tmp_path / "direct")
+    options = RunOptions()  # what `t2vz run` with no options uses
+    run_rows_in_process(manifest, options.resolved_work_dir(out), tmp_path / "direct", options.runtime())
     result = t2vz("run", str(manifest), "--output-dir", str(out), "--no-progress", env=env)
     assert result.returncode == 1, result.stdout + result.stderr  # one invalid row
     assert "row 3, column prompt" in result.stderr

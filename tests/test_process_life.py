@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from reliability_support import run_rows_in_process
 
 from t2vz_core import stop
 
@@ -348,14 +349,8 @@ def test_four_runs_at_once_separate_and_shared_homes(tiny_models, tmp_path):
     # The work folder is filled first, in this process: the four runs find every step done, and what
     # is left to them is what this test is about, process and server (a generation would add ~5 s
     # of CPU to each, for nothing this test checks).
-    from t2vz_core import pipeline
-    from t2vz_core.manifest import read_manifest
-    from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir
-
     work = tmp_path / "work"
-    (job,) = read_manifest(manifest).jobs
-    pipeline.run_direct(job, WorkDir(work), Runtime("cpu"), tmp_path / "direct")
+    run_rows_in_process(manifest, work, tmp_path / "direct")
     runs = []
     started = time.monotonic()
     for index in range(2):

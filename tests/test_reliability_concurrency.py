@@ -22,6 +22,7 @@ from reliability_support import (
     load_report,
     run_cli,
     run_env,
+    run_rows_in_process,
     sidecar,
     write_manifest,
 )
@@ -79,13 +80,7 @@ def test_two_runs_at_once_then_an_up_to_date_third(tiny_models, tmp_path):
         assert proc.returncode == 0, f"exit {proc.returncode}:\n{text[-4000:]}"
 
     # a single run of the same manifest, straight through t2vz_core (own work and output folders)
-    from t2vz_core import pipeline
-    from t2vz_core.manifest import read_manifest
-    from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir
-
-    for job in read_manifest(manifest).jobs:
-        pipeline.run_direct(job, WorkDir(tmp_path / "single-work"), Runtime("cpu"), tmp_path / "single")
+    run_rows_in_process(manifest, tmp_path / "single-work", tmp_path / "single")
     videos = check_output_folder(out)
     assert sorted(v.stem for v in videos) == ["canny", "p2p", "t2v"]
     for job_id in ("t2v", "canny", "p2p"):

@@ -31,6 +31,7 @@ from reliability_support import (
     read_progress,
     run_cli,
     run_env,
+    run_rows_in_process,
     sidecar,
     write_manifest,
 )
@@ -170,15 +171,10 @@ def test_sigkill_mid_generation_then_rerun_resumes_and_loses_nothing(tiny_models
     assert not list((out / ".t2vz-work" / ".partial" / "generate").glob("*/*"))
 
     # ---- the resumed frames equal an uninterrupted generation
-    from t2vz_core import pipeline
-    from t2vz_core.manifest import read_manifest
     from t2vz_core.media import FrameStore
-    from t2vz_core.runtime import Runtime
-    from t2vz_core.workdir import WorkDir
 
-    job = next(j for j in read_manifest(manifest).jobs if j.job_id == "slow")
-    ctx = pipeline.run_direct(job, WorkDir(tmp_path / "reference-work"), Runtime("cpu"), tmp_path / "reference-out")
-    reference = ctx.results["generate"]
+    rows = run_rows_in_process(manifest, tmp_path / "reference-work", tmp_path / "reference-out", job_ids=["slow"])
+    reference = rows["slow"].results["generate"]
     key = reference.key
     assert key == slow["resolved"]["keys"]["generate"]
     expected = FrameStore(reference.frames)[:]
