@@ -2155,6 +2155,9 @@ def simulated_oom(limit_rows: int):
 def child(spec: dict, cli_args: list[str]) -> int:
     """Runs flows.cli.main(cli_args) in this process, recording each generation's hold of the device
     (inside tasks.policy.hold_device), optionally with a capped allocator or a simulated OOM."""
+    from t2vz_core.row_steps import warm_imports
+
+    warm_imports()
     import torch
 
     quiet_libraries()
@@ -2275,6 +2278,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and out.resolve() == RESULTS.resolve():
         parser.error("--smoke never writes bench/GPU_RESULTS.md (the real GPU results); pass another --out")
 
+    from t2vz_core.row_steps import warm_imports
+
+    warm_imports()  # torch, diffusers and the engine at once, the garbage collector paused meanwhile
     import torch
 
     if not args.smoke and not torch.cuda.is_available():

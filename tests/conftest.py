@@ -33,18 +33,23 @@ fault_injection.install()  # T2VZ_FAULTS rules reach the declared steps (none un
 
 def pytest_configure(config):
     """The xdist controller starts the session's Prefect server while the workers start and collect
-    (~15 s on 2 cores, the database template included); the workers join it when a test needs it."""
+    (~15 s on 2 cores, the database template included); the workers join it when a test needs it.
+    Processes that collect do it with the garbage collector paused (see pytest_collection_finish)."""
     if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
         from session_server import start_in_background
 
         start_in_background()
+    else:
+        gc.disable()
 
 
 def pytest_collection_finish(session):
     """Everything imported so far (torch, diffusers, Prefect: ~600,000 objects) lives for the whole
-    session: frozen, a full gc.collect() (the model cache runs one when it drops models) costs ~0 s
-    instead of ~0.4 s, and so do the interpreter's own collections (pytest's last two included)."""
+    session: collected while it grew, it costs ~1.3 s of full collections that free nothing (see
+    t2vz_core/gc_pause.py); frozen, a full gc.collect() (the model cache runs one when it drops
+    models) costs ~0 s instead of ~0.4 s, and so do pytest's own last two."""
     gc.freeze()
+    gc.enable()
     # Frozen objects are never freed at exit, and nanobind (triton) reports them as leaks.
     atexit.register(gc.unfreeze)
 
