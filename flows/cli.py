@@ -158,13 +158,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Library chatter stays at warning level in runs (model loads themselves are quieter still).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
-    from flows import lifecycle, signals
     from flows.console import configure_run_console
+    from t2vz_core.gc_pause import paused_gc
 
-    configure_run_console(args.verbose)
-    from flows.batch import process_manifest
+    configure_run_console(args.verbose)  # before the imports: their warnings go to the log too
+    with paused_gc():  # Prefect and the flow's modules: full collections that free nothing otherwise
+        from flows import lifecycle, signals
+        from flows.batch import process_manifest
+        from tasks import progress
     from t2vz_core.stop import stop_requested
-    from tasks import progress
 
     bars = _Bars(len(manifest.jobs), None if args.progress is None else args.progress)
     progress.add_listener(bars)
