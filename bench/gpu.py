@@ -1505,9 +1505,15 @@ class Bench:
             )
         manifest = self.manifest("oom", [self.row("oom-canny", "canny", frames, big, 2)])
         out = self.tmp / "oom-out"
-        proc = self.cli_child(manifest, out, {**spec, "workers": 1})
-        if "gpu_limit" in self.names:  # neither check measures speed: the workers start meanwhile
-            self.start_gpu_limit_workers()
+        if "gpu_limit" in self.names:
+            # Neither check measures speed, so this child is also the first of gpu_limit's two
+            # processes under one Prefect slot; the second starts with it.
+            limited = self.create_gpu_limit()
+            proc = self.cli_child(manifest, out, {**spec, "workers": 1}, env=limited)
+            self.gpu_limit_workers = [(proc, out)]
+            self.start_gpu_limit_workers(limited, 1)
+        else:
+            proc = self.cli_child(manifest, out, {**spec, "workers": 1})
         result = self.wait_child(proc, out)
         row = (result["report"].get("rows") or [{}])[0]
         sidecar = read_sidecar(out, row)
@@ -1529,19 +1535,21 @@ class Bench:
             ],
         }
 
-    def start_gpu_limit_workers(self) -> None:
-        """Two `t2vz run` processes (one canny row each) under a limit of one slot, started together.
-        The limit is this run's own (on a configured server, `t2vz-gpu` may be in real use)."""
-        s = self.s
-        env = self.cli_env()
+    def create_gpu_limit(self) -> dict:
+        """A Prefect concurrency limit of one slot, this run's own (on a configured server,
+        `t2vz-gpu` may be in real use); the child environment that uses it."""
         self.gpu_limit = f"t2vz-gpu-bench-{os.getpid()}"
         from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
         with self.api_client() as client:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.gpu_limit, limit=1))
-        limited = {**env, "T2VZ_GPU_LIMIT": self.gpu_limit}
         self.gpu_limit_workers = []
-        for seed, name in enumerate(("worker-a", "worker-b"), start=10):
+        return {**self.cli_env(), "T2VZ_GPU_LIMIT": self.gpu_limit}
+
+    def start_gpu_limit_workers(self, limited: dict, count: int) -> None:
+        """`count` `t2vz run` processes (one canny row each) in the `limited` environment."""
+        s = self.s
+        for seed, name in enumerate(("worker-a", "worker-b")[-count:], start=10):
             manifest = self.manifest(
                 name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps, seed=seed)]
             )
@@ -1549,8 +1557,8 @@ class Bench:
             self.gpu_limit_workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
 
     def section_gpu_limit(self) -> dict:
-        if not getattr(self, "gpu_limit_workers", None):
-            self.start_gpu_limit_workers()
+        if not getattr(self, "gpu_limit_workers", None):  # oom_retry did not run: two workers of its own
+            self.start_gpu_limit_workers(self.create_gpu_limit(), 2)
         try:
             results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
         finally:
@@ -1559,17 +1567,21 @@ class Bench:
                 client.delete_global_concurrency_limit_by_name(self.gpu_limit)
         holds = sorted((h for r in results for h in r["holds"]), key=lambda h: h["start"])
         overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(holds, holds[1:]) if b["start"] < a["end"]]
+        processes = len({h["pid"] for h in holds})
         return {
-            "workers": 2,
+            "workers": len(results),
             "generations": len(holds),
+            "processes_that_generated": processes,
             "overlaps_s": overlaps,
-            "one_at_a_time": len(holds) == 2 and not overlaps,
+            "one_at_a_time": processes == 2 and not overlaps,
             "intervals": [
                 [round(h["start"] - holds[0]["start"], 2), round(h["end"] - holds[0]["start"], 2), h["pid"]]
                 for h in holds
             ],
             "notes": [
-                "Two `t2vz run` processes started together (each one canny row, --max-workers 1), "
+                "Two `t2vz run` processes started together (one canny row each, --max-workers 1): "
+                "when oom_retry runs, its child is the first (its out-of-memory attempt holds the "
+                "device too, so it records two generations), else a worker of its own. "
                 f"T2VZ_GPU_LIMIT={self.gpu_limit}, a global concurrency limit of 1 slot created through "
                 "Prefect's client (this run's own: t2vz-gpu may be in use on a configured server); "
                 "each child records when its generation held the device (inside "
