@@ -21,23 +21,27 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_lock = threading.Lock()  # the collector's on/off state is one per process
+_lock = threading.RLock()  # the collector's on/off state is one per process
+_depth = 0  # nested pauses (an import that imports a module using paused_gc): the outermost ends it
 _unfreeze_at_exit = False
 
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """No automatic collection inside; everything alive at the end is frozen."""
-    global _unfreeze_at_exit
+    global _depth, _unfreeze_at_exit
     with _lock:
         was_enabled = gc.isenabled()
         gc.disable()
+        _depth += 1
         try:
             yield
         finally:
-            gc.freeze()
-            if not _unfreeze_at_exit:
-                atexit.register(gc.unfreeze)
-                _unfreeze_at_exit = True
+            _depth -= 1
+            if _depth == 0:
+                gc.freeze()
+                if not _unfreeze_at_exit:
+                    atexit.register(gc.unfreeze)
+                    _unfreeze_at_exit = True
             if was_enabled:
                 gc.enable()

@@ -61,6 +61,16 @@ def test_a_disabled_collector_stays_disabled(full_collections):
     assert not gc.isenabled()
 
 
+def test_nested_pauses_end_with_the_outermost(full_collections):
+    with paused_gc():
+        with paused_gc():
+            pass
+        assert not gc.isenabled()
+        kept = _grow_heap()
+    assert full_collections == [] and gc.isenabled()
+    del kept
+
+
 def test_the_collector_comes_back_when_the_import_fails(full_collections):
     with pytest.raises(ImportError), paused_gc():
         import t2vz_core.no_such_module  # noqa: F401
