@@ -171,6 +171,8 @@ def _encode(
 
     # movie_timescale: edit lists (an audio track starting mid-packet) in 1/90000 s, not ms
     options = {"movflags": "+faststart+use_metadata_tags", "movie_timescale": "90000"} if fmt == "mp4" else {}
+    if fmt == "webm":  # its muxer draws random track ids otherwise: the same frames, other bytes each time
+        options["fflags"] = "+bitexact"
     with av.open(str(tmp), "w", format=fmt, options=options) as out:
         if fmt != "gif":
             for key, value in metadata.items():
