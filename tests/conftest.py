@@ -1,7 +1,6 @@
 """Test configuration: offline, isolated Prefect state, tiny models built once per session."""
 
-import atexit
-import gc
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +27,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import fault_injection  # noqa: E402
 import pytest  # noqa: E402
 
+from t2vz_core.gc_pause import paused_gc  # noqa: E402
+
 fault_injection.install()  # T2VZ_FAULTS rules reach the declared steps (none unless a test sets it)
+
+
+_collecting = contextlib.ExitStack()
 
 
 def pytest_configure(config):
@@ -40,18 +44,15 @@ def pytest_configure(config):
 
         start_in_background()
     else:
-        gc.disable()
+        _collecting.enter_context(paused_gc())
 
 
 def pytest_collection_finish(session):
     """Everything imported so far (torch, diffusers, Prefect: ~600,000 objects) lives for the whole
-    session: collected while it grew, it costs ~1.3 s of full collections that free nothing (see
-    t2vz_core/gc_pause.py); frozen, a full gc.collect() (the model cache runs one when it drops
-    models) costs ~0 s instead of ~0.4 s, and so do pytest's own last two."""
-    gc.freeze()
-    gc.enable()
-    # Frozen objects are never freed at exit, and nanobind (triton) reports them as leaks.
-    atexit.register(gc.unfreeze)
+    session: collected while it grew, it costs ~1.3 s of full collections that free nothing; frozen
+    when the pause ends (t2vz_core/gc_pause.py), a full gc.collect() (the model cache runs one when
+    it drops models) costs ~0 s instead of ~0.4 s, and so do pytest's own last two."""
+    _collecting.close()
 
 
 @pytest.fixture(scope="session")
