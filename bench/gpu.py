@@ -1510,8 +1510,7 @@ class Bench:
             # processes under one Prefect slot; the second starts with it.
             limited = self.create_gpu_limit()
             proc = self.cli_child(manifest, out, {**spec, "workers": 1}, env=limited)
-            self.gpu_limit_workers = [(proc, out)]
-            self.start_gpu_limit_workers(limited, 1)
+            self.gpu_limit_workers = [(proc, out), *self.start_gpu_limit_workers(limited, 1)]
         else:
             proc = self.cli_child(manifest, out, {**spec, "workers": 1})
         result = self.wait_child(proc, out)
@@ -1543,22 +1542,24 @@ class Bench:
 
         with self.api_client() as client:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.gpu_limit, limit=1))
-        self.gpu_limit_workers = []
         return {**self.cli_env(), "T2VZ_GPU_LIMIT": self.gpu_limit}
 
-    def start_gpu_limit_workers(self, limited: dict, count: int) -> None:
-        """`count` `t2vz run` processes (one canny row each) in the `limited` environment."""
+    def start_gpu_limit_workers(self, limited: dict, count: int) -> list[tuple[subprocess.Popen, Path]]:
+        """`count` `t2vz run` processes (one canny row each) in the `limited` environment, with
+        their output folders."""
         s = self.s
+        workers = []
         for seed, name in enumerate(("worker-a", "worker-b")[-count:], start=10):
             manifest = self.manifest(
                 name, [self.row(name, "canny", s.check_frames + 1, s.chunks[0], s.check_steps, seed=seed)]
             )
             out = self.tmp / f"{name}-out"
-            self.gpu_limit_workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
+            workers.append((self.cli_child(manifest, out, {"workers": 1}, env=limited), out))
+        return workers
 
     def section_gpu_limit(self) -> dict:
         if not getattr(self, "gpu_limit_workers", None):  # oom_retry did not run: two workers of its own
-            self.start_gpu_limit_workers(self.create_gpu_limit(), 2)
+            self.gpu_limit_workers = self.start_gpu_limit_workers(self.create_gpu_limit(), 2)
         try:
             results = [self.wait_child(proc, out) for proc, out in self.gpu_limit_workers]
         finally:
